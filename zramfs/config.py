@@ -24,10 +24,12 @@ __all__ = [
     "DEFAULT_SWAP_MAX",
     "ConfigError",
     "SizeError",
+    "InvalidNameError",
     "parse_size",
     "check_disksize",
     "mem_total",
     "default_swap_size",
+    "check_name",
 ]
 
 # The unit of a zram slot and of a loop device attached with --sector-size
@@ -64,6 +66,16 @@ class ConfigError(ValueError):
 
 class SizeError(ConfigError):
     """Raised when a size cannot be read, or is not acceptable where it is used."""
+
+
+class InvalidNameError(ConfigError):
+    """Raised when a device name cannot be used (it names a directory and a mount source)."""
+
+
+# A device name becomes a directory (/run/zramfs/NAME), the mount's source in
+# /proc/self/mountinfo and a systemd instance name (zramfs-swap@NAME), so it
+# is kept to characters none of those escape or split on.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def mem_total(meminfo="/proc/meminfo"):
@@ -137,3 +149,12 @@ def default_swap_size(ram=None):
         ram = mem_total()
     size = min(ram // 2, DEFAULT_SWAP_MAX)
     return size - size % PAGE_SIZE
+
+
+def check_name(name):
+    """Return ``name`` if it can name a device (``zram0``, ``swap-1``), else raise InvalidNameError."""
+    if not _NAME_RE.fullmatch(name):
+        raise InvalidNameError(
+            f"name {name!r} must be 1 to 64 letters, digits, '_', '.' or '-', not starting with '_', '.' or '-'"
+        )
+    return name

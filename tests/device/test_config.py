@@ -8,8 +8,10 @@ from zramfs.config import (
     DEFAULT_SWAP_MAX,
     PAGE_SIZE,
     ConfigError,
+    InvalidNameError,
     SizeError,
     check_disksize,
+    check_name,
     default_swap_size,
     mem_total,
     parse_size,
@@ -146,3 +148,19 @@ def test_mem_total_reads_the_kernel_format(tmp_path):
     meminfo.write_text("MemFree:        1 kB\n")
     with pytest.raises(OSError, match="no MemTotal"):
         mem_total(str(meminfo))
+
+
+@pytest.mark.parametrize("name", ["zram0", "zramt0", "swap-1", "a", "Z.9_x", "a" * 64])
+def test_check_name_accepts(name):
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "-x", ".x", "_x", "a/b", "..", "a b", "zram0\n", "é", "a" * 65])
+def test_check_name_refuses(name):
+    message = (
+        f"name {name!r} must be 1 to 64 letters, digits, '_', '.' or '-', "
+        "not starting with '_', '.' or '-'"
+    )
+    with pytest.raises(InvalidNameError, match="^" + re.escape(message) + "$"):
+        check_name(name)
+    assert issubclass(InvalidNameError, ConfigError)
