@@ -1,0 +1,100 @@
+"""zramfs.fuse: FUSE backends that serve a `zramfs.fs.Filesystem`.
+
+Where this sits: between the kernel's FUSE requests and the inode table.
+`Session(fs, mountpoint, backend=...)` is the one switch between backends:
+
+* ``"dev"`` (default, `_session.DevSession`): speaks the FUSE protocol
+  directly on /dev/fuse with blocking reader threads; see design.md
+  Decision 1 for why.
+* ``"pyfuse3"`` (`_pyfuse3`, a second backend, when present).
+
+Both call only the Filesystem interface and map its exceptions with the one
+table in `errno_for`.  A backend class takes ``(fs, mountpoint, fsname,
+threads)`` and has ``mount()``, ``serve()``, ``stop()``, ``abort()`` and
+``close()``.
+"""
+
+from ._errors import ERRNO_TABLE, errno_for
+from ._mount import (
+    MountError,
+    MountpointBusyError,
+    MountpointMissingError,
+    MountpointNotDirectoryError,
+    NoFuseDeviceError,
+    NotRootError,
+    is_mounted,
+)
+
+# Backends the tests and the CLI offer.  A backend is listed once it runs the
+# tests in tests/fuse.
+BACKENDS = ("dev",)
+
+
+class UnknownBackendError(ValueError):
+    """Raised when Session is asked for a backend that does not exist."""
+
+
+def _backend_class(name):
+    if name == "dev":
+        from ._session import DevSession
+
+        return DevSession
+    if name == "pyfuse3":
+        from ._pyfuse3 import Pyfuse3Session
+
+        return Pyfuse3Session
+    raise UnknownBackendError(f"unknown FUSE backend {name!r} (choose from {', '.join(BACKENDS)})")
+
+
+class Session:
+    """A mounted FUSE filesystem serving `fs` at `mountpoint`, on the chosen backend.
+
+    mount() raises a MountError subclass with a one-line message; serve()
+    blocks until the filesystem is unmounted (by stop() or by anyone);
+    stop() unmounts lazily, so a loop device still holding `disk` keeps
+    being served until it lets go; abort() cuts the connection at once.
+    """
+
+    def __init__(self, fs, mountpoint, fsname="zram0", backend="dev", threads=1):
+        self.backend = backend
+        self._impl = _backend_class(backend)(fs, mountpoint, fsname=fsname, threads=threads)
+
+    @property
+    def mountpoint(self):
+        return self._impl.mountpoint
+
+    @property
+    def errors(self):
+        """Requests that failed with an unexpected exception (answered EIO)."""
+        return self._impl.errors
+
+    def mount(self):
+        self._impl.mount()
+
+    def serve(self):
+        self._impl.serve()
+
+    def stop(self):
+        self._impl.stop()
+
+    def abort(self):
+        return self._impl.abort()
+
+    def close(self):
+        self._impl.close()
+
+
+__all__ = [
+    "BACKENDS",
+    "ERRNO_TABLE",
+    "MountError",
+    "MountpointBusyError",
+    "MountpointMissingError",
+    "MountpointNotDirectoryError",
+    "NoFuseDeviceError",
+    "NotRootError",
+    "Session",
+    "UnknownBackendError",
+    "errno_for",
+    "is_mounted",
+]

@@ -1,0 +1,40 @@
+"""The one table that turns exceptions from the layers below into errno.
+
+Where this sits: every FUSE backend catches what `zramfs.fs.Filesystem` (and
+through it `zramfs.device` and `allocator`) raise while answering a request
+and replies with ``-errno_for(exc)``.  Nothing else in zramfs picks errnos.
+"""
+
+import errno
+
+from allocator import PoolFullError
+from zramfs import fs as _fs
+from zramfs.device import MemLimitError, OutOfRangeError
+
+# Walked along the exception's MRO, so the most specific class wins.
+ERRNO_TABLE = {
+    _fs.NotFoundError: errno.ENOENT,
+    _fs.NotPermittedError: errno.EPERM,
+    _fs.ReadOnlyError: errno.EACCES,
+    _fs.InvalidValueError: errno.EINVAL,
+    _fs.NotSupportedError: errno.EOPNOTSUPP,
+    _fs.IsADirectoryError: errno.EISDIR,
+    _fs.NotADirectoryError: errno.ENOTDIR,
+    # Kernel zram fails a write over mem_limit with -ENOMEM on the bio; for a
+    # file, "no space" is what a writer (loop, dd, swap) understands.
+    MemLimitError: errno.ENOSPC,
+    PoolFullError: errno.ENOSPC,
+    # Only writes can see it: the fs clamps reads at the end of disk to EOF.
+    OutOfRangeError: errno.ENOSPC,
+}
+
+
+def errno_for(exc):
+    """The positive errno a FUSE reply should carry for `exc`; EIO if unknown."""
+    for cls in type(exc).__mro__:
+        e = ERRNO_TABLE.get(cls)
+        if e is not None:
+            return e
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO

@@ -1,0 +1,416 @@
+"""The /dev/fuse request loop: zramfs's default FUSE backend ("dev").
+
+Where this sits: the kernel queues FUSE requests on the fd we opened in
+`_mount.mount_fuse`; reader threads here each `readv` one whole request into
+their own preallocated buffer, dispatch on the opcode through a list, call
+`zramfs.fs.Filesystem` (or, for READ/WRITE on `disk`, the BlockDevice
+directly), and answer with one `writev`.  Replies are built with the
+precompiled structs of `_abi`.
+
+Why blocking threads and not an event loop: with no work behind it, one
+blocking Python thread reading /dev/fuse matched C libfuse on this machine
+(design.md).  More threads help only while the GIL is released (lz4 releases
+it while it compresses), so `threads` is a knob, measured, not a default to
+raise blindly.
+
+Concurrency: threads share nothing here but the fd and counters; several
+readers on one /dev/fuse fd is what the kernel expects (each request goes to
+exactly one reader).  The Filesystem and BlockDevice do their own locking.
+Nothing on this path logs, sleeps or waits on anything that might need swap
+I/O; per-request failures are counted (`errors`), never written anywhere.
+
+Error rules from the kernel (fs/fuse/dev.c):
+  * read() -> ENOENT: the request was interrupted before we got it; go on.
+  * read() -> ENODEV: the connection is gone (unmounted or aborted); stop.
+  * writev() of a reply -> ENOENT: the request was interrupted meanwhile; go on.
+"""
+
+import errno
+import os
+import threading
+import time
+
+from zramfs.fs import DISK_INO
+
+from . import _abi
+from ._errors import errno_for
+from ._mount import mount_fuse, mountinfo_entry, unmount
+
+# Protocol limits we ask for in INIT.  256 pages = 1 MiB per READ/WRITE,
+# FUSE_MAX_MAX_PAGES: fewer requests for loop's and dd's large I/O.
+MAX_PAGES = 256
+PAGE_SIZE = 4096
+MAX_WRITE = MAX_PAGES * PAGE_SIZE
+# The kernel refuses reads into a buffer smaller than header + write_in +
+# max_write; two spare pages keep us clear of that.
+BUFFER_SIZE = MAX_WRITE + 2 * PAGE_SIZE
+# Background (async) requests in flight: async direct I/O from loop is
+# background; the kernel's default of 12 starves a queue-depth-32 loop device.
+MAX_BACKGROUND = 64
+CONGESTION_THRESHOLD = 48
+# The tree never changes, so names may be cached for long; attrs are cheap
+# to re-ask and `disk`'s st_blocks follows memory use.
+ENTRY_VALID_S = 3600
+ATTR_VALID_S = 1
+
+_WANT_FLAGS = (
+    _abi.ASYNC_READ | _abi.BIG_WRITES | _abi.ASYNC_DIO | _abi.PARALLEL_DIROPS | _abi.MAX_PAGES
+)
+
+# No reply may be sent for these.
+_NO_REPLY = frozenset({_abi.FORGET, _abi.BATCH_FORGET, _abi.INTERRUPT, _abi.NOTIFY_REPLY})
+
+
+class _ConnectionGone(Exception):
+    """Raised inside the loop when writing a reply finds the connection gone (ENODEV)."""
+
+
+def _attr_fields(a):
+    """Attr -> the 16 fields of struct fuse_attr."""
+    return (
+        a.ino,
+        a.size,
+        a.blocks,
+        a.atime_ns // 1_000_000_000,
+        a.mtime_ns // 1_000_000_000,
+        a.ctime_ns // 1_000_000_000,
+        a.atime_ns % 1_000_000_000,
+        a.mtime_ns % 1_000_000_000,
+        a.ctime_ns % 1_000_000_000,
+        a.mode,
+        a.nlink,
+        a.uid,
+        a.gid,
+        0,  # rdev
+        PAGE_SIZE,  # blksize: what st_blksize tells cp and dd to use
+        0,  # flags
+    )
+
+
+class DevSession:
+    """A FUSE session spoken directly on /dev/fuse (see the module docstring)."""
+
+    def __init__(self, fs, mountpoint, fsname="zram0", threads=1):
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, not {threads}")
+        self.fs = fs
+        self.mountpoint = os.path.abspath(mountpoint)
+        self.fsname = fsname
+        self.threads = threads
+        self.fd = -1
+        # Requests that ended in an exception errno_for did not know (EIO).
+        self.errors = 0
+        self.last_error = None
+        self.proto_minor = None
+        self._mnt_dev = None  # "major:minor" of our mount, from mountinfo
+        self._stopping = False
+        self._fatal = None
+        self._handlers = self._build_dispatch()
+        self._disksize = fs.device.disksize
+        # Bound once: the hot path calls these per request.
+        self._dev_read = fs.device.read
+        self._dev_write = fs.device.write
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def mount(self):
+        """Open /dev/fuse and mount; raises MountError subclasses."""
+        self.fd = mount_fuse(self.mountpoint, self.fsname)
+        entry = mountinfo_entry(self.mountpoint)
+        self._mnt_dev = entry[2] if entry else None
+
+    def serve(self):
+        """Answer requests until the filesystem is unmounted; blocking."""
+        if self.fd < 0:
+            raise RuntimeError("serve() before mount()")
+        helpers = [
+            threading.Thread(target=self._reader, name=f"zramfs-fuse-{i}", daemon=True)
+            for i in range(1, self.threads)
+        ]
+        for t in helpers:
+            t.start()
+        self._reader()
+        for t in helpers:
+            t.join()
+        self.close()
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _is_our_mount(self):
+        entry = mountinfo_entry(self.mountpoint)
+        return entry is not None and entry[2] == self._mnt_dev
+
+    def stop(self):
+        """Unmount (lazily) so serve() returns once the last user lets go."""
+        self._stopping = True
+        if self._mnt_dev is not None and self._is_our_mount():
+            unmount(self.mountpoint)
+
+    def abort(self):
+        """Cut the connection now, even if `disk` is still open (like fusectl's abort).
+
+        Pending and future I/O on the mount fails with ENOTCONN; serve()
+        returns.  Needs fusectl at /sys/fs/fuse/connections; returns whether
+        it could abort.
+        """
+        if self._mnt_dev is None:
+            return False
+        minor = self._mnt_dev.split(":")[1]
+        path = f"/sys/fs/fuse/connections/{minor}/abort"
+        try:
+            with open(path, "w") as f:
+                f.write("1")
+        except OSError:
+            return False
+        return True
+
+    def close(self):
+        """Release the fd (after unmounting if still mounted)."""
+        if self.fd < 0:
+            return
+        # Closing the fd of a live mount leaves it answering ENOTCONN forever.
+        if self._mnt_dev is not None and self._is_our_mount():
+            unmount(self.mountpoint)
+        fd, self.fd = self.fd, -1
+        os.close(fd)
+
+    # -- the loop -----------------------------------------------------------
+
+    def _reader(self):
+        fd = self.fd
+        buf = bytearray(BUFFER_SIZE)
+        mv = memoryview(buf)
+        readv = os.readv
+        unpack_head = _abi.in_header.unpack_from
+        handlers = self._handlers
+        nops = len(handlers)
+        reply_error = self._reply_error
+        while True:
+            try:
+                n = readv(fd, (buf,))
+            except OSError as e:
+                if e.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
+                    continue
+                if e.errno == errno.ENODEV:
+                    return
+                self._fatal = e
+                return
+            _, opcode, unique, nodeid, _, _, _, _, _ = unpack_head(buf)
+            try:
+                if opcode < nops:
+                    handlers[opcode](unique, nodeid, mv, n)
+                elif opcode not in _NO_REPLY:
+                    reply_error(unique, errno.ENOSYS)
+            except _ConnectionGone:
+                return
+            except Exception as e:  # a bad request must never end the session
+                err = errno_for(e)
+                if err == errno.EIO:
+                    self.errors += 1
+                    self.last_error = e
+                if opcode not in _NO_REPLY:
+                    try:
+                        reply_error(unique, err)
+                    except _ConnectionGone:
+                        return
+                    except Exception as e2:
+                        self.errors += 1
+                        self.last_error = e2
+
+    # -- replies ------------------------------------------------------------
+
+    def _send(self, parts):
+        try:
+            os.writev(self.fd, parts)
+        except OSError as e:
+            if e.errno == errno.ENOENT:  # interrupted while we worked
+                return
+            if e.errno == errno.ENODEV:
+                raise _ConnectionGone() from None
+            raise
+
+    def _reply(self, unique, payload=b""):
+        self._send((_abi.out_header.pack(16 + len(payload), 0, unique), payload))
+
+    def _reply_error(self, unique, err):
+        self._send((_abi.out_header.pack(16, -err, unique),))
+
+    # -- dispatch -----------------------------------------------------------
+
+    def _build_dispatch(self):
+        table = [None] * _abi.MAX_OPCODE
+        enosys = self._enosys
+        for op in range(_abi.MAX_OPCODE):
+            table[op] = self._no_reply if op in _NO_REPLY else enosys
+        table[_abi.INIT] = self._init
+        table[_abi.DESTROY] = self._ok
+        table[_abi.LOOKUP] = self._lookup
+        table[_abi.GETATTR] = self._getattr
+        table[_abi.SETATTR] = self._setattr
+        table[_abi.OPEN] = self._open
+        table[_abi.OPENDIR] = self._opendir
+        table[_abi.READ] = self._read
+        table[_abi.WRITE] = self._write
+        table[_abi.READDIR] = self._readdir
+        table[_abi.STATFS] = self._statfs
+        table[_abi.FALLOCATE] = self._fallocate
+        for op in (_abi.FLUSH, _abi.FSYNC, _abi.RELEASE, _abi.RELEASEDIR):
+            table[op] = self._ok
+        return table
+
+    def _enosys(self, unique, nodeid, mv, n):
+        self._reply_error(unique, errno.ENOSYS)
+
+    def _no_reply(self, unique, nodeid, mv, n):
+        # FORGET/BATCH_FORGET: our inodes are static, nothing to forget.
+        # INTERRUPT: every request here finishes quickly, so we just finish it.
+        pass
+
+    def _ok(self, unique, nodeid, mv, n):
+        self._reply(unique)
+
+    def _init(self, unique, nodeid, mv, n):
+        major, minor, max_readahead, flags, _flags2 = _abi.init_in.unpack_from(mv, _abi.IN_HEADER_SIZE)
+        if major > _abi.KERNEL_VERSION:
+            # The kernel will retry INIT with the major we name.
+            self._reply(unique, _abi.init_out.pack(_abi.KERNEL_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)[:8])
+            return
+        if major < _abi.KERNEL_VERSION:
+            self._reply_error(unique, errno.EPROTO)
+            return
+        minor = min(minor, _abi.KERNEL_MINOR_VERSION)
+        self.proto_minor = minor
+        out = _abi.init_out.pack(
+            _abi.KERNEL_VERSION,
+            minor,
+            max_readahead,
+            flags & _WANT_FLAGS,
+            MAX_BACKGROUND,
+            CONGESTION_THRESHOLD,
+            MAX_WRITE,
+            1,  # time_gran: we keep nanoseconds
+            MAX_PAGES,
+            0,  # map_alignment
+            0,  # flags2
+        )
+        if minor < _abi.INIT_OUT_FULL_MINOR:
+            out = out[: _abi.COMPAT_22_INIT_OUT_SIZE]
+        self._reply(unique, out)
+
+    def _entry(self, a):
+        return _abi.entry_out.pack(a.ino, 0, ENTRY_VALID_S, ATTR_VALID_S, 0, 0, *_attr_fields(a))
+
+    def _attr_out(self, a):
+        return _abi.attr_out.pack(ATTR_VALID_S, 0, 0, *_attr_fields(a))
+
+    def _lookup(self, unique, nodeid, mv, n):
+        name = bytes(mv[_abi.IN_HEADER_SIZE : n]).split(b"\0", 1)[0]
+        self._reply(unique, self._entry(self.fs.lookup(nodeid, name)))
+
+    def _getattr(self, unique, nodeid, mv, n):
+        self._reply(unique, self._attr_out(self.fs.getattr(nodeid)))
+
+    def _setattr(self, unique, nodeid, mv, n):
+        (
+            valid, _, _fh, size, _lock_owner, atime, mtime, _ctime,
+            atimensec, mtimensec, _ctimensec, mode, _, uid, gid, _,
+        ) = _abi.setattr_in.unpack_from(mv, _abi.IN_HEADER_SIZE)  # fmt: skip
+        now = None
+        if valid & (_abi.FATTR_ATIME_NOW | _abi.FATTR_MTIME_NOW):
+            now = time.time_ns()
+        if valid & _abi.FATTR_ATIME_NOW:
+            atime_ns = now
+        elif valid & _abi.FATTR_ATIME:
+            atime_ns = atime * 1_000_000_000 + atimensec
+        else:
+            atime_ns = None
+        if valid & _abi.FATTR_MTIME_NOW:
+            mtime_ns = now
+        elif valid & _abi.FATTR_MTIME:
+            mtime_ns = mtime * 1_000_000_000 + mtimensec
+        else:
+            mtime_ns = None
+        if valid & _abi.FATTR_SIZE and size == 0 and not valid & _abi.FATTR_FH:
+            # This is how the kernel forwards open(O_TRUNC) (truncate(path, 0)
+            # looks the same; ftruncate carries FATTR_FH).  Every file here is
+            # fixed-size, so O_TRUNC is ignored, as on a block device or sysfs:
+            # `dd of=disk` and `echo 1 > compact` work; real resizes get EPERM.
+            valid &= ~_abi.FATTR_SIZE
+        a = self.fs.setattr(
+            nodeid,
+            size=size if valid & _abi.FATTR_SIZE else None,
+            mode=mode if valid & _abi.FATTR_MODE else None,
+            uid=uid if valid & _abi.FATTR_UID else None,
+            gid=gid if valid & _abi.FATTR_GID else None,
+            atime_ns=atime_ns,
+            mtime_ns=mtime_ns,
+        )
+        self._reply(unique, self._attr_out(a))
+
+    def _open(self, unique, nodeid, mv, n):
+        flags, _ = _abi.open_in.unpack_from(mv, _abi.IN_HEADER_SIZE)
+        self.fs.open(nodeid, flags)
+        # direct_io for everything: no uncompressed copy of disk in the page
+        # cache, and attribute files render fresh on every read.  Parallel
+        # direct writes: the device locks per block itself, so the inode lock
+        # the kernel would otherwise take around each write only serializes.
+        open_flags = _abi.FOPEN_DIRECT_IO
+        if nodeid == DISK_INO:
+            open_flags |= _abi.FOPEN_PARALLEL_DIRECT_WRITES
+        self._reply(unique, _abi.open_out.pack(0, open_flags, 0))
+
+    def _opendir(self, unique, nodeid, mv, n):
+        self.fs.opendir(nodeid)
+        self._reply(unique, _abi.open_out.pack(0, 0, 0))
+
+    def _read(self, unique, nodeid, mv, n):
+        _fh, offset, size, _, _, _, _ = _abi.read_in.unpack_from(mv, _abi.IN_HEADER_SIZE)
+        if nodeid == DISK_INO:
+            # Hot path: straight to the device, clamped at the end of disk.
+            disksize = self._disksize
+            if offset >= disksize:
+                data = b""
+            else:
+                if size > disksize - offset:
+                    size = disksize - offset
+                data = self._dev_read(offset, size)
+        else:
+            data = self.fs.read(nodeid, offset, size)
+        self._send((_abi.out_header.pack(16 + len(data), 0, unique), data))
+
+    def _write(self, unique, nodeid, mv, n):
+        _fh, offset, size, _, _, _, _ = _abi.write_in.unpack_from(mv, _abi.IN_HEADER_SIZE)
+        data = mv[_abi.WRITE_DATA_OFFSET : _abi.WRITE_DATA_OFFSET + size]
+        if nodeid == DISK_INO and offset + size <= self._disksize:
+            # Hot path: straight to the device.
+            self._dev_write(offset, data)
+            written = size
+        else:
+            written = self.fs.write(nodeid, offset, data)
+        self._send((_abi.out_header.pack(24, 0, unique), _abi.write_out.pack(written, 0)))
+
+    def _readdir(self, unique, nodeid, mv, n):
+        _fh, offset, size, _, _, _, _ = _abi.read_in.unpack_from(mv, _abi.IN_HEADER_SIZE)
+        entries = self.fs.readdir(nodeid)
+        out = bytearray()
+        for i in range(offset, len(entries)):
+            name, a = entries[i]
+            rec = _abi.dirent_size(len(name))
+            if len(out) + rec > size:
+                break
+            out += _abi.dirent.pack(a.ino, i + 1, len(name), a.mode >> 12)
+            out += name
+            out += bytes(rec - _abi.dirent.size - len(name))
+        self._reply(unique, bytes(out))
+
+    def _statfs(self, unique, nodeid, mv, n):
+        s = self.fs.statfs()
+        self._reply(
+            unique,
+            _abi.kstatfs.pack(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize, 0),
+        )
+
+    def _fallocate(self, unique, nodeid, mv, n):
+        _fh, offset, length, mode, _ = _abi.fallocate_in.unpack_from(mv, _abi.IN_HEADER_SIZE)
+        self.fs.fallocate(nodeid, mode, offset, length)
+        self._reply(unique)
