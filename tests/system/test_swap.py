@@ -1,0 +1,146 @@
+"""Swap through zramfs for real: swapon, memory pressure in a cgroup, every page checked, swapoff.
+
+A process in a memory cgroup limited to MEMCG_LIMIT touches a working set
+WORKING_SET large, so most of its pages must go out to swap and come back --
+and the only swap area on our loop device is zramfs's `disk`.
+"""
+
+import json
+import os
+import re
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import BACKENDS, SCRIPTS
+
+from memcg import memory_cgroup
+
+MiB = 1 << 20
+
+# 256 MiB of pages under a 96 MiB limit: at least 160 MiB must live in swap
+# at any time, and random touches keep pulling pages back in.
+WORKING_SET_MIB = 256
+MEMCG_LIMIT = 96 * MiB
+TOUCHES = 100_000
+# The swap area must have held at least this much at its peak (well under
+# the 160 MiB the arithmetic above forces out, to leave room for the
+# kernel's accounting slack).
+MIN_SWAPPED = 128 * MiB
+
+
+def _sample(env, mountpoint, loop, stop, peaks):
+    """Record the peak swap use and device stats until `stop` is set."""
+    while not stop.is_set():
+        used = env.swaps().get(loop, 0)
+        stats = env.mm_stat(mountpoint)
+        peaks["swap_used"] = max(peaks["swap_used"], used)
+        if stats[0] > peaks["orig_data_size"]:
+            peaks["orig_data_size"], peaks["compr_data_size"] = stats[0], stats[1]
+        peaks["mem_used_max"] = stats[4]
+        stop.wait(0.1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_swap_under_memory_pressure(zramfs_env, backend):
+    env = zramfs_env
+    proc = env.ok("swapon", "zramt0", "--size", "512M", "--fuse-backend", backend)
+    row = env.device("zramt0")
+    loop, mountpoint = row["loop"], row["mountpoint"]
+    assert mountpoint == os.path.join(env.run_dir, "zramt0")
+    assert proc.stdout == (
+        f"zramt0: 512 MiB lz4 swap on {loop} (priority 100"
+        + ("" if row["discard"] else ", no discard")
+        + f"), mounted at {mountpoint}\n"
+    )
+    assert row["backend"] == backend
+    assert row["disksize"] == 512 * MiB
+    assert env.swaps() == {loop: 0} or set(env.swaps()) == {loop}
+    if row["discard"]:
+        assert proc.stderr == ""
+    else:
+        # A backend without FUSE fallocate must say so, not pretend.
+        assert proc.stderr.splitlines() == [
+            f"zramfs: notice: the {backend} backend cannot discard, so swap runs without "
+            "--discard and freed slots keep their memory until rewritten"
+        ]
+
+    peaks = {"swap_used": 0, "orig_data_size": 0, "compr_data_size": 0, "mem_used_max": 0}
+    stop = threading.Event()
+    sampler = threading.Thread(target=_sample, args=(env, mountpoint, loop, stop, peaks))
+    sampler.start()
+    try:
+        with memory_cgroup(MEMCG_LIMIT) as cg:
+            result = cg.run(
+                [
+                    sys.executable,
+                    os.path.join(SCRIPTS, "swap_workload.py"),
+                    "--mib",
+                    str(WORKING_SET_MIB),
+                    "--touches",
+                    str(TOUCHES),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+    finally:
+        stop.set()
+        sampler.join()
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
+    report = json.loads(result.stdout)
+    print(
+        f"\n[{backend}] workload {report}; peak swap used {peaks['swap_used'] / MiB:.1f} MiB, "
+        f"peak orig_data_size {peaks['orig_data_size'] / MiB:.1f} MiB "
+        f"(compr {peaks['compr_data_size'] / MiB:.1f} MiB), mem_used_max {peaks['mem_used_max'] / MiB:.1f} MiB"
+    )
+    assert report["bad_pages"] == 0
+    assert report["pages"] == WORKING_SET_MIB * 256
+    # zramfs really held the pages, compressed about 2:1.
+    assert peaks["swap_used"] >= MIN_SWAPPED
+    assert peaks["orig_data_size"] >= MIN_SWAPPED
+    assert peaks["compr_data_size"] < 0.6 * peaks["orig_data_size"]
+
+    # The workload is gone, so the kernel freed its swap slots.  With discard
+    # it told zramfs (swapon --discard), and the memory came back.
+    after = env.mm_stat(mountpoint)
+    with open(os.path.join(mountpoint, "io_stat")) as f:
+        notify_free = int(f.read().split()[3])
+    if row["discard"]:
+        assert notify_free > 0
+        deadline = time.monotonic() + 10
+        while after[0] > peaks["orig_data_size"] // 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # swap discards freed clusters in the background
+            after = env.mm_stat(mountpoint)
+        assert after[0] <= peaks["orig_data_size"] // 2
+    else:
+        assert notify_free == 0  # the expected refusal: nothing can be freed
+
+    env.ok("swapoff", "zramt0")
+    assert env.leftovers() == {}
+    assert not os.path.exists(mountpoint)
+
+
+def test_swapon_defaults(zramfs_env):
+    """No NAME: the first free zramN; no --size: min(ram/2, 4G); priority 100."""
+    from zramfs.config import default_swap_size
+
+    env = zramfs_env
+    proc = env.ok("swapon")
+    m = re.fullmatch(
+        r"(zram\d+): (\S+ \S+) lz4 swap on (/dev/loop\d+) \(priority 100\), mounted at (\S+)\n",
+        proc.stdout,
+    )
+    assert m, proc.stdout
+    name, loop, mountpoint = m[1], m[3], m[4]
+    assert mountpoint == os.path.join(env.run_dir, name)
+    row = env.device(name)
+    assert row["disksize"] == default_swap_size()
+    assert row["loop"] == loop
+    with open("/proc/swaps") as f:
+        (line,) = [l for l in f if l.startswith(loop + " ")]
+    assert line.split()[4] == "100"  # priority
+    env.ok("swapoff", name)
+    assert env.leftovers() == {}
