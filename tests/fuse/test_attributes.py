@@ -1,0 +1,179 @@
+"""zram's attribute files at the mount root: names, modes, formats, stores."""
+
+import errno
+import os
+import stat
+import subprocess
+
+import pytest
+
+from zramfs.codecs import CODECS
+
+MiB = 1 << 20
+
+ATTR_MODES = {
+    "disksize": 0o444,
+    "comp_algorithm": 0o444,
+    "mm_stat": 0o444,
+    "io_stat": 0o444,
+    "mem_limit": 0o644,
+    "mem_used_max": 0o644,
+    "compact": 0o200,
+}
+
+
+def test_root_lists_disk_and_the_attribute_files(zram):
+    assert sorted(os.listdir(zram.mountpoint)) == sorted(["disk", *ATTR_MODES])
+
+
+@pytest.mark.parametrize("name", sorted(ATTR_MODES))
+def test_attribute_file_mode_and_size(zram, name):
+    st = os.stat(zram.mountpoint / name)
+    assert stat.S_ISREG(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == ATTR_MODES[name]
+    assert st.st_size == 4096  # as sysfs reports
+
+
+def test_disksize(zram):
+    assert zram.attr("disksize") == f"{zram.disksize}\n"
+
+
+def test_comp_algorithm_in_zram_format(zram):
+    text = zram.attr("comp_algorithm")
+    assert text == " ".join("[lz4]" if c == "lz4" else c for c in CODECS) + "\n"
+    assert text.startswith("[lz4] ")
+
+
+def test_comp_algorithm_shows_the_chosen_one(start):
+    d = start(algorithm="zstd")
+    assert "[zstd]" in d.attr("comp_algorithm").split()
+
+
+def test_mm_stat_has_nine_columns_that_follow_writes(zram):
+    empty = zram.attr("mm_stat")
+    assert empty.endswith("\n")
+    assert len(empty.split()) == 9
+    with open(zram.disk, "r+b", buffering=0) as f:
+        f.write(os.urandom(MiB))
+        f.write(bytes(MiB))  # same-filled
+    s = zram.mm_stat()
+    assert s["orig_data_size"] == 2 * MiB
+    assert s["same_pages"] == MiB // 4096
+    assert s["huge_pages"] == MiB // 4096  # random data does not compress
+    assert s["mem_used_total"] >= s["compr_data_size"] >= MiB
+
+
+def test_io_stat_has_four_columns(zram):
+    text = zram.attr("io_stat")
+    assert text.endswith("\n")
+    assert [int(x) for x in text.split()] == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("written", "value"),
+    [
+        ("65536", 65536),
+        ("64K", 64 << 10),
+        ("64k", 64 << 10),
+        ("3M", 3 << 20),
+        ("1G", 1 << 30),
+        ("2T", 2 << 40),
+        ("0x100000", 1 << 20),
+        ("0", 0),
+    ],
+)
+def test_mem_limit_takes_memparse_sizes(zram, written, value):
+    zram.store("mem_limit", written + "\n")
+    assert zram.attr("mem_limit") == f"{value}\n"
+    assert zram.mm_stat()["mem_limit"] == value
+
+
+@pytest.mark.parametrize("bad", ["abc", "12X", "-5", "", "1.5M"])
+def test_mem_limit_refuses_bad_values(zram, bad):
+    zram.store("mem_limit", "1M")
+    with pytest.raises(OSError) as e:
+        zram.store("mem_limit", bad + "\n")
+    assert e.value.errno == errno.EINVAL
+    assert zram.attr("mem_limit") == f"{1 << 20}\n"
+
+
+def test_mem_limit_fails_writes_with_enospc(zram):
+    zram.store("mem_limit", "1M")
+    fd = os.open(zram.disk, os.O_WRONLY)
+    try:
+        with pytest.raises(OSError) as e:
+            for i in range(8):
+                os.pwrite(fd, os.urandom(MiB), i * MiB)
+        assert e.value.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    assert zram.mm_stat()["mem_used_total"] <= MiB
+    assert zram.io_stat()["failed_writes"] >= 1
+    zram.assert_alive()
+
+
+def test_mem_used_max_reset_by_writing_zero(zram):
+    fd = os.open(zram.disk, os.O_RDWR)
+    try:
+        os.pwrite(fd, os.urandom(2 * MiB), 0)
+        os.posix_fallocate  # noqa: B018 - (just documenting: discard comes next)
+        os.pwrite(fd, bytes(2 * MiB), 0)  # same-filled: frees the pool objects
+    finally:
+        os.close(fd)
+    peak = int(zram.attr("mem_used_max"))
+    assert peak >= 2 * MiB
+    zram.store("mem_used_max", "0\n")
+    after = int(zram.attr("mem_used_max"))
+    assert after < peak
+    assert after == zram.mm_stat()["mem_used_max"]
+
+
+@pytest.mark.parametrize("bad", ["1", "5", "x"])
+def test_mem_used_max_refuses_anything_but_zero(zram, bad):
+    with pytest.raises(OSError) as e:
+        zram.store("mem_used_max", bad)
+    assert e.value.errno == errno.EINVAL
+
+
+def test_compact_with_1(zram):
+    assert zram.store("compact", "1\n") == 2
+    zram.assert_alive()
+
+
+def test_compact_from_a_shell_redirect(zram):
+    # `>` opens with O_TRUNC, which must not fail on an attribute file.
+    r = subprocess.run(["sh", "-c", f"echo 1 > {zram.mountpoint}/compact"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(["sh", "-c", f"echo 8M > {zram.mountpoint}/mem_limit"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert zram.attr("mem_limit") == f"{8 << 20}\n"
+
+
+def test_compact_refuses_other_values(zram):
+    with pytest.raises(OSError) as e:
+        zram.store("compact", "2")
+    assert e.value.errno == errno.EINVAL
+
+
+def test_compact_cannot_be_read(zram):
+    with pytest.raises(OSError) as e:
+        zram.attr("compact")
+    assert e.value.errno == errno.EACCES
+
+
+@pytest.mark.parametrize("name", ["disksize", "comp_algorithm", "mm_stat", "io_stat"])
+def test_read_only_attributes_refuse_writes_even_for_root(zram, name):
+    with pytest.raises(OSError) as e:
+        zram.store(name, "1")
+    assert e.value.errno == errno.EACCES
+    with pytest.raises(OSError) as e:
+        os.open(zram.mountpoint / name, os.O_RDWR)
+    assert e.value.errno == errno.EACCES
+
+
+def test_attribute_files_read_fresh_each_time(zram):
+    # direct_io: no page cache between two reads of mm_stat.
+    first = zram.attr("mm_stat")
+    with open(zram.disk, "r+b", buffering=0) as f:
+        f.write(os.urandom(4096))
+    assert zram.attr("mm_stat") != first
