@@ -1,0 +1,156 @@
+"""Nothing is left behind: swapoff (one, --all, half-gone), failing swapon, and the fixture's own cleanup."""
+
+import os
+import signal
+import subprocess
+import time
+
+MiB = 1 << 20
+
+
+def _daemon_pid(env, mountpoint):
+    (pid,) = [p for p, argv in env.daemons().items() if mountpoint in argv]
+    return pid
+
+
+def test_swapoff_all_leaves_nothing(zramfs_env):
+    env = zramfs_env
+    for name in ("zramt1", "zramt2"):
+        env.ok("swapon", name, "--size", "64M", "--priority", "5")
+    assert len(env.swaps()) == 2 and len(env.loops()) == 2 and len(env.daemons()) == 2
+    assert sorted(r["name"] for r in env.status()) == ["zramt1", "zramt2"]
+    proc = env.ok("swapoff", "--all")
+    assert proc.stdout == proc.stderr == ""
+    assert env.leftovers() == {}
+    # Again, with nothing there: still fine, still nothing.
+    env.ok("swapoff", "--all")
+    assert env.leftovers() == {}
+
+
+def test_swapon_name_in_use_changes_nothing(zramfs_env):
+    env = zramfs_env
+    env.ok("swapon", "zramt3", "--size", "64M")
+    before = env.leftovers()
+    proc = env.cli("swapon", "zramt3", "--size", "64M")
+    assert proc.returncode == 5
+    assert proc.stderr == (
+        f"zramfs: error: name 'zramt3' is in use (mounted at {env.run_dir}/zramt3)\n"
+    )
+    assert env.leftovers() == before  # the device that was there is untouched
+    env.ok("swapoff", "zramt3")
+    assert env.leftovers() == {}
+
+
+def test_swapon_bad_algorithm_makes_nothing(zramfs_env):
+    env = zramfs_env
+    proc = env.cli("swapon", "zramt4", "--size", "64M", "--algorithm", "lzo")
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "zramfs: error: unknown compression algorithm 'lzo'; known: lz4 lz4hc zstd deflate\n"
+    )
+    assert env.leftovers() == {}
+    assert not os.path.exists(env.run_dir)  # not even the directory
+
+
+def test_swapon_failing_part_way_is_undone(zramfs_env):
+    """mkswap refuses 16 KiB (it needs 10 pages): the mount, daemon and loop device are undone."""
+    env = zramfs_env
+    proc = env.cli("swapon", "zramt5", "--size", "16K")
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("zramfs: error: mkswap /dev/loop"), proc.stderr
+    assert env.leftovers() == {}
+
+
+def test_swapoff_after_parts_are_gone(zramfs_env):
+    """swapoff finishes the job when someone already did swapoff and losetup -d by hand."""
+    env = zramfs_env
+    env.ok("swapon", "zramt6", "--size", "64M")
+    (loop,) = env.loops()
+    subprocess.run(["swapoff", loop], check=True)
+    subprocess.run(["losetup", "-d", loop], check=True)
+    env.ok("swapoff", "zramt6")
+    assert env.leftovers() == {}
+
+
+def test_swapoff_after_the_daemon_died(zramfs_env):
+    """A SIGKILLed daemon leaves a dead mount (ENOTCONN); swapoff still removes it."""
+    env = zramfs_env
+    env.ok("swapon", "zramt7", "--size", "64M")
+    (loop,) = env.loops()
+    subprocess.run(["swapoff", loop], check=True)
+    subprocess.run(["losetup", "-d", loop], check=True)
+    pid = _daemon_pid(env, os.path.join(env.run_dir, "zramt7"))
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while env.daemons() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert env.leftovers() == {"mounts": [f"{env.run_dir}/zramt7"], "run_dirs": ["zramt7"]}
+    row = env.device("zramt7")  # status copes with a dead mount
+    assert row["data"] is None and row["backend"] is None
+    env.ok("swapoff", "zramt7")
+    assert env.leftovers() == {}
+
+
+def test_swapoff_unknown_name(zramfs_env):
+    proc = zramfs_env.cli("swapoff", "zramt-none")
+    assert proc.returncode == 6
+    assert proc.stderr == (
+        f"zramfs: error: no zramfs device named 'zramt-none' (nothing at {zramfs_env.run_dir}/zramt-none)\n"
+    )
+
+
+def test_umount_refuses_while_a_loop_device_holds_disk(zramfs_env):
+    env = zramfs_env
+    mnt = os.path.join(env.root, "mnt")
+    os.mkdir(mnt)
+    env.ok("mount", mnt, "--size", "64M", "--name", "zramt8")
+    loop = subprocess.run(
+        ["losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", f"{mnt}/disk"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    proc = env.cli("umount", mnt)
+    assert proc.returncode == 5
+    assert proc.stderr == (
+        f"zramfs: error: {mnt}/disk is still attached to {loop} "
+        "(zramfs swapoff zramt8, or swapoff/umount it and losetup -d)\n"
+    )
+    assert env.device("zramt8")["loop"] == loop  # still fully working
+    subprocess.run(["losetup", "-d", loop], check=True)
+    deadline = time.monotonic() + 10
+    while env.loops() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    env.ok("umount", mnt)
+    assert env.leftovers() == {}
+
+
+def test_fixture_cleanup_removes_a_live_swap(zramfs_env):
+    """The teardown path itself, on a device left fully set up (swap on, daemon running)."""
+    env = zramfs_env
+    env.ok("swapon", "zramt9", "--size", "64M")
+    found = env.cleanup()
+    assert set(found) == {"swaps", "loops", "mounts", "daemons", "run_dirs"}
+    assert env.leftovers() == {}
+
+
+def test_fixture_cleanup_removes_ext4_on_a_dead_daemon(zramfs_env):
+    """The teardown path on the worst mess: ext4 mounted on a loop device whose daemon was killed."""
+    env = zramfs_env
+    zmount, ext4 = os.path.join(env.root, "z"), os.path.join(env.root, "e")
+    os.mkdir(zmount)
+    os.mkdir(ext4)
+    env.ok("mount", zmount, "--size", "64M", "--name", "zramt10")
+    loop = subprocess.run(
+        ["losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", f"{zmount}/disk"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    subprocess.run(["mkfs.ext4", "-q", "-F", loop], check=True)
+    subprocess.run(["mount", loop, ext4], check=True)
+    os.kill(_daemon_pid(env, zmount), signal.SIGKILL)
+    found = env.cleanup()
+    assert set(found) == {"loops", "mounts", "daemons"}
+    assert env.leftovers() == {}
