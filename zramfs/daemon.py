@@ -232,9 +232,9 @@ async def run(args, ready):
                     setup_error = e
                     nursery.cancel_scope.cancel()
                 else:
+                    _log(f"serving {mountpoint} ({args.size} bytes, {device.algorithm})")
                     ready.ready()
                     sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {mountpoint}")
-                    _log(f"serving {mountpoint} ({args.size} bytes, {device.algorithm})")
             if setup_error is not None:
                 raise setup_error
     if outcome["error"] is not None:
@@ -408,7 +408,14 @@ def start_background(mountpoint, size, **kwargs):
     name="zram0", threads=1, fuse_backend="dev", timeout=30.0, stderr=None,
     python=None.  Raises DaemonStartError(one-line message).
     """
-    return spawn_daemon(mountpoint, size, **kwargs).pid
+    proc = spawn_daemon(mountpoint, size, **kwargs)
+    # Keep the Popen alive: dropping it while the daemon runs would warn
+    # (ResourceWarning) from Popen.__del__.  The daemon outlives a CLI process.
+    _background.append(proc)
+    return proc.pid
+
+
+_background = []
 
 
 if __name__ == "__main__":

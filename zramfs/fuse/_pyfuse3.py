@@ -377,10 +377,24 @@ class Pyfuse3Session:
         """Cut the connection now, even if `disk` is still open (like fusectl's abort).
 
         Pending and future I/O on the mount fails with ENOTCONN; serve()
-        returns.  Needs fusectl at /sys/fs/fuse/connections; returns whether
-        it could abort.
+        returns.  Uses fusectl's abort file when /sys/fs/fuse/connections is
+        mounted; otherwise ends pyfuse3's loop, and serve() then closes the
+        /dev/fuse fd, which aborts the connection just the same.  Returns
+        whether it could abort.
         """
-        return _abort_connection(self._mnt_dev)
+        if _abort_connection(self._mnt_dev):
+            return True
+        with self._state_lock:
+            token = self._token
+        if token is None:
+            return False
+        try:
+            # terminate() touches pyfuse3's trio loop: run it in that loop's
+            # thread (run_sync_soon is safe from any thread, that one included).
+            token.run_sync_soon(pyfuse3.terminate)
+        except trio.RunFinishedError:
+            return False
+        return True
 
     def close(self):
         """Release the session (after unmounting if still mounted).
