@@ -70,10 +70,10 @@ class ZramfsEnv:
 
     # -- running things ------------------------------------------------------
 
-    def cli(self, *args, timeout=120, **kwargs):
-        """Run `python -m zramfs ARGS`; returns the CompletedProcess (text)."""
+    def cli(self, *args, timeout=120, prefix=(), **kwargs):
+        """Run `[PREFIX...] python -m zramfs ARGS`; returns the CompletedProcess (text)."""
         return subprocess.run(
-            [sys.executable, "-m", "zramfs", *args],
+            [*prefix, sys.executable, "-m", "zramfs", *args],
             env=self.env,
             capture_output=True,
             text=True,
