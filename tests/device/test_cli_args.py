@@ -1,0 +1,171 @@
+"""zramfs.cli without side effects: parsing, messages, the exit-code table, formatting.
+
+Every case here fails (or only reads) before anything is mounted, so it runs
+anywhere, root or not.  The same errors are checked end to end, as real
+processes, in tests/system/test_cli_errors.py.
+"""
+
+import os
+import re
+
+import pytest
+
+from zramfs import cli
+from zramfs.codecs import UnknownAlgorithmError
+from zramfs.config import InvalidNameError, SizeError
+from zramfs.daemon import DaemonStartError
+from zramfs.fuse import (
+    MountError,
+    MountpointBusyError,
+    MountpointMissingError,
+    MountpointNotDirectoryError,
+    NoFuseDeviceError,
+    NotRootError,
+)
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["swapon", "--size", "0"], "size must be greater than 0"),
+        (["swapon", "--size", "4097"], "size 4097 is not a multiple of 4096 bytes (the page size)"),
+        (["swapon", "--size", "4X"], "size '4X' is not a number of bytes, a number with a K/M/G/T suffix, or N% of RAM"),
+        (["swapon", "--size="], "size is empty"),
+        (["swapon", "--algorithm", "lzo"], "unknown compression algorithm 'lzo'; known: lz4 lz4hc zstd deflate"),
+        (["swapon", "--priority", "-2"], "priority -2 is not between -1 and 32767"),
+        (["swapon", "--priority", "32768"], "priority 32768 is not between -1 and 32767"),
+        (["swapon", "--priority", "x"], "swapon: argument --priority: invalid int value: 'x'"),
+        (["swapon", "a/b"], "name 'a/b' must be 1 to 64 letters, digits, '_', '.' or '-', not starting with '_', '.' or '-'"),
+        (["swapon", "--mem-limit=-1"], "size '-1' is negative"),
+        (["swapon", "--fuse-backend", "x"], "swapon: argument --fuse-backend: invalid choice: 'x' (choose from 'dev', 'pyfuse3')"),
+        (["mount", "/mnt"], "mount: the following arguments are required: --size"),
+        (["mount", "/mnt", "--size", "0"], "size must be greater than 0"),
+        (["mount", "/mnt", "--size", "1G", "--name", ".x"], "name '.x' must be 1 to 64 letters, digits, '_', '.' or '-', not starting with '_', '.' or '-'"),
+        (["mount", "/mnt", "--size", "1G", "--algorithm", "zlib"], "unknown compression algorithm 'zlib'; known: lz4 lz4hc zstd deflate"),
+        (["umount"], "umount: the following arguments are required: MOUNTPOINT"),
+        (["swapoff"], "give a NAME or --all"),
+        (["swapoff", "zram0", "--all"], "give a NAME or --all, not both"),
+        (["swapoff", "-x"], "unrecognized arguments: -x"),
+        (["status", "--yaml"], "unrecognized arguments: --yaml"),
+        (["frob"], "argument COMMAND: invalid choice: 'frob' (choose from 'mount', 'umount', 'swapon', 'swapoff', 'status')"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert (code, out, err) == (2, "", f"zramfs: error: {message}\n")
+
+
+def test_not_root_is_exit_3(capsys, monkeypatch):
+    # Input is checked first (so the messages above hold for anyone), then root.
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    for argv, command in [
+        (["swapon", "zram0", "--size", "1G"], "swapon"),
+        (["swapoff", "--all"], "swapoff"),
+        (["mount", "/mnt", "--size", "1G"], "mount"),
+        (["umount", "/mnt"], "umount"),
+    ]:
+        code, out, err = run(capsys, *argv)
+        assert (code, out, err) == (
+            3,
+            "",
+            f"zramfs: error: {command} needs root (it mounts, attaches loop devices and swap)\n",
+        )
+
+
+def test_help_is_exit_0(capsys):
+    code, out, err = run(capsys, "--help")
+    assert code == 0 and "swapon" in out and "Exit codes" in out
+    code, out, err = run(capsys, "swapon", "--help")
+    assert code == 0 and "--priority" in out
+
+
+@pytest.mark.parametrize(
+    "exc, code",
+    [
+        (SizeError("x"), 2),
+        (InvalidNameError("x"), 2),
+        (UnknownAlgorithmError("x"), 2),
+        (MountpointMissingError("x"), 2),
+        (MountpointNotDirectoryError("x"), 2),
+        (NotRootError("x"), 3),
+        (cli.NeedsRootError("x"), 3),
+        (NoFuseDeviceError("x"), 4),
+        (cli.BackendUnavailableError("x"), 4),
+        (MountpointBusyError("x"), 5),
+        (cli.NameInUseError("x"), 5),
+        (cli.DiskBusyError("x"), 5),
+        (cli.DeviceNotFoundError("x"), 6),
+        (cli.CommandError("x"), 1),
+        (cli.DaemonError("x"), 1),
+        (DaemonStartError("x"), 1),
+        (MountError("x"), 1),
+        (ValueError("x"), None),  # a bug, not an input error: a traceback, not a tidy line
+        (OSError("x"), None),
+    ],
+)
+def test_exit_code_table(exc, code):
+    assert cli.exit_code_for(exc) == code
+
+
+def test_docstring_lists_every_exit_code():
+    documented = {int(m[1]) for m in re.finditer(r"^(\d+) {2,}", cli.__doc__, re.MULTILINE)}
+    used = {c for c in cli.EXIT_CODES.values()} | {cli.EXIT_OK, cli.EXIT_USAGE}
+    assert documented == used == {0, 1, 2, 3, 4, 5, 6}
+
+
+@pytest.mark.parametrize(
+    "size, short, long",
+    [
+        (0, "0B", "0 B"),
+        (63, "63B", "63 B"),
+        (4096, "4K", "4 KiB"),
+        (20 * 1024, "20K", "20 KiB"),
+        (512 << 20, "512M", "512 MiB"),
+        (3 << 29, "1.5G", "1.5 GiB"),
+        (4 << 30, "4G", "4 GiB"),
+        (1 << 40, "1T", "1 TiB"),
+    ],
+)
+def test_human_sizes_like_zramctl(size, short, long):
+    assert cli._human(size) == short
+    assert cli._human(size, long=True) == long
+
+
+def test_backend_from_daemon_argv():
+    assert cli._backend_of(["/mnt", "--size", "4096"]) == "dev"
+    assert cli._backend_of(["/mnt", "--fuse-backend", "pyfuse3"]) == "pyfuse3"
+    assert cli._backend_of(["/mnt", "--fuse-backend=pyfuse3"]) == "pyfuse3"
+
+
+def test_backend_discard_capability():
+    assert cli.backend_supports_discard("dev") is True
+    assert cli.backend_supports_discard("pyfuse3") is False
+
+
+def test_run_dir(monkeypatch):
+    monkeypatch.delenv("ZRAMFS_RUN_DIR", raising=False)
+    assert cli.run_dir() == "/run/zramfs"
+    monkeypatch.setenv("ZRAMFS_RUN_DIR", "/tmp/x/")
+    assert cli.run_dir() == "/tmp/x"
+
+
+def test_mountinfo_parsing():
+    # Every line of the real mountinfo parses, and escapes are undone.
+    assert any(m.mountpoint == "/" for m in cli.mounts())
+    assert cli._unescape(r"/mnt/a\040b") == "/mnt/a b"
+    assert cli._unescape(r"/mnt/back\134slash") == "/mnt/back\\slash"
+
+
+def test_status_columns_only_ever_appended():
+    # zramctl's order first (NAME DISKSIZE DATA COMPR TOTAL ALGORITHM), then ours.
+    assert cli.STATUS_COLUMNS[:8] == (
+        "NAME", "DISKSIZE", "DATA", "COMPR", "TOTAL", "ALGORITHM", "LOOP", "MOUNTPOINT",
+    )
+    assert cli.STATUS_COLUMNS[8:] == ("BACKEND", "DISCARD")
