@@ -169,3 +169,39 @@ def test_status_columns_only_ever_appended():
         "NAME", "DISKSIZE", "DATA", "COMPR", "TOTAL", "ALGORITHM", "LOOP", "MOUNTPOINT",
     )
     assert cli.STATUS_COLUMNS[8:] == ("BACKEND", "DISCARD")
+
+
+def _unit(path):
+    """The [Section] key=value pairs of a systemd unit (repeated keys collected)."""
+    sections, current = {}, None
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("["):
+                current = sections.setdefault(line.strip("[]"), {})
+                continue
+            key, value = line.split("=", 1)
+            current.setdefault(key, []).append(value)
+    return sections
+
+
+def test_swap_unit_start_and_stop_mirror_each_other():
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "systemd", "zramfs-swap@.service")
+    with open(path) as f:
+        assert f.readline().startswith("# SPDX-License-Identifier: ")
+    unit = _unit(path)
+    assert unit["Unit"]["Documentation"]
+    service = unit["Service"]
+    assert service["Type"] == ["oneshot"] and service["RemainAfterExit"] == ["yes"]
+    (start,), (stop,) = service["ExecStart"], service["ExecStop"]
+    assert start == "zramfs swapon %i $OPTIONS"
+    assert stop == "zramfs swapoff %i"
+    # Rendered for an instance, both are commands the CLI accepts.
+    parser = cli.build_parser()
+    for command in (start, stop):
+        argv = command.replace("%i", "zram0").replace("$OPTIONS", "--size 2G --priority 50").split()
+        args = parser.parse_args(argv[1:])
+        assert args.name == "zram0"
+    assert "swap.target" in unit["Install"]["WantedBy"]
