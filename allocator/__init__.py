@@ -1,0 +1,71 @@
+"""allocator: a zsmalloc-style pool for compressed 4 KiB blocks.
+
+This is zramfs's ``mm/zsmalloc.c``.  The block device stores each compressed
+block with ``Pool.malloc`` + ``Pool.write`` and gets an opaque *handle* back;
+``Pool.read`` / ``Pool.map`` load it, ``Pool.free`` drops it, and
+``Pool.compact`` squeezes out the holes frees leave behind.
+
+Memory.  All object bytes live in one arena: a memfd mapped MAP_SHARED,
+reserved whole (``max_pages`` pages, or 1 TiB sparse when uncapped) and
+carved into 4 KiB pages.  A page is allocated by the kernel when first
+written and given back with ``fallocate(PUNCH_HOLE)`` when the pool frees
+it, which works even under ``mlockall`` (where ``MADV_DONTNEED`` does not).
+
+Size classes.  Object sizes are rounded up to classes of 32..4096 bytes in
+16-byte steps (255 classes).  Each class picks the ``pages_per_zspage`` in
+1..``max_pages_per_zspage`` (default 8) that wastes the smallest fraction of
+its pages, and neighbouring classes with the same (pages_per_zspage,
+objs_per_zspage) are merged into the largest: 119 distinct classes for a
+chain of 8.
+
+Zspages.  A zspage is a chain of pages_per_zspage arena pages that need not
+be adjacent; it holds objs_per_zspage slots of the class size laid end to
+end, so a slot may cross from one page of the chain into the next.  Such an
+object is read and mapped through a copy; one inside a page is read
+straight from the arena and mapped without any copy.  Each slot starts with
+a 4-byte header word: ``handle << 1 | 1`` when the slot is in use, ``(next
+free slot offset + 1) << 1`` when free, which makes the zspage's free list
+intrusive.  Slot offsets are multiples of 16, so a header never crosses a
+page.  Objects of ``huge_class_size`` bytes or more (the top class: one
+object per page) get a page to themselves and no header.
+
+Handles.  A handle is an index into the handle table (``array('Q')``, handle
+0 never used).  A live entry is ``data address << 13 | size``, so read and
+write need one table load and no zspage lookup; a free entry has size 0 and
+links to the next free handle.  Compaction rewrites entries, never handles.
+
+Where state lives.  No Python object exists per object or per zspage.
+zspages are ids into flat arrays (class, inuse, free-list head, fullness
+list links, fullness group, and 16 page numbers each); ``page_rev`` maps a
+page number back to its zspage slot, which is how free() finds the zspage
+and a crossing object finds its second page.  Per class there are plain
+lists: fullness list heads, a bitmask of non-empty groups, zspage and object
+counts.
+
+Fullness groups.  A zspage with some slots used is in one of ten groups by
+fill level (0-9 %, ..., 90-99 %), each an intrusive doubly linked list; full
+zspages are in none, empty ones are freed at once.  malloc takes the head of
+the fullest non-empty group (the highest bit of the class's mask), so new
+objects go to the fullest zspage with room and sparse zspages are left to
+drain.
+
+Compaction.  Per class, while the free slots add up to at least a zspage,
+the sparsest zspage is taken out of its list and its objects are copied one
+by one into the fullest zspage with room; the handle in each object's header
+says which table entry to repoint.  Emptied zspages are freed and counted in
+``pages_compacted``.
+
+Locking.  One ``threading.Lock`` per pool guards all of the above: every
+public method takes it, for its whole run.  ``Pool.map`` holds it from
+``__enter__`` until ``__exit__``, so nothing (compaction included) can move
+the object under the view; code inside a ``with pool.map(...)`` block must
+not call the pool or wait for anything that does, or it deadlocks.  Nothing
+in the pool waits on I/O while holding the lock (page faults on the arena are
+RAM, which the daemon has locked).
+"""
+
+from ._errors import PoolError, PoolFullError
+from ._pool import Pool
+from ._stats import ClassStats, PoolStats
+
+__all__ = ["ClassStats", "Pool", "PoolError", "PoolFullError", "PoolStats"]

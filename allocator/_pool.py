@@ -1,0 +1,610 @@
+"""Pool: zs_malloc / zs_free / zs_map_object over zspages laid out in the arena.
+
+Data flow: the block device calls ``malloc`` + ``write`` for each compressed
+block, ``read`` (or ``map``) to load it back and ``free`` when the block is
+overwritten or discarded.  The pool keeps every piece of state in flat
+``array.array``\\ s and in plain lists indexed by class id (the package
+docstring describes the layout); the bytes live in the ``Arena``.
+
+The hot paths (malloc, free, read, write) are written flat on purpose: one
+lock taken with acquire/release (``with`` costs 80 ns more here), locals
+instead of repeated attribute loads, and the fullness-list moves that happen
+on about every other call inlined rather than called.  A Python call costs
+~100 ns on this machine kind and the budget is 2 us per malloc + write.
+Compaction and the slow paths share the helpers ``_push``, ``_unlink`` and
+``_regroup``, which are the reference for what the inlined copies do.
+"""
+
+from __future__ import annotations
+
+import operator
+import threading
+from array import array
+
+from ._arena import RESERVATION_BYTES, Arena
+from ._errors import PoolFullError
+from ._size_class import (
+    DEFAULT_MAX_PAGES_PER_ZSPAGE,
+    OBJ_HEADER_SIZE,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    ZS_MAX_ALLOC_SIZE,
+    SizeClassTable,
+)
+from ._stats import ClassStats, PoolStats
+
+#: Handle-table entry: ``addr << SIZE_BITS | size`` for a live object, where
+#: addr is the arena address of the object's data and size its malloc'd size
+#: (1..4096 needs 13 bits).  A free entry has size 0 and keeps the next free
+#: handle in the addr bits, so free handles form a LIFO list inside the
+#: table itself and cost no extra memory.
+SIZE_BITS = 13
+SIZE_MASK = (1 << SIZE_BITS) - 1
+
+
+#: Fullness groups per class.  A zspage with ``inuse`` of ``objs`` slots used
+#: is in group ``inuse * 10 // objs + 1`` (1..10: 0-9 %, ..., 90-99 % used,
+#: as the kernel's ZS_INUSE_RATIO_* groups).  FULL is not a list: a full
+#: zspage can take no object and is no compaction source.  An empty zspage
+#: is freed at once, so it has no group.
+FULL = 11
+NR_GROUPS = 12
+
+#: Map modes of ``Pool.map``, as zsmalloc's ZS_MM_RO / ZS_MM_WO / ZS_MM_RW.
+MAP_MODES = ("r", "w", "rw")
+
+
+class _Mapping:
+    """What ``Pool.map`` returns: holds the pool lock while the view is open."""
+
+    __slots__ = ("_pool", "_handle", "_mode", "_view")
+
+    def __init__(self, pool: Pool, handle: int, mode: str):
+        self._pool = pool
+        self._handle = handle
+        self._mode = mode
+        self._view = None
+
+    def __enter__(self) -> memoryview:
+        pool = self._pool
+        pool._lock.acquire()
+        try:
+            addr, size = pool._lookup(self._handle)
+            # A zspage's pages are consecutive in the arena's address space
+            # (see the package docstring), so every object, even one that
+            # crosses a page boundary, is one slice: no copy in, none back.
+            view = pool._mv[addr:addr + size]
+            if self._mode == "r":
+                view = view.toreadonly()
+        except BaseException:
+            pool._lock.release()
+            raise
+        self._view = view
+        return view
+
+    def __exit__(self, *exc) -> bool:
+        try:
+            # Released, the view can no longer reach the arena after the
+            # lock is dropped and compaction may move the object.
+            self._view.release()
+        finally:
+            self._pool._lock.release()
+        return False
+
+
+class Pool:
+    """A zsmalloc-style pool of objects of 1..4096 bytes.  See the package docstring."""
+
+    __slots__ = (
+        "_lock", "_arena", "_map", "_mv", "_mv32", "max_pages", "max_pages_per_zspage",
+        "huge_class_size", "_cap", "_zs_shift", "_zs_mask", "_max_zspages",
+        "_huge_base", "_huge_slots",
+        "_class_of", "_csize", "_cppz", "_copz", "_cgroup", "_huge",
+        "_heads", "_cmask", "_czspages",
+        "_handles", "_hfree",
+        "_zs_class", "_zs_inuse", "_zs_free", "_zs_bump", "_zs_next", "_zs_prev",
+        "_zs_group", "_zs_freeids", "_huge_free", "_huge_next",
+        "_pages_used", "_bytes_used", "_pages_compacted",
+    )
+
+    def __init__(self, max_pages_per_zspage: int = DEFAULT_MAX_PAGES_PER_ZSPAGE,
+                 max_pages: int | None = None):
+        classes = SizeClassTable(max_pages_per_zspage)
+        if max_pages is not None and (type(max_pages) is not int or max_pages < 1):
+            raise ValueError(f"max_pages must be None or an int >= 1, got {max_pages!r}")
+        self.max_pages = max_pages
+        self.max_pages_per_zspage = max_pages_per_zspage
+        self._cap = max_pages if max_pages is not None else RESERVATION_BYTES >> PAGE_SHIFT
+        self._lock = threading.Lock()
+        # Arena layout.  zspage z owns [z << zs_shift, (z + 1) << zs_shift):
+        # room for the longest chain, rounded up to a power of two so that
+        # address -> (zspage, offset) is a shift and a mask.  Huge objects
+        # get their own region after the zspages, one page each, so they
+        # stay densely packed (one page-table page maps 512 of them) rather
+        # than each taking a zspage slot.  A capped pool reserves only what
+        # its cap can use (at most max_pages zspages and max_pages huge
+        # pages), so many small pools fit one process's address space.
+        self._zs_shift = shift = PAGE_SHIFT + (max_pages_per_zspage - 1).bit_length()
+        self._zs_mask = (1 << shift) - 1
+        if (max_pages is None
+                or ((max_pages + 1) << shift) + (max_pages << PAGE_SHIFT) > RESERVATION_BYTES):
+            zs_bytes = huge_bytes = RESERVATION_BYTES // 2
+        else:
+            zs_bytes = (max_pages + 1) << shift     # +1: zspage id 0 is never used
+            huge_bytes = max_pages << PAGE_SHIFT
+        self._max_zspages = zs_bytes >> shift
+        self._huge_base = zs_bytes
+        self._huge_slots = huge_bytes >> PAGE_SHIFT
+        self._arena = arena = Arena(zs_bytes + huge_bytes)
+        self._map = arena.map
+        self._mv = arena.mv
+        self._mv32 = arena.mv32
+        self.huge_class_size = classes.huge_class_size
+        n = len(classes)
+        self._huge = n - 1
+        self._class_of = classes.class_of
+        self._csize = classes.size
+        self._cppz = classes.pages_per_zspage
+        self._copz = classes.objs_per_zspage
+        # inuse -> fullness group, one list per class.
+        self._cgroup = [
+            [FULL if i == o else i * 10 // o + 1 for i in range(o + 1)]
+            for o in classes.objs_per_zspage]
+        # heads[c * NR_GROUPS + g]: first zspage of group g of class c (0: none).
+        self._heads = [0] * (n * NR_GROUPS)
+        # Bit g of cmask[c] is set when group g of class c is not empty, so
+        # the fullest group with room is cmask[c].bit_length() - 1.
+        self._cmask = [0] * n
+        # zspages per class (for the huge class: huge objects).
+        self._czspages = [0] * n
+        # Handle 0 is never handed out: it stays a free entry with no next.
+        self._handles = array("Q", [0])
+        self._hfree = 0
+        # zspage tables, indexed by zspage id; id 0 is the null link and
+        # owns no memory.
+        self._zs_class = array("H", [0])
+        self._zs_inuse = array("H", [0])
+        self._zs_free = array("I", [0])     # first free slot's offset + 1 (0: none)
+        self._zs_bump = array("I", [0])     # offset of the first never-used slot
+        self._zs_next = array("I", [0])     # fullness list links
+        self._zs_prev = array("I", [0])
+        self._zs_group = array("B", [0])
+        self._zs_freeids = array("I")       # ids of freed zspages, for reuse
+        # Huge pages: slot i is the page at huge_base + (i << PAGE_SHIFT).
+        self._huge_free = array("I")
+        self._huge_next = 0
+        self._pages_used = 0
+        self._bytes_used = 0
+        self._pages_compacted = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Give all memory back at once.  The pool is unusable afterwards."""
+        with self._lock:
+            self._arena.close()
+            self._pages_used = 0
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
+    @property
+    def pages_used(self) -> int:
+        """Pages the pool holds; cheap enough for the device to read per write."""
+        return self._pages_used
+
+    # -- zs_malloc ---------------------------------------------------------
+
+    def malloc(self, size: int) -> int:
+        """Reserve room for an object of ``size`` bytes and return its handle.
+
+        The object goes into the fullest zspage of its class that has room;
+        a new zspage is made only when none has.  Raises ValueError for a
+        size outside 1..4096 and PoolFullError when a new zspage (or huge
+        page) would take the pool past ``max_pages``.
+        """
+        if size >= self.huge_class_size:
+            return self._malloc_huge(size)
+        if size < 1:
+            raise ValueError(f"size must be in 1..{ZS_MAX_ALLOC_SIZE}, got {size}")
+        c = self._class_of[(size + OBJ_HEADER_SIZE + 15) >> 4]
+        lock = self._lock
+        lock.acquire()
+        try:
+            m = self._cmask[c]
+            if m:
+                g = m.bit_length() - 1
+                z = self._heads[c * NR_GROUPS + g]
+            else:
+                z = self._new_zspage(c)
+                g = 0
+            # A slot: the zspage's free list first, else its never-used tail.
+            mv32 = self._mv32
+            zs_free = self._zs_free
+            off = zs_free[z]
+            if off:
+                hdr = (z << self._zs_shift) | (off - 1)
+                zs_free[z] = mv32[hdr >> 2] >> 1
+            else:
+                zs_bump = self._zs_bump
+                off = zs_bump[z]
+                zs_bump[z] = off + self._csize[c]
+                hdr = (z << self._zs_shift) | off
+            handles = self._handles
+            h = self._hfree
+            entry = ((hdr + OBJ_HEADER_SIZE) << SIZE_BITS) | size
+            if h:
+                self._hfree = handles[h] >> SIZE_BITS
+                handles[h] = entry
+            else:
+                h = len(handles)
+                handles.append(entry)
+            mv32[hdr >> 2] = (h << 1) | 1
+            zs_inuse = self._zs_inuse
+            inuse = zs_inuse[z] + 1
+            zs_inuse[z] = inuse
+            g2 = self._cgroup[c][inuse]
+            if g2 != g:
+                # _regroup inlined; z is the head of group g, so leaving it
+                # is a pop.
+                heads = self._heads
+                base = c * NR_GROUPS
+                if g:
+                    nxt = self._zs_next[z]
+                    heads[base + g] = nxt
+                    if nxt:
+                        self._zs_prev[nxt] = 0
+                    else:
+                        m ^= 1 << g
+                if g2 != FULL:
+                    head = heads[base + g2]
+                    self._zs_next[z] = head
+                    if head:
+                        self._zs_prev[head] = z
+                    heads[base + g2] = z
+                    m |= 1 << g2
+                self._cmask[c] = m
+                self._zs_group[z] = g2
+            self._bytes_used += size
+            return h
+        finally:
+            lock.release()
+
+    def _malloc_huge(self, size: int) -> int:
+        size = operator.index(size)
+        if size > ZS_MAX_ALLOC_SIZE:
+            raise ValueError(f"size must be in 1..{ZS_MAX_ALLOC_SIZE}, got {size}")
+        # A huge object has a page to itself and no header: compaction never
+        # moves it (a one-object page cannot get fuller), so nothing needs to
+        # find its handle from its slot.
+        with self._lock:
+            self._check_room(1)
+            if self._huge_free:
+                slot = self._huge_free.pop()
+            elif self._huge_next < self._huge_slots:
+                slot = self._huge_next
+                self._huge_next = slot + 1
+            else:
+                raise PoolFullError(f"pool is full: all {self._huge_slots} "
+                                    "huge page slots are in use")
+            h = self._hfree
+            entry = ((self._huge_base + (slot << PAGE_SHIFT)) << SIZE_BITS) | size
+            if h:
+                self._hfree = self._handles[h] >> SIZE_BITS
+                self._handles[h] = entry
+            else:
+                h = len(self._handles)
+                self._handles.append(entry)
+            self._pages_used += 1
+            self._czspages[self._huge] += 1
+            self._bytes_used += size
+            return h
+
+    def _check_room(self, pages: int) -> None:
+        if self._pages_used + pages > self._cap:
+            raise PoolFullError(
+                f"pool is full: {self._pages_used} of max_pages={self._cap} pages "
+                f"in use, {pages} more needed")
+
+    def _new_zspage(self, c: int) -> int:
+        """Make an empty zspage for class c, in no fullness list; return its id."""
+        ppz = self._cppz[c]
+        self._check_room(ppz)
+        if self._zs_freeids:
+            z = self._zs_freeids.pop()
+        else:
+            z = len(self._zs_class)
+            if z >= self._max_zspages:
+                raise PoolFullError(
+                    f"pool is full: all {self._max_zspages - 1} zspage slots are in use")
+            for a in (self._zs_class, self._zs_inuse, self._zs_free, self._zs_bump,
+                      self._zs_next, self._zs_prev, self._zs_group):
+                a.append(0)
+        self._zs_class[z] = c
+        self._zs_inuse[z] = 0
+        self._zs_next[z] = 0
+        self._zs_prev[z] = 0
+        self._zs_group[z] = 0
+        # No slot is threaded onto the free list: slots are handed out from
+        # zs_bump upwards, so a new zspage costs no per-slot work and each
+        # page is first touched (allocated by the kernel) when an object
+        # lands on it.
+        self._zs_free[z] = 0
+        self._zs_bump[z] = 0
+        self._czspages[c] += 1
+        self._pages_used += ppz
+        return z
+
+    def _free_zspage(self, z: int) -> int:
+        """Give an empty zspage (in no list) back to the kernel; return its pages."""
+        c = self._zs_class[z]
+        ppz = self._cppz[c]
+        # Its pages are consecutive in the arena: one fallocate frees them.
+        self._arena.release(z << self._zs_shift, ppz << PAGE_SHIFT)
+        self._zs_freeids.append(z)
+        self._czspages[c] -= 1
+        self._pages_used -= ppz
+        return ppz
+
+    # -- fullness lists (intrusive, doubly linked through zs_next/zs_prev) --
+
+    def _push(self, c: int, g: int, z: int) -> None:
+        """Put z at the head of group g of class c (g is not FULL)."""
+        i = c * NR_GROUPS + g
+        head = self._heads[i]
+        self._zs_next[z] = head
+        self._zs_prev[z] = 0
+        if head:
+            self._zs_prev[head] = z
+        self._heads[i] = z
+        self._cmask[c] |= 1 << g
+
+    def _unlink(self, c: int, g: int, z: int) -> None:
+        """Take z out of group g of class c (g is not FULL)."""
+        nxt = self._zs_next[z]
+        prv = self._zs_prev[z]
+        if prv:
+            self._zs_next[prv] = nxt
+        else:
+            self._heads[c * NR_GROUPS + g] = nxt
+            if not nxt:
+                self._cmask[c] &= ~(1 << g)
+        if nxt:
+            self._zs_prev[nxt] = prv
+
+    def _regroup(self, c: int, z: int, g: int, g2: int) -> None:
+        """Move z from group g (0: none) to group g2 of class c."""
+        if g and g != FULL:
+            self._unlink(c, g, z)
+        if g2 != FULL:
+            self._push(c, g2, z)
+        self._zs_group[z] = g2
+
+    def _take_slot(self, c: int, z: int) -> int:
+        """Take a free slot of z, regroup z, return the slot's header address.
+
+        malloc does the same steps inline; compaction calls this.
+        """
+        off = self._zs_free[z]
+        if off:
+            hdr = (z << self._zs_shift) | (off - 1)
+            self._zs_free[z] = self._mv32[hdr >> 2] >> 1
+        else:
+            off = self._zs_bump[z]
+            self._zs_bump[z] = off + self._csize[c]
+            hdr = (z << self._zs_shift) | off
+        inuse = self._zs_inuse[z] + 1
+        self._zs_inuse[z] = inuse
+        g2 = self._cgroup[c][inuse]
+        if g2 != self._zs_group[z]:
+            self._regroup(c, z, self._zs_group[z], g2)
+        return hdr
+
+    # -- zs_free -------------------------------------------------------------
+
+    def free(self, handle: int) -> None:
+        """Free the object; a zspage left empty gives its pages back at once.
+
+        Raises ValueError for a handle that is unknown or already freed.
+        """
+        lock = self._lock
+        lock.acquire()
+        try:
+            handles = self._handles
+            try:
+                entry = handles[handle] if handle > 0 else 0
+            except IndexError:
+                entry = 0
+            size = entry & SIZE_MASK
+            if not size:
+                raise ValueError(f"free of unknown or freed handle {handle!r}")
+            handles[handle] = self._hfree << SIZE_BITS
+            self._hfree = handle
+            self._bytes_used -= size
+            if size >= self.huge_class_size:
+                self._free_huge(entry >> SIZE_BITS)
+                return
+            hdr = (entry >> SIZE_BITS) - OBJ_HEADER_SIZE
+            z = hdr >> self._zs_shift
+            zs_free = self._zs_free
+            self._mv32[hdr >> 2] = zs_free[z] << 1
+            zs_free[z] = (hdr & self._zs_mask) + 1
+            zs_inuse = self._zs_inuse
+            inuse = zs_inuse[z] - 1
+            zs_inuse[z] = inuse
+            c = self._zs_class[z]
+            g = self._zs_group[z]
+            if not inuse:
+                # Its last object: the zspage goes, pages and all.
+                self._unlink(c, g, z)
+                self._free_zspage(z)
+                return
+            g2 = self._cgroup[c][inuse]
+            if g2 != g:
+                # _regroup inlined: unlink from g (unless FULL), push on g2.
+                heads = self._heads
+                base = c * NR_GROUPS
+                zs_next = self._zs_next
+                zs_prev = self._zs_prev
+                m = self._cmask[c]
+                if g != FULL:
+                    nxt = zs_next[z]
+                    prv = zs_prev[z]
+                    if prv:
+                        zs_next[prv] = nxt
+                    else:
+                        heads[base + g] = nxt
+                        if not nxt:
+                            m ^= 1 << g
+                    if nxt:
+                        zs_prev[nxt] = prv
+                head = heads[base + g2]
+                zs_next[z] = head
+                zs_prev[z] = 0
+                if head:
+                    zs_prev[head] = z
+                heads[base + g2] = z
+                self._cmask[c] = m | (1 << g2)
+                self._zs_group[z] = g2
+        finally:
+            lock.release()
+
+    def _free_huge(self, addr: int) -> None:
+        self._arena.release(addr, PAGE_SIZE)
+        self._huge_free.append((addr - self._huge_base) >> PAGE_SHIFT)
+        self._pages_used -= 1
+        self._czspages[self._huge] -= 1
+
+    # -- access --------------------------------------------------------------
+
+    def _lookup(self, handle: int) -> tuple[int, int]:
+        """(address, size) of a live handle; ValueError otherwise.  Lock held."""
+        try:
+            entry = self._handles[handle] if handle > 0 else 0
+        except IndexError:
+            entry = 0
+        size = entry & SIZE_MASK
+        if not size:
+            raise ValueError(f"unknown or freed handle {handle!r}")
+        return entry >> SIZE_BITS, size
+
+    def write(self, handle: int, data) -> None:
+        """Copy ``data`` (bytes-like, exactly the malloc'd size) into the object.
+
+        Raises ValueError for an unknown or freed handle and for data of any
+        other length; the object is unchanged then.
+        """
+        lock = self._lock
+        lock.acquire()
+        try:
+            try:
+                entry = self._handles[handle] if handle > 0 else 0
+            except IndexError:
+                entry = 0
+            size = entry & SIZE_MASK
+            if not size:
+                raise ValueError(f"write to unknown or freed handle {handle!r}")
+            if len(data) != size:
+                raise ValueError(
+                    f"write of {len(data)} bytes to an object of {size} bytes")
+            addr = entry >> SIZE_BITS
+            self._mv[addr:addr + size] = data
+        finally:
+            lock.release()
+
+    def read(self, handle: int) -> bytes:
+        """A copy of the object's bytes.  ValueError for an unknown or freed handle."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            try:
+                entry = self._handles[handle] if handle > 0 else 0
+            except IndexError:
+                entry = 0
+            size = entry & SIZE_MASK
+            if not size:
+                raise ValueError(f"read of unknown or freed handle {handle!r}")
+            addr = entry >> SIZE_BITS
+            # Slicing the mmap copies straight into a new bytes object.
+            return self._map[addr:addr + size]
+        finally:
+            lock.release()
+
+    def map(self, handle: int, mode: str = "r") -> _Mapping:
+        """Context manager giving a memoryview of the object (zs_map_object).
+
+        Mode "r" gives a read-only view, "w" and "rw" a writable one; all are
+        views of the arena itself, never copies.  The pool lock is held
+        until the ``with`` block ends: call no pool method inside it.  The
+        view is released on exit.  ValueError for an unknown or freed handle
+        (raised on entering the block) or an unknown mode.
+        """
+        if mode not in MAP_MODES:
+            raise ValueError(f"map mode must be one of {MAP_MODES}, got {mode!r}")
+        return _Mapping(self, handle, mode)
+
+    # -- zs_compact ----------------------------------------------------------
+
+    def compact(self) -> int:
+        """Move objects out of sparse zspages, free the emptied ones; return pages freed.
+
+        Handles stay valid.  Holds the pool lock for the whole run.
+        """
+        from ._compact import compact_class
+
+        with self._lock:
+            freed = 0
+            for c in range(self._huge):
+                freed += compact_class(self, c)
+            self._pages_compacted += freed
+            return freed
+
+    # -- stats ---------------------------------------------------------------
+
+    def _partial(self, c: int):
+        """Yield the zspages of class c that are in a fullness list."""
+        for g in range(1, FULL):
+            z = self._heads[c * NR_GROUPS + g]
+            while z:
+                yield z
+                z = self._zs_next[z]
+
+    def _class_objs_used(self, c: int) -> int:
+        """Live objects in class c: full zspages plus the partial ones' inuse.
+
+        Computed rather than counted so that malloc and free need not keep
+        a per-class counter; it walks the partial zspages only.
+        """
+        if c == self._huge:
+            return self._czspages[c]
+        partial = 0
+        inuse = 0
+        for z in self._partial(c):
+            partial += 1
+            inuse += self._zs_inuse[z]
+        return (self._czspages[c] - partial) * self._copz[c] + inuse
+
+    def stats(self) -> PoolStats:
+        """A frozen snapshot of the counters (takes the lock; O(partial zspages))."""
+        with self._lock:
+            rows = []
+            for c in range(len(self._csize)):
+                zspages = self._czspages[c]
+                rows.append(ClassStats(
+                    size=self._csize[c], pages_per_zspage=self._cppz[c],
+                    objs_per_zspage=self._copz[c], zspages=zspages,
+                    objs_allocated=zspages * self._copz[c],
+                    objs_used=self._class_objs_used(c),
+                    pages_used=zspages * self._cppz[c]))
+            return PoolStats(
+                pages_used=self._pages_used,
+                pages_compacted=self._pages_compacted,
+                objs_used=sum(r.objs_used for r in rows),
+                bytes_used=self._bytes_used,
+                huge_class_size=self.huge_class_size,
+                max_pages=self.max_pages,
+                classes=tuple(rows))
