@@ -126,7 +126,14 @@ def memparse(text):
     m = _MEMPARSE.match(text)
     if m is None:
         raise InvalidValueError(f"not a size: {text!r}")
-    return int(m.group(1), 0) << _SUFFIX_SHIFT[m.group(2).lower()]
+    digits = m.group(1)
+    if digits[:2] in ("0x", "0X"):
+        value = int(digits[2:], 16)
+    elif digits.startswith("0"):
+        value = int(digits, 8)  # C's leading-zero octal, which Python's int(x, 0) refuses
+    else:
+        value = int(digits, 10)
+    return value << _SUFFIX_SHIFT[m.group(2).lower()]
 
 
 def _decode(data):

@@ -61,6 +61,10 @@ _WANT_FLAGS = (
 _NO_REPLY = frozenset({_abi.FORGET, _abi.BATCH_FORGET, _abi.INTERRUPT, _abi.NOTIFY_REPLY})
 
 
+class MalformedRequestError(Exception):
+    """Raised when a request is shorter than its opcode's struct says (answered EIO, counted)."""
+
+
 class _ConnectionGone(Exception):
     """Raised inside the loop when writing a reply finds the connection gone (ENODEV)."""
 
@@ -185,6 +189,7 @@ class DevSession:
         handlers = self._handlers
         nops = len(handlers)
         reply_error = self._reply_error
+        header_size = _abi.IN_HEADER_SIZE
         while True:
             try:
                 n = readv(fd, (buf,))
@@ -195,10 +200,17 @@ class DevSession:
                     return
                 self._fatal = e
                 return
+            if n < header_size:
+                if n == 0:  # EOF: only a non-/dev/fuse fd (the protocol tests' socket) does this
+                    return
+                self.errors += 1  # the kernel never sends a short request
+                continue
             _, opcode, unique, nodeid, _, _, _, _, _ = unpack_head(buf)
             try:
                 if opcode < nops:
-                    handlers[opcode](unique, nodeid, mv, n)
+                    # The view ends where this request ends, so a short body
+                    # fails to unpack instead of reading the last request's bytes.
+                    handlers[opcode](unique, nodeid, mv[:n], n)
                 elif opcode not in _NO_REPLY:
                     reply_error(unique, errno.ENOSYS)
             except _ConnectionGone:
@@ -381,6 +393,8 @@ class DevSession:
     def _write(self, unique, nodeid, mv, n):
         _fh, offset, size, _, _, _, _ = _abi.write_in.unpack_from(mv, _abi.IN_HEADER_SIZE)
         data = mv[_abi.WRITE_DATA_OFFSET : _abi.WRITE_DATA_OFFSET + size]
+        if len(data) != size:
+            raise MalformedRequestError(f"WRITE of {size} bytes carries {len(data)}")
         if nodeid == DISK_INO and offset + size <= self._disksize:
             # Hot path: straight to the device.
             self._dev_write(offset, data)
