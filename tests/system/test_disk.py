@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import BACKENDS
+from system_helpers import BACKENDS
 
 MiB = 1 << 20
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import BACKENDS, SCRIPTS
+from system_helpers import BACKENDS, SCRIPTS
 
 from memcg import memory_cgroup
 

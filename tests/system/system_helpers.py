@@ -1,0 +1,234 @@
+"""Helpers for the system tier: the real zramfs command, and cleanup that always runs.
+
+Every test gets a `ZramfsEnv` rooted in its own tmp_path.  Its ZRAMFS_RUN_DIR
+is private, so `zramfs swapon`/`swapoff --all` in a test only ever see that
+test's devices, never the machine's own.  Whatever the test did or failed to
+do, teardown removes -- without going through the zramfs CLI, so a CLI bug
+cannot hide behind its own cleanup -- every swap area, loop device, mount and
+daemon that belongs under that root, and then fails the test if it had to.
+`test_cleanup.py` tests that path on purpose-made messes.  The fixture
+itself is in conftest.py.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPTS = os.path.join(REPO, "scripts")
+if SCRIPTS not in sys.path:
+    # scripts/memcg.py and scripts/swap_workload.py are shared with the benchmark.
+    sys.path.insert(0, SCRIPTS)
+
+
+def _backends():
+    from zramfs.fuse import BACKENDS
+
+    return BACKENDS
+
+
+BACKENDS = _backends()
+
+
+def _unescape(field):
+    return field.encode().decode("unicode_escape").encode("latin-1").decode()
+
+
+def _under(path, root):
+    return path == root or path.startswith(root + os.sep)
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0")[:-1]]
+    except OSError:
+        return []
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+class ZramfsEnv:
+    """The zramfs command, run for real, with everything it makes kept under `root`."""
+
+    def __init__(self, root):
+        self.root = os.path.realpath(str(root))
+        self.run_dir = os.path.join(self.root, "run")
+        self.env = dict(os.environ)
+        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+        self.env["ZRAMFS_RUN_DIR"] = self.run_dir
+
+    # -- running things ------------------------------------------------------
+
+    def cli(self, *args, timeout=120, prefix=(), **kwargs):
+        """Run `[PREFIX...] python -m zramfs ARGS`; returns the CompletedProcess (text)."""
+        return subprocess.run(
+            [*prefix, sys.executable, "-m", "zramfs", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            **kwargs,
+        )
+
+    def ok(self, *args, **kwargs):
+        """Run the CLI and require success."""
+        proc = self.cli(*args, **kwargs)
+        assert proc.returncode == 0, (args, proc.returncode, proc.stdout, proc.stderr)
+        return proc
+
+    def status(self):
+        """`zramfs status --json`, only this env's devices."""
+        rows = json.loads(self.ok("status", "--json").stdout)["zramfs"]
+        return [r for r in rows if _under(r["mountpoint"], self.root)]
+
+    def device(self, name):
+        (row,) = [r for r in self.status() if r["name"] == name]
+        return row
+
+    def mm_stat(self, mountpoint):
+        with open(os.path.join(mountpoint, "mm_stat")) as f:
+            return [int(x) for x in f.read().split()]
+
+    # -- what is left ----------------------------------------------------------
+
+    def loops(self):
+        """{'/dev/loopN': backing file} for loop devices backed by files under root."""
+        found = {}
+        for dev in os.listdir("/sys/block"):
+            try:
+                with open(f"/sys/block/{dev}/loop/backing_file") as f:
+                    backing = f.read().rstrip("\n")
+            except OSError:
+                continue
+            if _under(backing, self.root):
+                found["/dev/" + dev] = backing
+        return found
+
+    def mounts(self):
+        """[(mountpoint, fstype, source)] for mounts under root or of our loop devices, top last."""
+        loops = self.loops()
+        found = []
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                sep = fields.index("-")
+                mountpoint, fstype, source = _unescape(fields[4]), fields[sep + 1], _unescape(fields[sep + 2])
+                if _under(mountpoint, self.root) or source in loops:
+                    found.append((mountpoint, fstype, source))
+        return found
+
+    def swaps(self):
+        """Swap areas (in /proc/swaps) on our loop devices: {device: used bytes}."""
+        loops = self.loops()
+        found = {}
+        with open("/proc/swaps") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields and fields[0] in loops:
+                    found[fields[0]] = int(fields[3]) * 1024
+        return found
+
+    def daemons(self):
+        """{pid: argv} of zramfs daemons whose mountpoint is under root."""
+        found = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            argv = _cmdline(entry)
+            if "zramfs.daemon" not in argv or not _alive(int(entry)):
+                continue
+            args = argv[argv.index("zramfs.daemon") + 1 :]
+            if any(_under(a, self.root) for a in args):
+                found[int(entry)] = argv
+        return found
+
+    def leftovers(self):
+        """Everything zramfs-related still alive under root; empty when clean."""
+        state = {
+            "swaps": sorted(self.swaps()),
+            "loops": sorted(self.loops()),
+            "mounts": [m[0] for m in self.mounts()],
+            "daemons": sorted(self.daemons()),
+            "run_dirs": sorted(os.listdir(self.run_dir)) if os.path.isdir(self.run_dir) else [],
+        }
+        return {k: v for k, v in state.items() if v}
+
+    # -- cleanup ------------------------------------------------------------------
+
+    def cleanup(self):
+        """Remove every leftover, whatever state it is in; return what there was.
+
+        Order mirrors set-up in reverse: swap areas, filesystems on our loop
+        devices, loop devices, FUSE mounts, daemons, directories.  Each step
+        retries, then falls back to the forceful way (lazy unmount, SIGKILL).
+        """
+        found = self.leftovers()
+        errors = []
+
+        def attempt(argv):
+            proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            return proc.returncode == 0
+
+        for dev in self.swaps():
+            if not attempt(["swapoff", dev]):
+                errors.append(f"swapoff {dev}")
+        # Filesystems on our loop devices and mounts under root, topmost first.
+        for mountpoint, fstype, source in reversed(self.mounts()):
+            if fstype == "fuse.zramfs":
+                continue  # after the loop devices that hold them
+            if not attempt(["umount", mountpoint]) and not attempt(["umount", "-l", mountpoint]):
+                errors.append(f"umount {mountpoint}")
+        for dev in self.loops():
+            attempt(["losetup", "-d", dev])
+        deadline = time.monotonic() + 10
+        while self.loops() and time.monotonic() < deadline:
+            time.sleep(0.05)  # autoclear finishes when the last opener lets go
+        for dev in self.loops():
+            errors.append(f"losetup -d {dev}")
+        for mountpoint, fstype, source in reversed(self.mounts()):
+            if not attempt(["umount", mountpoint]) and not attempt(["umount", "-l", mountpoint]):
+                errors.append(f"umount {mountpoint}")
+        daemons = self.daemons()
+        for pid in daemons:
+            with _suppress_lookup():
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in daemons) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in daemons:
+            if _alive(pid):
+                with _suppress_lookup():
+                    os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in daemons) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        errors += [f"daemon {p} survived SIGKILL" for p in daemons if _alive(p)]
+        if os.path.isdir(self.run_dir) and not self.mounts():
+            for name in os.listdir(self.run_dir):
+                try:
+                    os.rmdir(os.path.join(self.run_dir, name))
+                except OSError as e:
+                    errors.append(f"rmdir {name}: {e.strerror}")
+        if errors:
+            raise RuntimeError(f"cleanup failed: {errors}; leftovers {self.leftovers()}")
+        return found
+
+
+class _suppress_lookup:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        return exc_type is ProcessLookupError
