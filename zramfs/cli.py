@@ -31,6 +31,7 @@ Exit codes:
 5     in use: the name is taken, the mountpoint is busy, or a loop device
       (or swap) still holds the disk
 6     not found: no zramfs device by that name, no zramfs mount there
+130   interrupted (Ctrl-C); what swapon had set up has been undone
 ====  =======================================================================
 """
 
@@ -50,7 +51,13 @@ import time
 from dataclasses import dataclass
 
 from zramfs import config
-from zramfs.codecs import CODECS, DEFAULT_ALGORITHM, InvalidCodecParamsError, UnknownAlgorithmError
+from zramfs.codecs import (
+    CODECS,
+    DEFAULT_ALGORITHM,
+    InvalidCodecParamsError,
+    UnknownAlgorithmError,
+    get_codec,
+)
 from zramfs.config import ConfigError, PAGE_SIZE
 
 __all__ = ["main", "EXIT_CODES", "CliError", "NameInUseError", "DeviceNotFoundError", "CommandError"]
@@ -62,6 +69,7 @@ EXIT_NOT_ROOT = 3
 EXIT_NO_FUSE = 4
 EXIT_IN_USE = 5
 EXIT_NOT_FOUND = 6
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 # FUSE backends the CLI offers; zramfs.fuse decides which are installed.
 FUSE_BACKENDS = ("dev", "pyfuse3")
@@ -337,9 +345,18 @@ def _run(argv, what=None):
     return proc.stdout
 
 
+# Why each command needs root, for its one-line error.
+_ROOT_REASONS = {
+    "mount": "FUSE is mounted with mount(2)",
+    "umount": "FUSE is mounted with mount(2)",
+    "swapon": "it mounts, attaches a loop device and enables swap",
+    "swapoff": "it disables swap, detaches a loop device and unmounts",
+}
+
+
 def _need_root(command):
     if os.geteuid() != 0:
-        raise NeedsRootError(f"{command} needs root (it mounts, attaches loop devices and swap)")
+        raise NeedsRootError(f"{command} needs root ({_ROOT_REASONS[command]})")
 
 
 def _need_fuse(backend):
@@ -359,11 +376,8 @@ def _need_fuse(backend):
 
 
 def _check_algorithm(name):
-    if name not in CODECS:
-        raise UnknownAlgorithmError(
-            f"unknown compression algorithm {name!r}; known: {' '.join(CODECS)}"
-        )
-    return name
+    """The algorithm name if zramfs.codecs has it; else its UnknownAlgorithmError."""
+    return get_codec(name).name
 
 
 def _disksize(text):
@@ -371,10 +385,8 @@ def _disksize(text):
 
 
 def _mem_limit(text):
-    if text is None:
-        return 0
-    size = config.parse_size(text)
-    return size
+    """--mem-limit in bytes; 0 (zram's "no limit") when not given."""
+    return 0 if text is None else config.parse_size(text)
 
 
 def _name_in_use(name, mountpoint):
@@ -842,7 +854,7 @@ def build_parser():
         prog="zramfs",
         description="zram in userspace: compressed swap and disks over FUSE.",
         epilog="Exit codes: 0 ok, 1 failure, 2 bad input, 3 needs root, "
-        "4 FUSE unavailable, 5 in use, 6 not found.",
+        "4 FUSE unavailable, 5 in use, 6 not found, 130 interrupted.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -918,7 +930,7 @@ def main(argv=None):
         return args.func(args)
     except KeyboardInterrupt:
         print("zramfs: error: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as e:
         code = exit_code_for(e)
         if code is None:

@@ -96,14 +96,13 @@ AS_NOBODY = (
 def test_not_root(zramfs_env):
     """As an ordinary user (nobody): exit 3 for every command that sets devices up."""
     env = zramfs_env
-    for args, command in [
-        (["swapon", "zramt0", "--size", "64M"], "swapon"),
-        (["swapoff", "zramt0"], "swapoff"),
-        (["mount", env.root, "--size", "64M"], "mount"),
-        (["umount", env.root], "umount"),
+    for args, message in [
+        (["swapon", "zramt0", "--size", "64M"], "swapon needs root (it mounts, attaches a loop device and enables swap)"),
+        (["swapoff", "zramt0"], "swapoff needs root (it disables swap, detaches a loop device and unmounts)"),
+        (["mount", env.root, "--size", "64M"], "mount needs root (FUSE is mounted with mount(2))"),
+        (["umount", env.root], "umount needs root (FUSE is mounted with mount(2))"),
     ]:
-        proc = env.cli(*args, prefix=AS_NOBODY)
-        one_line(proc, 3, f"{command} needs root (it mounts, attaches loop devices and swap)")
+        one_line(env.cli(*args, prefix=AS_NOBODY), 3, message)
     # status only reads, so anyone may run it.
     proc = env.cli("status", prefix=AS_NOBODY)
     assert proc.returncode == 0, proc.stderr
