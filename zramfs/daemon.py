@@ -180,7 +180,7 @@ async def _watch_signals(signals, session):
             # Still busy (a loop device holds disk) and asked again: cut it off.
             _log(f"{signal.Signals(signum).name} again: aborting the connection")
             if not session.abort():
-                _log("cannot abort (is fusectl mounted on /sys/fs/fuse/connections?)")
+                _log("cannot abort the connection (no fusectl at /sys/fs/fuse/connections)")
 
 
 async def _wait_until_answering(mountpoint):

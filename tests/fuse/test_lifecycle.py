@@ -49,6 +49,27 @@ def test_lazy_unmount_serves_open_files_until_closed(zram):
     assert wait_exit(zram.proc) == 0
 
 
+def test_second_signal_aborts_a_mount_still_in_use(zram):
+    # A loop device or swap still holding disk keeps a lazily unmounted
+    # filesystem alive; asking twice cuts it off.
+    fd = os.open(zram.disk, os.O_RDWR)
+    try:
+        zram.proc.terminate()
+        time.sleep(0.5)
+        assert zram.proc.poll() is None
+        zram.proc.terminate()
+        assert wait_exit(zram.proc) == 0
+        with pytest.raises(OSError) as e:
+            os.pread(fd, 4096, 0)
+        assert e.value.errno == errno.ENOTCONN
+    finally:
+        try:
+            os.close(fd)
+        except OSError as e:  # close's FLUSH fails too: the fd is released all the same
+            assert e.errno == errno.ENOTCONN
+    assert "aborting the connection" in zram.log.read_text()
+
+
 def test_ready_means_the_mount_answers(zram):
     # spawn_daemon returned only after READY: no waiting needed here.
     assert is_mounted(str(zram.mountpoint))

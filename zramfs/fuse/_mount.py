@@ -21,6 +21,8 @@ MNT_DETACH = 2
 UMOUNT_NOFOLLOW = 8
 
 FUSE_DEVICE = "/dev/fuse"
+# fusectl: one directory per FUSE connection, named by its device number.
+FUSECTL = "/sys/fs/fuse/connections"
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
@@ -140,4 +142,25 @@ def unmount(mountpoint):
         if err in (errno.EINVAL, errno.ENOENT):
             return False
         raise OSError(err, f"umount {mountpoint}: {os.strerror(err)}")
+    return True
+
+
+def abort_connection(mnt_dev):
+    """Abort the FUSE connection of the mount whose mountinfo dev is `mnt_dev` ("0:NN").
+
+    Like `echo 1 > /sys/fs/fuse/connections/NN/abort`: every pending and
+    future request fails with ENOTCONN and the session's reads get ENODEV.
+    fusectl is mounted first if nobody has (systemd normally does at boot).
+    Returns whether the abort was written.
+    """
+    major, minor = (int(x) for x in mnt_dev.split(":"))
+    # FUSE superblocks are anonymous (major 0), so the dev number is the minor.
+    path = f"{FUSECTL}/{(major << 20) | minor}/abort"
+    if not os.path.exists(path) and os.path.isdir(FUSECTL) and not is_mounted(FUSECTL):
+        _libc.mount(b"fusectl", FUSECTL.encode(), b"fusectl", 0, None)
+    try:
+        with open(path, "w") as f:
+            f.write("1")
+    except OSError:
+        return False
     return True

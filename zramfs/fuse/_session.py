@@ -34,7 +34,7 @@ from zramfs.fs import DISK_INO
 
 from . import _abi
 from ._errors import errno_for
-from ._mount import mount_fuse, mountinfo_entry, unmount
+from ._mount import abort_connection, mount_fuse, mountinfo_entry, unmount
 
 # Protocol limits we ask for in INIT.  256 pages = 1 MiB per READ/WRITE,
 # FUSE_MAX_MAX_PAGES: fewer requests for loop's and dd's large I/O.
@@ -151,22 +151,14 @@ class DevSession:
             unmount(self.mountpoint)
 
     def abort(self):
-        """Cut the connection now, even if `disk` is still open (like fusectl's abort).
+        """Cut the connection now, even if `disk` is still open (fusectl's abort).
 
         Pending and future I/O on the mount fails with ENOTCONN; serve()
-        returns.  Needs fusectl at /sys/fs/fuse/connections; returns whether
-        it could abort.
+        returns.  Returns whether it could abort.
         """
         if self._mnt_dev is None:
             return False
-        minor = self._mnt_dev.split(":")[1]
-        path = f"/sys/fs/fuse/connections/{minor}/abort"
-        try:
-            with open(path, "w") as f:
-                f.write("1")
-        except OSError:
-            return False
-        return True
+        return abort_connection(self._mnt_dev)
 
     def close(self):
         """Release the fd (after unmounting if still mounted)."""
