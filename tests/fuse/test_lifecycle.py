@@ -200,3 +200,51 @@ def test_cleanup_after_the_daemon_is_gone(zram):
     zram.proc.terminate()
     zram.proc.wait(timeout=10)
     assert stop_daemon(zram.proc, zram.mountpoint) == []
+
+
+# -- MountError messages, from the session itself --------------------------------
+
+
+def session_for(mountpoint, backend):
+    from zramfs.device import BlockDevice
+    from zramfs.fs import Filesystem
+    from zramfs.fuse import Session
+
+    return Session(Filesystem(BlockDevice(1 << 20)), mountpoint, backend=backend)
+
+
+def test_mount_without_dev_fuse(tmp_path, monkeypatch):
+    import zramfs.fuse._mount
+    from zramfs.fuse import NoFuseDeviceError
+
+    monkeypatch.setattr(zramfs.fuse._mount, "FUSE_DEVICE", str(tmp_path / "fuse"))
+    with pytest.raises(NoFuseDeviceError) as e:
+        session_for(tmp_path, "dev").mount()
+    assert str(e.value) == f"{tmp_path / 'fuse'} does not exist (is the fuse module loaded?)"
+    assert not is_mounted(str(tmp_path))
+
+
+def test_mount_errors_are_typed(zram, tmp_path, backend):
+    from zramfs.fuse import MountpointBusyError, MountpointMissingError, MountpointNotDirectoryError
+
+    with pytest.raises(MountpointBusyError, match=f"^{zram.mountpoint} is already a mount point$"):
+        session_for(zram.mountpoint, backend).mount()
+    with pytest.raises(MountpointMissingError, match="does not exist$"):
+        session_for(tmp_path / "nope", backend).mount()
+    (tmp_path / "f").write_text("")
+    with pytest.raises(MountpointNotDirectoryError, match="is not a directory$"):
+        session_for(tmp_path / "f", backend).mount()
+
+
+def test_not_root(tmp_path):
+    # As nobody, from a directory nobody may read: the root check comes first.
+    r = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         sys.executable, "-m", "zramfs.daemon", "/", "--size", "4096", "--ready-fd", "1"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__import__("zramfs").__file__)))},
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert r.stdout == "ERROR zramfs must run as root to mount (it uses mount(2) directly)\n"
