@@ -5,11 +5,11 @@ block with ``Pool.malloc`` + ``Pool.write`` and gets an opaque *handle* back;
 ``Pool.read`` / ``Pool.map`` load it, ``Pool.free`` drops it, and
 ``Pool.compact`` squeezes out the holes frees leave behind.
 
-Memory.  All object bytes live in one arena: a memfd mapped MAP_SHARED,
-reserved whole (``max_pages`` pages, or 1 TiB sparse when uncapped) and
-carved into 4 KiB pages.  A page is allocated by the kernel when first
-written and given back with ``fallocate(PUNCH_HOLE)`` when the pool frees
-it, which works even under ``mlockall`` (where ``MADV_DONTNEED`` does not).
+Memory.  All object bytes live in one arena: a memfd mapped MAP_SHARED and
+reserved whole (sparse: 1 TiB when uncapped, what ``max_pages`` can use when
+capped).  The kernel allocates a 4 KiB page when it is first written, and
+the pool gives it back with ``fallocate(PUNCH_HOLE)`` when it frees it,
+which works even under ``mlockall`` (where ``MADV_DONTNEED`` does not).
 
 Size classes.  Object sizes are rounded up to classes of 32..4096 bytes in
 16-byte steps (255 classes).  Each class picks the ``pages_per_zspage`` in
@@ -18,29 +18,39 @@ its pages, and neighbouring classes with the same (pages_per_zspage,
 objs_per_zspage) are merged into the largest: 119 distinct classes for a
 chain of 8.
 
-Zspages.  A zspage is a chain of pages_per_zspage arena pages that need not
-be adjacent; it holds objs_per_zspage slots of the class size laid end to
-end, so a slot may cross from one page of the chain into the next.  Such an
-object is read and mapped through a copy; one inside a page is read
-straight from the arena and mapped without any copy.  Each slot starts with
-a 4-byte header word: ``handle << 1 | 1`` when the slot is in use, ``(next
-free slot offset + 1) << 1`` when free, which makes the zspage's free list
-intrusive.  Slot offsets are multiples of 16, so a header never crosses a
-page.  Objects of ``huge_class_size`` bytes or more (the top class: one
-object per page) get a page to themselves and no header.
+Zspages.  A zspage is a chain of pages_per_zspage 4 KiB pages holding
+objs_per_zspage slots of the class size laid end to end, so a slot may cross
+from one page into the next.  The pages are separate allocations of the
+kernel's, physically anywhere, as in zsmalloc.  What differs is how a
+crossing object is reached: zsmalloc either copies it out of its two pages
+or maps them side by side (its old PGTABLE_MAPPING option); the arena is a
+file we map ourselves, so each zspage simply owns a fixed, aligned range of
+the mapping (``zspage id << zs_shift``), its pages sit side by side there
+for good, and every object, crossing or not, is one slice: read, write and
+map never copy and never look up a page table.  (Measured: a crossing
+object cost 900 ns to write with a two-page copy against 330 ns for one
+inside a page, and 40 % of 1.6 KiB objects cross.)  The price is address
+space, not memory: the unused tail of a range is never touched.
+
+Each slot starts with a 4-byte header word: ``handle << 1 | 1`` when the slot
+is in use, ``(next free slot offset + 1) << 1`` when free, which makes the
+zspage's free list intrusive.  A new zspage threads no free list: slots are
+taken from a bump offset until the first free, so pages are touched only as
+objects land on them.  Slot offsets are multiples of 16, so a header never
+crosses a page.  Objects of ``huge_class_size`` bytes or more (they would
+land in the top class: one object per page) get a page of a separate huge
+region to themselves and no header; they never move.
 
 Handles.  A handle is an index into the handle table (``array('Q')``, handle
 0 never used).  A live entry is ``data address << 13 | size``, so read and
-write need one table load and no zspage lookup; a free entry has size 0 and
-links to the next free handle.  Compaction rewrites entries, never handles.
+write need one table load; a free entry has size 0 and links to the next
+free handle.  Compaction rewrites entries, never handles.
 
 Where state lives.  No Python object exists per object or per zspage.
-zspages are ids into flat arrays (class, inuse, free-list head, fullness
-list links, fullness group, and 16 page numbers each); ``page_rev`` maps a
-page number back to its zspage slot, which is how free() finds the zspage
-and a crossing object finds its second page.  Per class there are plain
-lists: fullness list heads, a bitmask of non-empty groups, zspage and object
-counts.
+zspages are ids into flat arrays (class, inuse, free-list head, bump
+offset, fullness list links, fullness group); an object's zspage and offset
+are its address's high and low bits.  Per class there are plain lists:
+fullness list heads, a bitmask of non-empty groups, a zspage count.
 
 Fullness groups.  A zspage with some slots used is in one of ten groups by
 fill level (0-9 %, ..., 90-99 %), each an intrusive doubly linked list; full
