@@ -1,34 +1,45 @@
-"""The second FUSE backend: the same Filesystem, served through pyfuse3/libfuse3.
+"""The second FUSE backend ("pyfuse3"): the same Filesystem, served through libfuse3.
 
 Where this sits: ``Session(fs, mountpoint, backend="pyfuse3")`` builds a
-`Pyfuse3Session` instead of the default /dev/fuse session.  libfuse3 reads
-each request from the kernel and pyfuse3 calls one `_Operations` method in a
-trio task; the method calls one `zramfs.fs.Filesystem` method and turns its
+`Pyfuse3Session` instead of the default `_session.DevSession`.  libfuse3 reads
+each request from /dev/fuse, pyfuse3 calls one `_Operations` method in a trio
+task, and that method calls one `zramfs.fs.Filesystem` method and turns its
 typed exceptions into ``FUSEError(errno_for(exc))``.  Below that, data goes
 down through zramfs.device and the allocator exactly as with the default
-backend: this module adds no semantics of its own (attributes, modes, sizes,
-clamping and errors all come from `Filesystem`).
+backend.  This module adds no semantics of its own: attributes, modes, sizes,
+clamping and errors all come from `Filesystem` and `errno_for`; mount-point
+checks and unmounting from `_mount`; cache timeouts from `_session`.
 
-Differences from the default backend, all forced by pyfuse3 3.5:
-- No FALLOCATE handler is registered, so libfuse answers ENOSYS, the kernel
-  remembers that (fc->no_fallocate) and every fallocate(2) on `disk` fails
-  with EOPNOTSUPP.  Discard (loop's PUNCH_HOLE, fstrim, swapon --discard)
-  therefore cannot give memory back: `SUPPORTS_DISCARD` says so, and the CLI
-  and `zramfs status` read it.
-- libfuse negotiates INIT itself: max_write is 1 MiB (libfuse >= 3.6 asks for
-  max_pages 256), async direct I/O is on by default; we cannot tune them.
-- pyfuse3 keeps its session in module globals: one pyfuse3 mount per process.
-- Requests run as trio tasks on one thread; a handler that does not await
-  runs to completion before the next request is read.  Big transfers are
-  handed to worker threads (lz4 releases the GIL) so both cores work, small
-  ones stay inline because a thread hop costs more than a 4 KiB block.
+What pyfuse3 3.5 cannot do, and so this backend does not:
+- **Discard.**  pyfuse3 registers no FALLOCATE handler (`init_fuse_ops` in
+  its internal.pxi), so libfuse answers ENOSYS, the kernel remembers that
+  (fc->no_fallocate) and every fallocate(2) on `disk` fails with EOPNOTSUPP.
+  Punched holes, `fstrim` and `swapon --discard` free no memory.  A loop
+  device still advertises discard (it only checks that statfs works) and
+  BLKDISCARD on it returns 0, freeing nothing.  `SUPPORTS_DISCARD` says so;
+  the CLI and `zramfs status` read it through `supports_discard`.
+- **INIT tuning.**  libfuse negotiates INIT itself: 1 MiB max_write (libfuse
+  >= 3.6 asks for max_pages 256) and async direct I/O are its defaults; there
+  is no FOPEN_PARALLEL_DIRECT_WRITES in pyfuse3's FileInfo, so the kernel
+  serializes writes to `disk` on its inode lock.
+- **Several mounts per process.**  pyfuse3 keeps its session in module
+  globals; a second mount in one process gets `Pyfuse3BusyError`.
 
-The lifecycle matches the default `Session`: mount() (typed MountError
-subclasses, from the shared `_mount.check_mountpoint`), serve() (blocking:
-runs its own ``trio.run`` until the filesystem is unmounted or stop() is
-called, so the daemon may run it in a thread exactly like the default
-session) and stop() (lazy unmount, from any thread).  ``serve_async()`` is
-the same loop for a caller that wants it inside its own trio run.
+Concurrency: pyfuse3 runs every request as a task of one trio run, on one
+thread; a handler that does not await runs to completion before the next
+request is read.  Reads and writes of `_THREAD_MIN_BYTES` or more go to at
+most `threads` worker threads (lz4 releases the GIL), so the trio thread
+reads the next request meanwhile; small ones stay inline, where a thread hop
+would cost more than the block.  Filesystem and BlockDevice do their own
+locking, as they do for the default backend's reader threads.
+
+Lifecycle, the interface of `DevSession`: mount() raises the same MountError
+subclasses (`_mount.check_mountpoint`) before libfuse gets to try; serve()
+blocks, running its own ``trio.run(pyfuse3.main)``, so the daemon runs it in
+a worker thread exactly like the default backend's; stop() unmounts lazily
+from any thread and serve() returns once the last user of `disk` lets go;
+abort() cuts the connection; close() releases.  ``serve_async()`` is the
+same loop for a caller that wants it inside its own trio run.
 """
 
 import errno
@@ -37,6 +48,7 @@ import threading
 
 import trio
 
+from zramfs.device import PAGE_SIZE
 from zramfs.fuse._errors import errno_for
 from zramfs.fuse._mount import (
     MountError,
@@ -46,35 +58,36 @@ from zramfs.fuse._mount import (
     mountinfo_entry,
     unmount,
 )
+from zramfs.fuse._session import ATTR_VALID_S, ENTRY_VALID_S
 
 try:
     import pyfuse3
-except ImportError:  # an optional extra: zramfs[pyfuse3]
+except ImportError:  # an optional extra, zramfs[pyfuse3]; mount() says so
     pyfuse3 = None
 
-# What this backend can do, read by the CLI (swapon leaves out --discard and
-# says why) and by `zramfs status`.  pyfuse3 3.5 registers no FALLOCATE
-# handler (pyfuse3/internal.pxi init_fuse_ops), so discard cannot free memory.
+# What this backend can do; the CLI (swapon leaves out --discard and says
+# why) and `zramfs status` read it as `Pyfuse3Session.supports_discard`.
 SUPPORTS_DISCARD = False
 
-# The errno a fallocate(2) on a pyfuse3 mount fails with: libfuse replies
+# How a fallocate(2) on a pyfuse3 mount fails, any mode: libfuse answers
 # ENOSYS to the unregistered opcode, the kernel turns that into EOPNOTSUPP.
+# Tests expect exactly this where the default backend frees memory.
 FALLOCATE_ERRNO = errno.EOPNOTSUPP
 
-# The tree never changes shape, so names and attributes could be cached
-# forever; but `disk`'s st_blocks follows mem_used_total and chmod changes
-# modes, so attributes are cached for one second only (what `ls -l` needs).
-_ENTRY_TIMEOUT = 300
-_ATTR_TIMEOUT = 1
-
-# Reads and writes of at least this many bytes run in a worker thread, so
-# compression of one 1 MiB request overlaps the next one on the other core.
-# Below it the thread hop (tens of µs) would cost more than the work.
+# Reads and writes of at least this many bytes run in a worker thread so one
+# request's compression overlaps reading the next.  A thread hop costs tens of
+# µs, more than a 4 KiB block's work (lz4: ~3.5 µs, design.md).
 _THREAD_MIN_BYTES = 64 * 1024
 
-# pyfuse3 starts a task per request in flight up to this many.  The loop
-# device keeps up to 128 requests queued; each waiting task is only a frame.
+# pyfuse3 starts another task whenever none is waiting for a request, up to
+# this many.  Waiting tasks are cheap; 64 matches the default backend's
+# max_background, the requests the kernel keeps in flight for loop's async I/O.
 _MAX_TASKS = 64
+
+# The mount(2) the default backend makes (`_mount.mount_fuse`): type
+# "fuse.zramfs" (libfuse appends the subtype), MS_NOSUID|MS_NODEV (libfuse's
+# defaults), allow_other, default_permissions; fsname is the source.
+_MOUNT_OPTIONS = ("subtype=zramfs", "allow_other", "default_permissions")
 
 
 class Pyfuse3UnavailableError(MountError):
@@ -86,173 +99,176 @@ class Pyfuse3BusyError(MountError):
 
 
 def _entry(attr):
-    """An `EntryAttributes` carrying exactly what Filesystem said."""
+    """An `EntryAttributes` saying exactly what Filesystem said."""
     e = pyfuse3.EntryAttributes()
     e.st_ino = attr.ino
     e.st_mode = attr.mode
     e.st_nlink = attr.nlink
     e.st_size = attr.size
     e.st_blocks = attr.blocks
-    e.st_blksize = 4096
+    e.st_blksize = PAGE_SIZE  # what st_blksize tells cp and dd to use
     e.st_uid = attr.uid
     e.st_gid = attr.gid
     e.st_atime_ns = attr.atime_ns
     e.st_mtime_ns = attr.mtime_ns
     e.st_ctime_ns = attr.ctime_ns
-    e.entry_timeout = _ENTRY_TIMEOUT
-    e.attr_timeout = _ATTR_TIMEOUT
+    e.entry_timeout = ENTRY_VALID_S
+    e.attr_timeout = ATTR_VALID_S
     return e
 
 
-if pyfuse3 is not None:
+class _Operations(pyfuse3.Operations if pyfuse3 is not None else object):
+    """pyfuse3's request handlers, each one Filesystem call.
 
-    class _Operations(pyfuse3.Operations):
-        """pyfuse3 request handlers, each one Filesystem call.
+    pyfuse3 lets only FUSEError out of a handler: anything else ends
+    pyfuse3.main() and leaves the kernel's request unanswered.  So every
+    handler maps every Exception through errno_for (unknown ones: EIO, and
+    counted in `errors`, as the default backend counts them).  File handles
+    are inode numbers: Filesystem keeps no per-open state.  Handlers not
+    defined here (create, mkdir, unlink, xattrs, fallocate...) answer ENOSYS,
+    as in the default backend.
+    """
 
-        pyfuse3 lets only FUSEError out of a handler: anything else would end
-        pyfuse3.main() and leave the kernel request unanswered.  So every
-        handler maps every Exception through errno_for (unknown ones: EIO).
-        File handles are inode numbers: Filesystem keeps no per-open state.
-        """
+    # Like the default backend: no NFS export support, no writeback cache
+    # (it would keep uncompressed copies), no ACLs.
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
 
-        # Filesystem answers "." and ".." itself.
-        supports_dot_lookup = True
-        enable_writeback_cache = False
-        enable_acl = False
+    def __init__(self, fs):
+        super().__init__()
+        self._fs = fs
+        self.limiter = None  # a trio.CapacityLimiter, made inside the trio run
+        # Requests that ended in an exception errno_for did not know (EIO).
+        self.errors = 0
+        self.last_error = None
 
-        def __init__(self, fs, threads):
-            super().__init__()
-            self._fs = fs
-            self._limiter = trio.CapacityLimiter(threads)
-            # Requests that ended in an exception errno_for did not know (EIO).
-            self.errors = 0
-            self.last_error = None
+    def _fuse_error(self, exc):
+        err = errno_for(exc)
+        if err == errno.EIO:
+            self.errors += 1
+            self.last_error = exc
+        return pyfuse3.FUSEError(err)
 
-        def _fuse_error(self, exc):
-            err = errno_for(exc)
-            if err == errno.EIO:
-                self.errors += 1
-                self.last_error = exc
-            return pyfuse3.FUSEError(err)
+    async def lookup(self, parent_inode, name, ctx):
+        try:
+            return _entry(self._fs.lookup(parent_inode, name))
+        except Exception as exc:
+            raise self._fuse_error(exc) from None
 
-        async def lookup(self, parent_inode, name, ctx):
-            try:
-                return _entry(self._fs.lookup(parent_inode, name))
-            except Exception as exc:
-                raise self._fuse_error(exc) from None
+    async def getattr(self, inode, ctx):
+        try:
+            return _entry(self._fs.getattr(inode))
+        except Exception as exc:
+            raise self._fuse_error(exc) from None
 
-        async def getattr(self, inode, ctx):
-            try:
-                return _entry(self._fs.getattr(inode))
-            except Exception as exc:
-                raise self._fuse_error(exc) from None
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        # pyfuse3 has already turned ATIME_NOW/MTIME_NOW into times in `attr`.
+        try:
+            a = self._fs.setattr(
+                inode,
+                size=attr.st_size if fields.update_size else None,
+                mode=attr.st_mode if fields.update_mode else None,
+                uid=attr.st_uid if fields.update_uid else None,
+                gid=attr.st_gid if fields.update_gid else None,
+                atime_ns=attr.st_atime_ns if fields.update_atime else None,
+                mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            )
+            return _entry(a)
+        except Exception as exc:
+            raise self._fuse_error(exc) from None
 
-        async def setattr(self, inode, attr, fields, fh, ctx):
-            try:
-                a = self._fs.setattr(
-                    inode,
-                    size=attr.st_size if fields.update_size else None,
-                    mode=attr.st_mode if fields.update_mode else None,
-                    uid=attr.st_uid if fields.update_uid else None,
-                    gid=attr.st_gid if fields.update_gid else None,
-                    atime_ns=attr.st_atime_ns if fields.update_atime else None,
-                    mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
-                )
-                return _entry(a)
-            except Exception as exc:
-                raise self._fuse_error(exc) from None
+    async def open(self, inode, flags, ctx):
+        try:
+            self._fs.open(inode, flags)
+        except Exception as exc:
+            raise self._fuse_error(exc) from None
+        # direct_io: no uncompressed copy of `disk` in the page cache, and
+        # attribute files render fresh text on every read.
+        return pyfuse3.FileInfo(fh=inode, direct_io=True, keep_cache=False)
 
-        async def open(self, inode, flags, ctx):
-            try:
-                self._fs.open(inode, flags)
-            except Exception as exc:
-                raise self._fuse_error(exc) from None
-            # direct_io: no uncompressed copy in the page cache, and attribute
-            # files render fresh text on every read.
-            return pyfuse3.FileInfo(fh=inode, direct_io=True, keep_cache=False)
+    async def read(self, fh, off, size):
+        try:
+            if size >= _THREAD_MIN_BYTES:
+                return await trio.to_thread.run_sync(self._fs.read, fh, off, size, limiter=self.limiter)
+            return self._fs.read(fh, off, size)
+        except Exception as exc:
+            raise self._fuse_error(exc) from None
 
-        async def read(self, fh, off, size):
-            try:
-                if size >= _THREAD_MIN_BYTES:
-                    return await trio.to_thread.run_sync(self._fs.read, fh, off, size, limiter=self._limiter)
-                return self._fs.read(fh, off, size)
-            except Exception as exc:
-                raise self._fuse_error(exc) from None
+    async def write(self, fh, off, buf):
+        try:
+            if len(buf) >= _THREAD_MIN_BYTES:
+                return await trio.to_thread.run_sync(self._fs.write, fh, off, buf, limiter=self.limiter)
+            return self._fs.write(fh, off, buf)
+        except Exception as exc:
+            raise self._fuse_error(exc) from None
 
-        async def write(self, fh, off, buf):
-            try:
-                if len(buf) >= _THREAD_MIN_BYTES:
-                    return await trio.to_thread.run_sync(self._fs.write, fh, off, buf, limiter=self._limiter)
-                return self._fs.write(fh, off, buf)
-            except Exception as exc:
-                raise self._fuse_error(exc) from None
+    # Nothing is buffered above the device (every write is stored before it
+    # is answered) and there is no per-open state: these only say "done".
+    async def flush(self, fh):
+        pass
 
-        async def flush(self, fh):
-            # Nothing is buffered above the device: every write is stored
-            # before it is answered.
-            pass
+    async def fsync(self, fh, datasync):
+        pass
 
-        async def fsync(self, fh, datasync):
-            pass
+    async def release(self, fh):
+        pass
 
-        async def release(self, fh):
-            pass
+    async def opendir(self, inode, ctx):
+        try:
+            self._fs.opendir(inode)
+        except Exception as exc:
+            raise self._fuse_error(exc) from None
+        return inode
 
-        async def opendir(self, inode, ctx):
-            try:
-                self._fs.opendir(inode)
-            except Exception as exc:
-                raise self._fuse_error(exc) from None
-            return inode
+    async def readdir(self, fh, start_id, token):
+        # An entry's offset is its index + 1 in Filesystem's list, whose order
+        # never changes (the default backend uses the same offsets).
+        try:
+            entries = self._fs.readdir(fh)
+        except Exception as exc:
+            raise self._fuse_error(exc) from None
+        for i in range(start_id, len(entries)):
+            name, attr = entries[i]
+            if not pyfuse3.readdir_reply(token, name, _entry(attr), i + 1):
+                break  # the kernel's buffer is full; it asks again from i
 
-        async def readdir(self, fh, start_id, token):
-            # The offset of an entry is its index + 1 in Filesystem's list,
-            # which never changes order.
-            try:
-                entries = self._fs.readdir(fh)
-            except Exception as exc:
-                raise self._fuse_error(exc) from None
-            for i in range(start_id, len(entries)):
-                name, attr = entries[i]
-                if not pyfuse3.readdir_reply(token, name, _entry(attr), i + 1):
-                    break
+    async def releasedir(self, fh):
+        pass
 
-        async def releasedir(self, fh):
-            pass
+    async def fsyncdir(self, fh, datasync):
+        pass
 
-        async def fsyncdir(self, fh, datasync):
-            pass
-
-        async def statfs(self, ctx):
-            # Must answer: loop(4) offers discard only when statfs on the
-            # backing file works, and takes f_bsize as the granularity.
-            try:
-                s = self._fs.statfs()
-            except Exception as exc:
-                raise self._fuse_error(exc) from None
-            v = pyfuse3.StatvfsData()
-            v.f_bsize = s.bsize
-            v.f_frsize = s.frsize
-            v.f_blocks = s.blocks
-            v.f_bfree = s.bfree
-            v.f_bavail = s.bavail
-            v.f_files = s.files
-            v.f_ffree = s.ffree
-            v.f_favail = s.ffree
-            v.f_namemax = s.namelen
-            return v
+    async def statfs(self, ctx):
+        # Must answer: loop(4) offers discard only when statfs on the backing
+        # file works, and takes f_bsize as its discard granularity.
+        try:
+            s = self._fs.statfs()
+        except Exception as exc:
+            raise self._fuse_error(exc) from None
+        v = pyfuse3.StatvfsData()
+        v.f_bsize = s.bsize
+        v.f_frsize = s.frsize
+        v.f_blocks = s.blocks
+        v.f_bfree = s.bfree
+        v.f_bavail = s.bavail
+        v.f_files = s.files
+        v.f_ffree = s.ffree
+        v.f_favail = s.ffree
+        v.f_namemax = s.namelen
+        return v
 
 
-# pyfuse3.init() stores its session in module globals; this guards them.
+# pyfuse3.init() keeps its session in module globals: one mount per process.
 _active_lock = threading.Lock()
 _active = None
 
 
 class Pyfuse3Session:
-    """One pyfuse3 mount of a Filesystem; the interface of `_session.DevSession`."""
+    """A FUSE session through pyfuse3/libfuse3 (see the module docstring)."""
 
-    # Read by the CLI and status through the Session, whichever backend runs.
     supports_discard = SUPPORTS_DISCARD
+    fallocate_errno = FALLOCATE_ERRNO
 
     def __init__(self, fs, mountpoint, fsname="zram0", threads=1):
         if threads < 1:
@@ -261,55 +277,51 @@ class Pyfuse3Session:
         self.mountpoint = os.path.abspath(mountpoint)
         self.fsname = fsname
         self.threads = threads
-        self._ops = None
+        self._ops = _Operations(fs)
         self._mnt_dev = None  # "major:minor" of our mount, from mountinfo
-        # Guards the fields below; serve() and stop() run on different threads.
+        # Guards the three fields below: serve() runs on its own thread while
+        # stop(), abort() and close() come from the daemon's.
         self._state_lock = threading.Lock()
         self._initialized = False  # pyfuse3.init() done and close() not yet
-        self._token = None  # the trio run serving the mount, while serve() runs
+        self._token = None  # the trio run inside serve(), while it runs
         self._stopping = False
 
     @property
     def errors(self):
         """Requests that failed with an unexpected exception (answered EIO)."""
-        return self._ops.errors if self._ops is not None else 0
+        return self._ops.errors
 
     @property
     def last_error(self):
-        return self._ops.last_error if self._ops is not None else None
+        return self._ops.last_error
 
     # -- lifecycle ----------------------------------------------------------
 
     def mount(self):
-        """Mount with libfuse3; raises a MountError subclass on failure."""
+        """Mount through libfuse3; raises MountError subclasses."""
         global _active
         if pyfuse3 is None:
             raise Pyfuse3UnavailableError("the pyfuse3 backend needs pyfuse3 (pip install 'zramfs[pyfuse3]')")
-        # The same typed, one-line refusals as the default backend, before
-        # libfuse gets to print its own.
+        # The default backend's exact one-line refusals, before libfuse
+        # prints its own to stderr.
         check_mountpoint(self.mountpoint)
         with _active_lock:
             if _active is not None:
                 raise Pyfuse3BusyError(f"pyfuse3 already serves {_active.mountpoint} in this process")
             _active = self
-        # The mount(2) the default backend makes: type "fuse.zramfs" (libfuse
-        # appends the subtype), source = fsname, MS_NOSUID|MS_NODEV (libfuse's
-        # flags), allow_other, default_permissions.
-        options = {f"fsname={self.fsname}", "subtype=zramfs", "allow_other", "default_permissions"}
-        self._ops = _Operations(self.fs, self.threads)
+        options = {f"fsname={self.fsname}", *_MOUNT_OPTIONS}
         try:
             pyfuse3.init(self._ops, self.mountpoint, options)
         except RuntimeError as exc:
-            # libfuse printed its reason to stderr.  If fuse_session_new()
-            # worked but fuse_session_mount() did not, pyfuse3 still holds a
-            # session that must be destroyed; close() with none would crash
-            # (fuse_session_destroy(NULL)), and pyfuse3 tells them apart only
-            # by message.
+            # If fuse_session_new() worked and fuse_session_mount() did not,
+            # pyfuse3 still holds a session that must be destroyed; close()
+            # with none would crash (fuse_session_destroy(NULL)).  pyfuse3
+            # tells the two apart only by message.
             if "fuse_session_mount" in str(exc):
                 pyfuse3.close(unmount=False)
             with _active_lock:
                 _active = None
-            if is_mounted(self.mountpoint):
+            if is_mounted(self.mountpoint):  # mounted on meanwhile
                 raise MountpointBusyError(f"{self.mountpoint} is already a mount point") from None
             raise MountError(f"mount {self.mountpoint}: libfuse3 refused (its message is above)") from None
         self._initialized = True
@@ -319,22 +331,23 @@ class Pyfuse3Session:
     def serve(self):
         """Answer requests until the filesystem is unmounted; blocking.
 
-        Runs its own ``trio.run`` (pyfuse3's loop is trio), so a caller runs
-        it in a thread exactly like the default backend's serve().
+        Runs its own ``trio.run``, so it can run in any thread, including a
+        worker thread of another trio run (the daemon's).
         """
         trio.run(self.serve_async)
 
     async def serve_async(self):
-        """serve(), inside the caller's trio run (requests then share its thread)."""
+        """serve() inside the caller's trio run; requests then share its thread."""
         with self._state_lock:
             if not self._initialized:
                 raise RuntimeError("serve() before mount()")
             if self._stopping:
-                # stop() came first: the mount is detached and nobody will
-                # read the connection again.
+                # stop() or close() came first: the mount is detached and
+                # nobody will read the connection again.
                 self._release()
                 return
             self._token = trio.lowlevel.current_trio_token()
+        self._ops.limiter = trio.CapacityLimiter(self.threads)
         try:
             await pyfuse3.main(min_tasks=1, max_tasks=_MAX_TASKS)
         finally:
@@ -348,9 +361,9 @@ class Pyfuse3Session:
 
     def _release(self):
         # Caller holds _state_lock.  Unmount only our own mount (never one
-        # stacked on it since), then free libfuse's session and its fd.
-        # close(unmount=False): libfuse's own unmount is umount2() without
-        # UMOUNT_NOFOLLOW and would not check whose mount it is.
+        # stacked on it since), then free libfuse's session and close its fd.
+        # Not close(unmount=True): libfuse's umount2() would not check whose
+        # mount it is.
         global _active
         if not self._initialized:
             return
@@ -361,12 +374,21 @@ class Pyfuse3Session:
         with _active_lock:
             _active = None
 
+    def _terminate(self, token):
+        # pyfuse3.terminate() must run in pyfuse3's own trio thread;
+        # run_sync_soon is safe from any thread, that one included.
+        try:
+            token.run_sync_soon(pyfuse3.terminate)
+        except trio.RunFinishedError:
+            return False
+        return True
+
     def stop(self):
         """Unmount (lazily) so serve() returns once the last user lets go; any thread.
 
-        Lazy (MNT_DETACH) like the default backend: a loop device or swap may
-        still hold `disk` open and is served until it lets go; then the kernel
-        ends the connection, libfuse sees ENODEV and pyfuse3.main() returns.
+        Lazy (MNT_DETACH) like the default backend: a loop device or swap
+        still holding `disk` is served until it lets go; then the kernel ends
+        the connection, libfuse sees ENODEV and pyfuse3.main() returns.
         """
         with self._state_lock:
             self._stopping = True
@@ -386,32 +408,29 @@ class Pyfuse3Session:
             return True
         with self._state_lock:
             token = self._token
-        if token is None:
-            return False
-        try:
-            # terminate() touches pyfuse3's trio loop: run it in that loop's
-            # thread (run_sync_soon is safe from any thread, that one included).
-            token.run_sync_soon(pyfuse3.terminate)
-        except trio.RunFinishedError:
-            return False
-        return True
+        return token is not None and self._terminate(token)
 
     def close(self):
         """Release the session (after unmounting if still mounted).
 
-        For a session whose serve() never ran or already returned; while
-        serve() runs, use stop() or abort().
+        If serve() still runs (the daemon gives up on it when setup fails),
+        unmount and end pyfuse3's loop instead: serve() then releases the
+        session itself as it returns.
         """
         with self._state_lock:
-            if self._token is not None:
-                raise RuntimeError("close() while serve() runs: stop() or abort() it first")
-            self._release()
-
+            self._stopping = True
+            token = self._token
+            if token is None:
+                self._release()
+                return
+            if self._is_our_mount():
+                unmount(self.mountpoint)
+        self._terminate(token)
 
 
 def _abort_connection(mnt_dev):
-    # The same fusectl write as DevSession.abort(); belongs in _mount.py as
-    # one shared function (owned elsewhere, so not moved from here).
+    # The fusectl write DevSession.abort() makes too; one shared function in
+    # _mount.py would serve both backends.
     if mnt_dev is None:
         return False
     minor = mnt_dev.split(":")[1]
