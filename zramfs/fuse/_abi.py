@@ -105,6 +105,9 @@ FATTR_MTIME_NOW = 1 << 8
 # Structs.  Names are the kernel's without the fuse_ prefix.
 in_header = struct.Struct("<IIQQIIIHH")  # len opcode unique nodeid uid gid pid total_extlen padding
 IN_HEADER_SIZE = in_header.size  # 40
+# in_header followed by read_in's/write_in's fh, offset, size: the hot path
+# decodes a whole READ/WRITE with one call.
+in_header_io = struct.Struct(in_header.format + "QQI")
 out_header = struct.Struct("<IiQ")  # len error unique
 OUT_HEADER_SIZE = out_header.size  # 16
 
