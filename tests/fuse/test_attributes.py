@@ -116,7 +116,6 @@ def test_mem_used_max_reset_by_writing_zero(zram):
     fd = os.open(zram.disk, os.O_RDWR)
     try:
         os.pwrite(fd, os.urandom(2 * MiB), 0)
-        os.posix_fallocate  # noqa: B018 - (just documenting: discard comes next)
         os.pwrite(fd, bytes(2 * MiB), 0)  # same-filled: frees the pool objects
     finally:
         os.close(fd)

@@ -217,3 +217,25 @@ def test_two_reader_threads_under_concurrent_io(start):
         t.join()
     assert errors == []
     assert d.mm_stat()["orig_data_size"] == 12 * MiB
+
+
+def proc_status_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def test_memory_goes_back_to_the_kernel_under_mlockall(zram, disk_fd):
+    # Decision 3: the daemon runs mlockall()ed, and a discard must still
+    # shrink its RSS (MADV_DONTNEED alone would refuse locked pages).
+    pid = zram.proc.pid
+    assert proc_status_kib(pid, "VmLck") > 0
+    before = proc_status_kib(pid, "VmRSS")
+    os.pwrite(disk_fd, os.urandom(32 * MiB), 0)  # incompressible: 32 MiB of huge pages
+    full = proc_status_kib(pid, "VmRSS")
+    assert full - before >= 30 * 1024
+    fallocate(disk_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 32 * MiB)
+    assert zram.mm_stat()["mem_used_total"] == 0
+    assert full - proc_status_kib(pid, "VmRSS") >= 28 * 1024
