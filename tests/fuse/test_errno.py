@@ -59,3 +59,7 @@ def test_memparse():
     assert fs.memparse(" 010 ") == 8
     with pytest.raises(fs.InvalidValueError, match="not a size: '4 G'"):
         fs.memparse("4 G")
+
+
+def test_the_dev_backend_supports_discard():
+    assert zramfs.fuse.supports_discard("dev") is True

@@ -46,6 +46,14 @@ def _backend_class(name):
     raise UnknownBackendError(f"unknown FUSE backend {name!r} (choose from {', '.join(BACKENDS)})")
 
 
+def supports_discard(backend):
+    """Whether `backend` answers FALLOCATE, so discard (swapon --discard, fstrim) frees memory.
+
+    A backend class says so with its `supports_discard` attribute.
+    """
+    return getattr(_backend_class(backend), "supports_discard", False)
+
+
 class Session:
     """A mounted FUSE filesystem serving `fs` at `mountpoint`, on the chosen backend.
 
@@ -97,4 +105,5 @@ __all__ = [
     "UnknownBackendError",
     "errno_for",
     "is_mounted",
+    "supports_discard",
 ]

@@ -94,6 +94,9 @@ def _attr_fields(a):
 class DevSession:
     """A FUSE session spoken directly on /dev/fuse (see the module docstring)."""
 
+    # FALLOCATE is answered, so loop's discard and fstrim free memory.
+    supports_discard = True
+
     def __init__(self, fs, mountpoint, fsname="zram0", threads=1):
         if threads < 1:
             raise ValueError(f"threads must be >= 1, not {threads}")
