@@ -343,11 +343,13 @@ class Pool:
         """Give an empty zspage (in no list) back to the kernel; return its pages."""
         c = self._zs_class[z]
         ppz = self._cppz[c]
-        # Its pages are consecutive in the arena: one fallocate frees them.
-        self._arena.release(z << self._zs_shift, ppz << PAGE_SHIFT)
+        # Tables first, so that even a failing fallocate leaves them
+        # consistent (a reused zspage never reads what its slots held).
         self._zs_freeids.append(z)
         self._czspages[c] -= 1
         self._pages_used -= ppz
+        # Its pages are consecutive in the arena: one fallocate frees them.
+        self._arena.release(z << self._zs_shift, ppz << PAGE_SHIFT)
         return ppz
 
     # -- fullness lists (intrusive, doubly linked through zs_next/zs_prev) --
@@ -474,10 +476,10 @@ class Pool:
             lock.release()
 
     def _free_huge(self, addr: int) -> None:
-        self._arena.release(addr, PAGE_SIZE)
         self._huge_free.append((addr - self._huge_base) >> PAGE_SHIFT)
         self._pages_used -= 1
         self._czspages[self._huge] -= 1
+        self._arena.release(addr, PAGE_SIZE)
 
     # -- access --------------------------------------------------------------
 
