@@ -551,9 +551,10 @@ def cmd_mount(args):
     mountpoint = os.path.abspath(args.mountpoint)
     from zramfs.fuse import _mount
 
+    # Missing, not a directory, already a mount point: typed MountErrors.
     _mount.check_mountpoint(mountpoint)
     if args.name is not None:
-        name = config.check_name(args.name)
+        name = args.name
         reason = _name_in_use(name, mountpoint)
         if reason:
             raise NameInUseError(reason)
@@ -619,7 +620,7 @@ def cmd_swapon(args):
     _need_fuse(args.fuse_backend)
     base = run_dir()
     if args.name is not None:
-        name = config.check_name(args.name)
+        name = args.name
         mountpoint = os.path.join(base, name)
         reason = _name_in_use(name, mountpoint)
         if reason:
