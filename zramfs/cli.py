@@ -299,16 +299,13 @@ def _backend_of(args):
 
 
 def backend_supports_discard(backend):
-    """Whether the backend's FUSE layer answers FALLOCATE, so discard frees memory."""
-    from zramfs import fuse
+    """Whether the backend answers FUSE FALLOCATE, so discard frees memory (pyfuse3: no)."""
+    from zramfs.fuse import UnknownBackendError, supports_discard
 
-    # zramfs.fuse keeps the capability on the backend's session class
-    # (`supports_discard`, set False by pyfuse3, which has no fallocate).
     try:
-        cls = fuse._backend_class(backend)
-    except (ImportError, ValueError):
+        return supports_discard(backend)
+    except (ImportError, UnknownBackendError):
         return False
-    return getattr(cls, "supports_discard", True)
 
 
 # -- small helpers ---------------------------------------------------------------
