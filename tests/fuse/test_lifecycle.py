@@ -20,6 +20,13 @@ def wait_exit(proc, timeout=10):
     return proc.wait(timeout=timeout)
 
 
+def wait_unmounted(mountpoint, timeout=10):
+    deadline = time.monotonic() + timeout
+    while is_mounted(str(mountpoint)):
+        assert time.monotonic() < deadline, f"{mountpoint} still mounted after {timeout} s"
+        time.sleep(0.02)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_unmounts_and_exits_0(zram, signum):
     zram.proc.send_signal(signum)
@@ -40,8 +47,8 @@ def test_lazy_unmount_serves_open_files_until_closed(zram):
     try:
         os.pwrite(fd, b"kept", 0)
         zram.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        assert not is_mounted(str(zram.mountpoint))
+        wait_unmounted(zram.mountpoint)
+        time.sleep(0.2)
         assert zram.proc.poll() is None
         assert os.pread(fd, 4, 0) == b"kept"
     finally:
@@ -55,7 +62,8 @@ def test_second_signal_aborts_a_mount_still_in_use(zram):
     fd = os.open(zram.disk, os.O_RDWR)
     try:
         zram.proc.terminate()
-        time.sleep(0.5)
+        wait_unmounted(zram.mountpoint)
+        time.sleep(0.2)
         assert zram.proc.poll() is None
         zram.proc.terminate()
         assert wait_exit(zram.proc) == 0
