@@ -440,6 +440,54 @@ class BlockDevice:
         self._huge_pages += huge
         self._compr_data_size += compr
 
+    def _store_locked(self, index, info, payload):
+        """Under the lock: _commit_locked for one slot, without the lists.
+        (The same steps in the same order; the model test runs both.)"""
+        pool = self._pool
+        size = info & _SIZE_MASK
+        if size:
+            try:
+                handle = pool.malloc(size)
+            except PoolFullError as exc:
+                self._failed_writes += 1
+                raise MemLimitError(f"write would take the pool past its size: {exc}") from exc
+            pool.write(handle, payload)
+            used = pool.pages_used
+            limit = self._limit_pages
+            if limit and used > limit:
+                pool.free(handle)
+                self._failed_writes += 1
+                raise MemLimitError(
+                    f"write would take the pool to {used * PAGE_SIZE} bytes, "
+                    f"past mem_limit {limit * PAGE_SIZE}"
+                )
+            if used > self._max_used_pages:
+                self._max_used_pages = used
+            self._compr_data_size += size
+            if info & _ZRAM_HUGE:
+                self._huge_pages += 1
+                self._huge_pages_since += 1
+        else:
+            handle = payload
+            self._same_pages += 1
+        infos = self._info
+        handles = self._handle
+        old = infos[index]
+        old_handle = handles[index]
+        infos[index] = info
+        handles[index] = handle
+        if old:
+            size = old & _SIZE_MASK
+            if size:
+                pool.free(old_handle)
+                self._compr_data_size -= size
+                if old & _ZRAM_HUGE:
+                    self._huge_pages -= 1
+            elif old & _ZRAM_SAME:
+                self._same_pages -= 1
+        else:
+            self._pages_stored += 1
+
     def _free_locked(self, first, end):
         """Under the lock: empty slots [first, end), freeing their objects."""
         infos = self._info
@@ -477,6 +525,13 @@ class BlockDevice:
         view = memoryview(data).cast("B")
         length = len(view)
         self._check_range(offset, length, "write")
+        if length == PAGE_SIZE and not offset & _PAGE_MASK:
+            # One aligned block (swap, a 4 KiB-sector loop device).
+            info, payload = self._encode(view)
+            with self._lock:
+                self._num_writes += 1
+                self._store_locked(offset >> PAGE_SHIFT, info, payload)
+            return
         if not length:
             return
         end = offset + length
