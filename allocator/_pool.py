@@ -41,6 +41,9 @@ from ._stats import ClassStats, PoolStats
 SIZE_BITS = 13
 SIZE_MASK = (1 << SIZE_BITS) - 1
 
+#: Largest handle: a slot's 32-bit header word holds ``handle << 1 | 1``.
+MAX_HANDLE = (1 << 31) - 1
+
 
 #: Fullness groups per class.  A zspage with ``inuse`` of ``objs`` slots used
 #: is in group ``inuse * 10 // objs + 1`` (1..10: 0-9 %, ..., 90-99 % used,
@@ -215,6 +218,14 @@ class Pool:
         lock = self._lock
         lock.acquire()
         try:
+            # The handle is picked first and the table written last, so that
+            # running out of handles or pages changes nothing.
+            handles = self._handles
+            h = self._hfree
+            if not h:
+                h = len(handles)
+                if h > MAX_HANDLE:
+                    raise PoolFullError(f"pool is full: all {MAX_HANDLE} handles are in use")
             m = self._cmask[c]
             if m:
                 g = m.bit_length() - 1
@@ -234,15 +245,12 @@ class Pool:
                 off = zs_bump[z]
                 zs_bump[z] = off + self._csize[c]
                 hdr = (z << self._zs_shift) | off
-            handles = self._handles
-            h = self._hfree
             entry = ((hdr + OBJ_HEADER_SIZE) << SIZE_BITS) | size
-            if h:
+            if h == len(handles):
+                handles.append(entry)
+            else:
                 self._hfree = handles[h] >> SIZE_BITS
                 handles[h] = entry
-            else:
-                h = len(handles)
-                handles.append(entry)
             mv32[hdr >> 2] = (h << 1) | 1
             zs_inuse = self._zs_inuse
             inuse = zs_inuse[z] + 1
@@ -283,6 +291,9 @@ class Pool:
         # find its handle from its slot.
         with self._lock:
             self._check_room(1)
+            h = self._hfree
+            if not h and len(self._handles) > MAX_HANDLE:
+                raise PoolFullError(f"pool is full: all {MAX_HANDLE} handles are in use")
             if self._huge_free:
                 slot = self._huge_free.pop()
             elif self._huge_next < self._huge_slots:
@@ -291,7 +302,6 @@ class Pool:
             else:
                 raise PoolFullError(f"pool is full: all {self._huge_slots} "
                                     "huge page slots are in use")
-            h = self._hfree
             entry = ((self._huge_base + (slot << PAGE_SHIFT)) << SIZE_BITS) | size
             if h:
                 self._hfree = self._handles[h] >> SIZE_BITS

@@ -144,3 +144,25 @@ def test_pool_full_changes_nothing(size):
         h = pool.malloc(size)
         pool.write(h, b"\x01" * size)
         check_pool(pool)
+
+
+@pytest.mark.parametrize("size", [100, 4096])
+def test_out_of_handles_changes_nothing(monkeypatch, size):
+    import allocator._pool
+
+    monkeypatch.setattr(allocator._pool, "MAX_HANDLE", 5)
+    with Pool() as pool:
+        objs = {}
+        for i in range(5):
+            h = pool.malloc(size)
+            pool.write(h, bytes([i]) * size)
+            objs[h] = bytes([i]) * size
+        before = pool.stats()
+        with pytest.raises(PoolFullError, match=r"^pool is full: all 5 handles are in use$"):
+            pool.malloc(size)
+        with pytest.raises(PoolFullError, match=r"^pool is full: all 5 handles are in use$"):
+            pool.malloc(4096 + 100 - size)
+        _unchanged(pool, objs, before)
+        pool.free(next(iter(objs)))
+        pool.malloc(size)
+        check_pool(pool)
