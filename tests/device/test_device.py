@@ -658,3 +658,36 @@ def test_concurrent_same_block_writes_land_whole():
     s = dev.stats()
     assert s.orig_data_size == PAGE_SIZE
     assert s.compr_data_size == len(get_codec("lz4").compress(dev.read(0, PAGE_SIZE)))
+
+
+@pytest.mark.usefixtures("switch_often")
+def test_compaction_while_reading_and_writing():
+    blocks = 256
+    dev = BlockDevice(blocks * PAGE_SIZE)
+    pages = [fio_page() for _ in range(blocks)]
+    dev.write(0, b"".join(pages))
+    stop = threading.Event()
+
+    def worker(t):
+        if t == 0:
+            while not stop.is_set():
+                dev.compact()
+            return
+        rng = random.Random(t)
+        try:
+            for _ in range(400):
+                i = rng.randrange(t - 1, blocks, 3)  # each worker owns every third block
+                if rng.random() < 0.3:
+                    dev.discard(i * PAGE_SIZE, PAGE_SIZE)
+                    pages[i] = bytes(PAGE_SIZE)
+                elif rng.random() < 0.5:
+                    pages[i] = fio_page()
+                    dev.write(i * PAGE_SIZE, pages[i])
+                else:
+                    assert dev.read(i * PAGE_SIZE, PAGE_SIZE) == pages[i]
+        finally:
+            if t == 1:
+                stop.set()
+
+    _run_threads(worker, 4)
+    assert dev.read(0, blocks * PAGE_SIZE) == b"".join(pages)
