@@ -66,9 +66,11 @@ the lock (``pool.read``) and decompresses them after releasing it.  The one
 exception is the (at most two) partial edge blocks of an unaligned write or
 discard: their read-modify-write runs entirely under the lock, so that two
 unaligned writes into different bytes of one block cannot lose each other.
-Nothing under the lock waits on I/O, sleeps, or calls back into fs or fuse.
-Concurrent writes to the same block land in some order, each block whole, as
-on any block device.
+A discard takes the lock once per 4096 whole blocks, so an fstrim of a large
+device does not stall other I/O; ``compact()`` takes only the pool's lock
+(compaction moves objects but keeps handles valid).  Nothing under the lock
+waits on I/O, sleeps, or calls back into fs or fuse.  Concurrent writes to the
+same block land in some order, each block whole, as on any block device.
 """
 
 from array import array
@@ -202,8 +204,8 @@ class BlockDevice:
         self.disksize = disksize
         self.algorithm = self._codec.name
         nr_pages = disksize >> PAGE_SHIFT
-        self._handle = array("Q", bytes(8 * nr_pages))
-        self._info = array("I", bytes(4 * nr_pages))
+        self._handle = array("Q", [0]) * nr_pages
+        self._info = array("I", [0]) * nr_pages
         self._lock = threading.Lock()
 
         # Counters, all guarded by _lock.
