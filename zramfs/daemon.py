@@ -65,6 +65,7 @@ READY_TIMEOUT_S = 10.0
 # Exit codes.
 EXIT_OK = 0
 EXIT_SETUP_FAILED = 1
+EXIT_USAGE = 2
 EXIT_SERVE_FAILED = 3
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
@@ -252,8 +253,31 @@ def _size_arg(text):
         raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r}") from None
 
 
+class _UsageError(Exception):
+    """Raised by the argument parser instead of exiting, so --ready-fd can hear about it."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _UsageError(message)
+
+
+def _ready_fd_in(argv):
+    """--ready-fd's value from a command line that failed to parse, if it is there."""
+    for i, a in enumerate(argv):
+        value = a.split("=", 1)[1] if a.startswith("--ready-fd=") else None
+        if a == "--ready-fd" and i + 1 < len(argv):
+            value = argv[i + 1]
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m zramfs.daemon", description="Serve one zramfs device.")
+    p = _Parser(prog="python -m zramfs.daemon", description="Serve one zramfs device.")
     p.add_argument("mountpoint")
     p.add_argument("--size", type=_size_arg, required=True, help="disksize in bytes (K/M/G suffixes accepted)")
     p.add_argument("--algorithm", default="lz4")
@@ -266,7 +290,13 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parse_args(argv)
+    except _UsageError as e:
+        print(f"usage error: {e}", file=sys.stderr)
+        ReadyPipe(_ready_fd_in(argv)).error(e)
+        return EXIT_USAGE
     ready = ReadyPipe(args.ready_fd)
     if args.ready_fd is not None:
         try:

@@ -173,6 +173,20 @@ def test_ready_fd_gets_the_error_line(tmp_path):
     assert b"does not exist" in err
 
 
+def test_usage_errors_reach_the_ready_fd(tmp_path):
+    r, w = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zramfs.daemon", str(tmp_path), "--size", "lots", "--ready-fd", str(w)],
+        pass_fds=(w,),
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        line = f.read()
+    assert proc.wait(timeout=10) == 2
+    assert line == b"ERROR argument --size: not a size in bytes: 'lots'\n"
+
+
 # -- the fixture's cleanup path, exercised on purpose --------------------------
 
 
