@@ -88,13 +88,19 @@ class Timer:
                 (time.process_time() - self.cpu) / n * 1e6)
 
 
-def resident_fill(blocks: list[bytes], chain: int) -> tuple[float, float]:
+def resident_fill(blocks: list[bytes], chain: int, repeat: int) -> tuple[float, float]:
     """us per malloc+write into a pool whose arena pages are already resident.
 
     This takes the kernel's page allocation out, leaving the allocator's own
     cost.  It reaches into the pool's layout (``_mv``, ``_zs_shift``) to
-    touch the ranges that the first zspages will use; benchmark only.
+    touch the ranges that the first zspages will use; benchmark only.  Best
+    of ``repeat`` runs, as timeit reports, since other load only adds time.
     """
+    runs = [_resident_fill_once(blocks, chain) for _ in range(repeat)]
+    return min(r[0] for r in runs), min(r[1] for r in runs)
+
+
+def _resident_fill_once(blocks: list[bytes], chain: int) -> tuple[float, float]:
     n = min(len(blocks), 20000)
     pool = Pool(max_pages_per_zspage=chain)
     zspages = sum(map(len, blocks[:n])) // PAGE + 4096
@@ -124,6 +130,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", choices=("fio", "mixed"), default="fio")
     ap.add_argument("--chain", type=int, default=8, help="max_pages_per_zspage (default 8)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="runs of the resident-pages measurement (default 5)")
     args = ap.parse_args(argv)
 
     pool = Pool(max_pages_per_zspage=args.chain)
@@ -185,7 +193,8 @@ def main(argv=None) -> int:
 
     fault = page_fault_us()
     pages_per_obj = fill_pages / n
-    rows.insert(1, ("malloc+write (resident pages)", *resident_fill(blocks, args.chain)))
+    rows.insert(1, (f"malloc+write (resident, best of {args.repeat})",
+                    *resident_fill(blocks, args.chain, args.repeat)))
 
     print(f"blocks: {n} ({args.data}), mean compressed size {avg:.0f} B, "
           f"chain {args.chain}, huge_class_size {pool.huge_class_size}")
