@@ -691,3 +691,14 @@ def test_compaction_while_reading_and_writing():
 
     _run_threads(worker, 4)
     assert dev.read(0, blocks * PAGE_SIZE) == b"".join(pages)
+
+
+def test_public_names():
+    import zramfs.codecs
+    import zramfs.device
+
+    for module in (zramfs.device, zramfs.codecs):
+        for name in module.__all__:
+            assert hasattr(module, name), (module.__name__, name)
+    for exc in (DeviceError, MemLimitError, OutOfRangeError, CorruptedSlotError, InvalidDiskSizeError):
+        assert exc.__doc__.startswith("Raised when") or exc is DeviceError
