@@ -6,7 +6,6 @@ to do; conftest.py's fixtures use it and test_lifecycle.py tests it.
 """
 
 import os
-import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path

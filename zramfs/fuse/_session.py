@@ -115,7 +115,6 @@ class DevSession:
         self.last_error = None
         self.proto_minor = None
         self._mnt_dev = None  # "major:minor" of our mount, from mountinfo
-        self._stopping = False
         self._fatal = None
         self._handlers = self._build_dispatch()
         self._disksize = fs.device.disksize
@@ -154,7 +153,6 @@ class DevSession:
 
     def stop(self):
         """Unmount (lazily) so serve() returns once the last user lets go."""
-        self._stopping = True
         if self._mnt_dev is not None and self._is_our_mount():
             unmount(self.mountpoint)
 
