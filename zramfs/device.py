@@ -609,13 +609,15 @@ class BlockDevice:
                 self._failed_reads += 1
             raise
         head = offset & _PAGE_MASK
-        if len(pages) == 1:
-            page = pages[0]
-            return page if length == PAGE_SIZE else page[head : head + length]
-        out = b"".join(pages)
-        if head or end & _PAGE_MASK:
-            return out[head : head + length]
-        return out
+        if first == last:
+            return pages[0][head : head + length]
+        # Trim the edge pages before joining, so the bytes are copied once.
+        if head:
+            pages[0] = pages[0][head:]
+        tail = end & _PAGE_MASK
+        if tail:
+            pages[-1] = pages[-1][:tail]
+        return b"".join(pages)
 
     # --- discard ----------------------------------------------------------------
 
