@@ -186,7 +186,7 @@ class DeviceModel(RuleBasedStateMachine):
 
 
 DeviceModel.TestCase.settings = settings(
-    max_examples=150,
+    max_examples=200,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
