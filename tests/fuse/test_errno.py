@@ -63,3 +63,8 @@ def test_memparse():
 
 def test_the_dev_backend_supports_discard():
     assert zramfs.fuse.supports_discard("dev") is True
+
+
+def test_the_pyfuse3_backend_says_it_cannot_discard():
+    # pyfuse3 3.5 registers no FALLOCATE handler (issue 5).
+    assert zramfs.fuse.supports_discard("pyfuse3") is False
