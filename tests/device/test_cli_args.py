@@ -75,6 +75,19 @@ def test_not_root_is_exit_3(capsys, monkeypatch):
         assert (code, out, err) == (3, "", f"zramfs: error: {message}\n")
 
 
+def test_pyfuse3_not_installed_is_exit_4(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "pyfuse3" else find_spec(name, *a)
+    )
+    with pytest.raises(cli.BackendUnavailableError) as info:
+        cli._need_fuse("pyfuse3")
+    assert str(info.value) == "the pyfuse3 backend needs pyfuse3 (pip install 'zramfs[pyfuse3]')"
+    assert cli.exit_code_for(info.value) == 4
+
+
 def test_help_is_exit_0(capsys):
     code, out, err = run(capsys, "--help")
     assert code == 0 and "swapon" in out and "Exit codes" in out

@@ -122,18 +122,3 @@ def test_no_dev_fuse(zramfs_env):
     )
     one_line(proc, 4, "/dev/fuse does not exist (is the fuse module loaded?)")
     assert env.leftovers() == {}
-
-
-def test_pyfuse3_not_installed_or_offered(zramfs_env):
-    """--fuse-backend pyfuse3 either works (tested in test_swap/test_disk) or says why not: exit 4."""
-    import importlib.util
-
-    from zramfs.fuse import BACKENDS
-
-    if "pyfuse3" in BACKENDS and importlib.util.find_spec("pyfuse3") is not None:
-        return  # the backend is offered; the parametrized swap and disk tests run it
-    proc = zramfs_env.cli("swapon", "zramt0", "--size", "64M", "--fuse-backend", "pyfuse3")
-    assert proc.returncode == 4
-    assert proc.stderr.startswith("zramfs: error: ") and proc.stderr.count("\n") == 1
-    assert "pyfuse3" in proc.stderr
-    assert zramfs_env.leftovers() == {}
