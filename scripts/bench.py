@@ -1,0 +1,454 @@
+#!/usr/bin/env python3
+"""Benchmark zramfs side by side with kernel zram, in one run, on one machine.
+
+Where it sits: outside the data path.  It drives whole devices from the
+outside -- kernel zram through ``/sys/class/zram-control``, zramfs through its
+CLI and a loop device (``--direct-io=on --sector-size 4096``) -- with fio and
+with ``scripts/swap_workload.py`` in a memory cgroup, and reads each device's
+``mm_stat`` and the zramfs daemon's RSS.  It prints a markdown table of ratios
+to kernel zram and writes a JSON file (and a PNG chart when matplotlib is
+installed).  It is a benchmark, never a timed test: numbers go to
+BENCHMARKS.md by hand, with date and machine.
+
+Every device, loop device, swap area, mount and cgroup it makes is undone on
+the way out, Ctrl-C included.
+
+    sudo .venv/bin/python scripts/bench.py                 # the full run
+    sudo .venv/bin/python scripts/bench.py --quick         # seconds; proves it works
+"""
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, REPO)
+
+import memcg  # noqa: E402  (scripts/memcg.py: run a command in a memory cgroup)
+
+PAGE_SIZE = 4096
+MIB = 1 << 20
+
+# The fio data design.md measured with: 60 % compressible in 4 KiB chunks,
+# fresh buffers for every write so nothing is deduplicated by accident.
+FIO_DATA = [
+    "--buffer_compress_percentage=60",
+    "--buffer_compress_chunk=4096",
+    "--refill_buffers",
+    "--direct=1",
+]
+
+# (key, title, fio arguments, metric) -- the issue's workloads, in the order
+# that leaves the device full before anything reads it.
+WORKLOADS = [
+    ("seq_write_1m", "1 MiB sequential write", ["--rw=write", "--bs=1M", "--ioengine=psync"], "bw"),
+    ("seq_read_1m", "1 MiB sequential read", ["--rw=read", "--bs=1M", "--ioengine=psync"], "bw"),
+    ("randread_4k_qd1", "4 KiB random read QD1", ["--rw=randread", "--bs=4k", "--ioengine=psync", "--time_based"], "iops"),
+    ("randwrite_4k_qd1", "4 KiB random write QD1", ["--rw=randwrite", "--bs=4k", "--ioengine=psync", "--time_based"], "iops"),
+    ("randread_4k_qd16", "4 KiB random read QD16", ["--rw=randread", "--bs=4k", "--ioengine=libaio", "--iodepth=16", "--time_based"], "iops"),
+]
+
+# The issue's targets, as ratios to kernel zram lz4.  "min" means the zramfs
+# number must be at least the ratio, "max" at most.
+TARGETS = {
+    "seq_write_1m": ("min", 0.7),
+    "seq_read_1m": ("min", 0.9),
+    "randread_4k_qd1": ("min", 0.15),
+    "randwrite_4k_qd1": ("min", 0.15),
+    "randread_4k_qd16": ("min", 0.35),
+    "swap_wall_s": ("max", 2.0),
+}
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw).stdout
+
+
+def parse_mm_stat(text):
+    names = ("orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "mem_used_max",
+             "same_pages", "pages_compacted", "huge_pages", "huge_pages_since")
+    return dict(zip(names, (int(v) for v in text.split())))
+
+
+def proc_status_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+# -- targets ---------------------------------------------------------------
+
+class KernelZram:
+    """A kernel zram device from hot_add, lz4, removed again on close."""
+
+    label = "kernel zram (lz4)"
+    key = "kernel"
+
+    def __init__(self, stack):
+        self.stack = stack
+        self.dev_id = None
+
+    @staticmethod
+    def available():
+        return os.path.exists("/sys/class/zram-control/hot_add")
+
+    def _sys(self, name):
+        return f"/sys/block/zram{self.dev_id}/{name}"
+
+    def create(self, size):
+        with open("/sys/class/zram-control/hot_add") as f:
+            self.dev_id = int(f.read())
+        self.stack.callback(self._remove, self.dev_id)
+        with open(self._sys("comp_algorithm"), "w") as f:
+            f.write("lz4")
+        with open(self._sys("disksize"), "w") as f:
+            f.write(str(size))
+        return f"/dev/zram{self.dev_id}"
+
+    def _remove(self, dev_id):
+        with contextlib.suppress(OSError):
+            with open(f"/sys/block/zram{dev_id}/reset", "w") as f:
+                f.write("1")
+        with contextlib.suppress(OSError):
+            with open("/sys/class/zram-control/hot_remove", "w") as f:
+                f.write(str(dev_id))
+
+    def swapon(self, size):
+        dev = self.create(size)
+        run(["mkswap", dev])
+        run(["swapon", "--discard", "--priority", "100", dev])
+        self.stack.callback(subprocess.run, ["swapoff", dev], capture_output=True)
+        return dev
+
+    def mm_stat(self):
+        with open(self._sys("mm_stat")) as f:
+            return parse_mm_stat(f.read())
+
+    def rss(self):
+        return None
+
+
+class Zramfs:
+    """A zramfs device through the CLI and a direct-I/O loop device."""
+
+    def __init__(self, stack, backend="dev"):
+        self.stack = stack
+        self.backend = backend
+        self.key = "zramfs" if backend == "dev" else f"zramfs-{backend}"
+        self.label = "zramfs" if backend == "dev" else f"zramfs ({backend})"
+        self.name = "zbench0" if backend == "dev" else f"zbench{backend[:1]}"
+        self.mountpoint = None
+
+    def _cli(self, *args):
+        return run([sys.executable, "-m", "zramfs", *args])
+
+    def create(self, size):
+        self.mountpoint = f"/run/zramfs-bench/{self.name}"
+        os.makedirs(self.mountpoint, exist_ok=True)
+        self.stack.callback(_rmdir, self.mountpoint)
+        self._cli("mount", self.mountpoint, "--size", str(size), "--name", self.name,
+                  "--fuse-backend", self.backend)
+        self.stack.callback(subprocess.run, [sys.executable, "-m", "zramfs", "umount", self.mountpoint],
+                            capture_output=True)
+        loop = run(["losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096",
+                    f"{self.mountpoint}/disk"]).strip()
+        self.stack.callback(subprocess.run, ["losetup", "-d", loop], capture_output=True)
+        return loop
+
+    def swapon(self, size):
+        self.mountpoint = f"/run/zramfs/{self.name}"
+        out = self._cli("swapon", self.name, "--size", str(size), "--fuse-backend", self.backend)
+        self.stack.callback(subprocess.run, [sys.executable, "-m", "zramfs", "swapoff", self.name],
+                            capture_output=True)
+        return out.strip()
+
+    def mm_stat(self):
+        with open(f"{self.mountpoint}/mm_stat") as f:
+            return parse_mm_stat(f.read())
+
+    def daemon_pid(self):
+        want = self.mountpoint.encode()
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"zramfs.daemon" in argv and want in argv:
+                return int(pid)
+        return None
+
+    def rss(self):
+        pid = self.daemon_pid()
+        if pid is None:
+            return None
+        return {"rss": proc_status_kib(pid, "VmRSS") * 1024, "peak_rss": proc_status_kib(pid, "VmHWM") * 1024}
+
+
+def _rmdir(path):
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+# -- workloads -------------------------------------------------------------
+
+def run_fio(dev, size, args, runtime):
+    cmd = ["fio", "--name=bench", f"--filename={dev}", f"--size={size}", "--output-format=json",
+           f"--runtime={runtime}", *FIO_DATA, *args]
+    out = json.loads(run(cmd))
+    job = out["jobs"][0]
+    side = job["write"] if job["write"]["io_bytes"] else job["read"]
+    return {"bw_mb_s": side["bw_bytes"] / 1e6, "iops": side["iops"]}
+
+
+def fio_target(target, size, runtime):
+    results = {}
+    with contextlib.ExitStack() as stack:
+        target.stack = stack
+        dev = target.create(size)
+        for key, title, args, _metric in WORKLOADS:
+            log(f"{target.label}: {title}")
+            results[key] = run_fio(dev, size, args, runtime)
+            if key == "seq_write_1m":
+                results["mm_stat_after_fill"] = target.mm_stat()
+        results["mm_stat"] = target.mm_stat()
+        results["rss"] = target.rss()
+    return results
+
+
+def swap_target(target, args):
+    ws = args.swap_mib * MIB
+    limit = ws // 3
+    with contextlib.ExitStack() as stack:
+        target.stack = stack
+        log(f"{target.label}: swap workload ({args.swap_mib} MiB working set, cgroup limit {limit // MIB} MiB)")
+        target.swapon(args.swap_mib * 2 * MIB)
+        cmd = [sys.executable, os.path.join(HERE, "swap_workload.py"),
+               "--mib", str(args.swap_mib), "--touches", str(args.swap_touches)]
+        with memcg.memory_cgroup(limit, name=f"zramfs-bench-{target.key}") as cg:
+            proc = cg.run(cmd, capture_output=True, text=True)
+        report = json.loads(proc.stdout) if proc.stdout.strip() else {}
+        result = {
+            "wall_s": report.get("wall_s"),
+            "bad_pages": report.get("bad_pages"),
+            "exit_code": proc.returncode,
+            "mm_stat": target.mm_stat(),
+            "rss": target.rss(),
+        }
+    return result
+
+
+# -- report ----------------------------------------------------------------
+
+def ratio(value, reference):
+    if value is None or not reference:
+        return None
+    return value / reference
+
+
+def metric_value(res, key):
+    metric = dict((k, m) for k, _t, _a, m in WORKLOADS)[key]
+    return res[key]["bw_mb_s"] if metric == "bw" else res[key]["iops"]
+
+
+def render_table(results):
+    keys = list(results)
+    ref = results.get("kernel")
+    head = "| workload | " + " | ".join(results[k]["label"] for k in keys) + " |"
+    lines = [head, "|" + "---|" * (len(keys) + 1)]
+    for key, title, _args, metric in WORKLOADS:
+        row = [title + (" (MB/s)" if metric == "bw" else " (IOPS)")]
+        for k in keys:
+            fio = results[k].get("fio")
+            if not fio:
+                row.append("—")
+                continue
+            v = metric_value(fio, key)
+            cell = f"{v:,.0f}"
+            if ref and ref.get("fio") and k != "kernel":
+                r = ratio(v, metric_value(ref["fio"], key))
+                cell += f" ({r:.2f}×{_mark(key, r)})"
+            row.append(cell)
+        lines.append("| " + " | ".join(row) + " |")
+    for label, getter in (
+        ("swap workload wall time (s)", lambda r: r.get("swap", {}).get("wall_s")),
+        ("swap workload bad pages", lambda r: r.get("swap", {}).get("bad_pages")),
+    ):
+        row = [label]
+        for k in keys:
+            v = getter(results[k])
+            cell = "—" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))
+            if "wall" in label and ref and k != "kernel" and v is not None:
+                r = ratio(v, getter(ref))
+                if r is not None:
+                    cell += f" ({r:.2f}×{_mark('swap_wall_s', r)})"
+            row.append(cell)
+        lines.append("| " + " | ".join(row) + " |")
+    # Memory: kernel mem_used_max vs the daemon's peak RSS, both at the end of the swap workload.
+    row = ["swap: memory at end (MiB)"]
+    kmax = ref.get("swap", {}).get("mm_stat", {}).get("mem_used_max") if ref else None
+    for k in keys:
+        sw = results[k].get("swap")
+        if not sw:
+            row.append("—")
+            continue
+        if k == "kernel":
+            row.append(f"mem_used_max {sw['mm_stat']['mem_used_max'] / MIB:.0f}")
+        else:
+            peak = (sw.get("rss") or {}).get("peak_rss")
+            cell = f"peak RSS {peak / MIB:.0f}" if peak else "—"
+            if peak and kmax:
+                budget = 1.10 * kmax + 30 * MIB
+                cell += f" (budget {budget / MIB:.0f}{' ✓' if peak <= budget else ' ✗'})"
+            row.append(cell)
+    lines.append("| " + " | ".join(row) + " |")
+    row = ["fio: compression ratio (orig/compr)"]
+    for k in keys:
+        mm = (results[k].get("fio") or {}).get("mm_stat_after_fill")
+        row.append(f"{mm['orig_data_size'] / mm['compr_data_size']:.2f}" if mm and mm["compr_data_size"] else "—")
+    lines.append("| " + " | ".join(row) + " |")
+    row = ["fio: mem_used_total / compr_data_size"]
+    for k in keys:
+        mm = (results[k].get("fio") or {}).get("mm_stat_after_fill")
+        row.append(f"{mm['mem_used_total'] / mm['compr_data_size']:.3f}" if mm and mm["compr_data_size"] else "—")
+    lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _mark(key, r):
+    kind, bound = TARGETS[key]
+    ok = r >= bound if kind == "min" else r <= bound
+    return " ✓" if ok else " ✗"
+
+
+def render_png(results, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed (pip install 'zramfs[bench]'): no chart")
+        return None
+    ref = results.get("kernel", {}).get("fio")
+    if not ref:
+        return None
+    keys = [k for k in results if k != "kernel" and results[k].get("fio")]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(1, len(keys))
+    for i, k in enumerate(keys):
+        vals = [metric_value(results[k]["fio"], w) / metric_value(ref, w) for w, *_ in WORKLOADS]
+        ax.bar([x + i * width for x in range(len(WORKLOADS))], vals, width, label=results[k]["label"])
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(len(WORKLOADS))])
+    ax.set_xticklabels([t for _k, t, *_ in WORKLOADS], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("× kernel zram lz4")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size-mib", type=int, default=256, help="device and fio size (default 256)")
+    p.add_argument("--runtime", type=int, default=10, help="seconds per random-I/O fio job (default 10)")
+    p.add_argument("--swap-mib", type=int, default=768, help="swap workload working set (default 768)")
+    p.add_argument("--swap-touches", type=int, default=300_000, help="random page touches (default 300000)")
+    p.add_argument("--targets", default="kernel,zramfs,zramfs-pyfuse3",
+                   help="comma-separated: kernel, zramfs, zramfs-pyfuse3 (those not available are left out)")
+    p.add_argument("--no-fio", action="store_true")
+    p.add_argument("--no-swap", action="store_true")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: proves the benchmark works, measures nothing")
+    p.add_argument("--out", default="bench-results", help="folder for bench.json and bench.png")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.size_mib, args.runtime, args.swap_mib, args.swap_touches = 16, 1, 48, 2000
+    if os.geteuid() != 0:
+        print("bench.py: error: needs root (zram, loop devices, swap, cgroups)", file=sys.stderr)
+        return 3
+    if not args.no_fio and shutil.which("fio") is None:
+        print("bench.py: error: fio not installed (apt-get install fio)", file=sys.stderr)
+        return 2
+    busy = [line.split()[0] for line in open("/proc/swaps").read().splitlines()[1:]]
+    if busy and not args.no_swap:
+        print(f"bench.py: error: swap already active ({', '.join(busy)}); the swap workload needs it off",
+              file=sys.stderr)
+        return 2
+
+    wanted = args.targets.split(",")
+    factories = {"kernel": lambda: KernelZram(None), "zramfs": lambda: Zramfs(None, "dev"),
+                 "zramfs-pyfuse3": lambda: Zramfs(None, "pyfuse3")}
+    unknown = [t for t in wanted if t not in factories]
+    if unknown:
+        print(f"bench.py: error: unknown target {unknown[0]!r} (known: {', '.join(factories)})", file=sys.stderr)
+        return 2
+    targets = []
+    for t in wanted:
+        if t == "kernel" and not KernelZram.available():
+            log("no /sys/class/zram-control: kernel zram left out")
+            continue
+        if t == "zramfs-pyfuse3":
+            try:
+                import pyfuse3  # noqa: F401
+            except ImportError:
+                log("pyfuse3 not installed: that backend left out")
+                continue
+        targets.append(t)
+
+    # SIGTERM takes the same way out as Ctrl-C, so the ExitStacks unwind.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    size = args.size_mib * MIB
+    results = {}
+    try:
+        for t in targets:
+            results[t] = {"label": factories[t]().label}
+            if not args.no_fio:
+                results[t]["fio"] = fio_target(factories[t](), size, args.runtime)
+        for t in targets:
+            if not args.no_swap:
+                results[t]["swap"] = swap_target(factories[t](), args)
+    except KeyboardInterrupt:
+        log("interrupted: cleaned up")
+        return 130
+
+    os.makedirs(args.out, exist_ok=True)
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * PAGE_SIZE / 2**30:.0f} GiB, "
+                   f"Linux {platform.release()}",
+        "args": vars(args),
+    }
+    with open(os.path.join(args.out, "bench.json"), "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=2)
+    table = render_table(results)
+    print(f"{meta['date']} — {meta['machine']}\n")
+    print(table)
+    png = render_png(results, os.path.join(args.out, "bench.png"))
+    log(f"wrote {args.out}/bench.json" + (f" and {png}" if png else ""))
+    bad = [t for t in results if (results[t].get("swap") or {}).get("bad_pages")]
+    if bad:
+        print(f"bench.py: error: bad pages on {', '.join(bad)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
