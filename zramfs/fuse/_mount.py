@@ -145,6 +145,16 @@ def unmount(mountpoint):
     return True
 
 
+def is_our_mount(mountpoint, mnt_dev):
+    """Whether `mountpoint` is still the mount whose mountinfo dev is `mnt_dev`.
+
+    Both backends ask before unmounting, so they never unmount a mount that
+    someone else has since put at the same path.
+    """
+    entry = mountinfo_entry(mountpoint)
+    return entry is not None and mnt_dev is not None and entry[2] == mnt_dev
+
+
 def abort_connection(mnt_dev):
     """Abort the FUSE connection of the mount whose mountinfo dev is `mnt_dev` ("0:NN").
 
@@ -153,6 +163,8 @@ def abort_connection(mnt_dev):
     fusectl is mounted first if nobody has (systemd normally does at boot).
     Returns whether the abort was written.
     """
+    if mnt_dev is None:
+        return False
     major, minor = (int(x) for x in mnt_dev.split(":"))
     # FUSE superblocks are anonymous (major 0), so the dev number is the minor.
     path = f"{FUSECTL}/{(major << 20) | minor}/abort"

@@ -52,6 +52,8 @@ from zramfs.device import PAGE_SIZE
 from zramfs.fuse._errors import errno_for
 from zramfs.fuse._mount import (
     MountError,
+    abort_connection,
+    is_our_mount,
     MountpointBusyError,
     check_mountpoint,
     is_mounted,
@@ -356,8 +358,7 @@ class Pyfuse3Session:
                 self._release()
 
     def _is_our_mount(self):
-        entry = mountinfo_entry(self.mountpoint)
-        return entry is not None and self._mnt_dev is not None and entry[2] == self._mnt_dev
+        return is_our_mount(self.mountpoint, self._mnt_dev)
 
     def _release(self):
         # Caller holds _state_lock.  Unmount only our own mount (never one
@@ -404,7 +405,7 @@ class Pyfuse3Session:
         /dev/fuse fd, which aborts the connection just the same.  Returns
         whether it could abort.
         """
-        if _abort_connection(self._mnt_dev):
+        if abort_connection(self._mnt_dev):
             return True
         with self._state_lock:
             token = self._token
@@ -426,17 +427,3 @@ class Pyfuse3Session:
             if self._is_our_mount():
                 unmount(self.mountpoint)
         self._terminate(token)
-
-
-def _abort_connection(mnt_dev):
-    # The fusectl write DevSession.abort() makes too; one shared function in
-    # _mount.py would serve both backends.
-    if mnt_dev is None:
-        return False
-    minor = mnt_dev.split(":")[1]
-    try:
-        with open(f"/sys/fs/fuse/connections/{minor}/abort", "w") as f:
-            f.write("1")
-    except OSError:
-        return False
-    return True
