@@ -48,7 +48,6 @@ import stat
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
 from zramfs import config
 from zramfs.codecs import (
@@ -58,7 +57,8 @@ from zramfs.codecs import (
     UnknownAlgorithmError,
     get_codec,
 )
-from zramfs.config import ConfigError, PAGE_SIZE
+from zramfs.config import ConfigError
+from zramfs.mountinfo import mount_at, mounts, unescape
 
 __all__ = ["main", "EXIT_CODES", "CliError", "NameInUseError", "DeviceNotFoundError", "CommandError"]
 
@@ -179,43 +179,6 @@ def run_dir():
     return os.path.abspath(os.environ.get("ZRAMFS_RUN_DIR") or "/run/zramfs")
 
 
-def _unescape(field):
-    # mountinfo escapes space, tab, newline and backslash as \ooo.
-    return field.encode().decode("unicode_escape").encode("latin-1").decode()
-
-
-@dataclass(frozen=True)
-class Mount:
-    """One line of /proc/self/mountinfo."""
-
-    mountpoint: str
-    fstype: str
-    source: str
-
-
-def mounts():
-    """Every mount in this namespace, in mountinfo order (later ones on top)."""
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            # id parent major:minor root mountpoint options [optional...] - fstype source superopts
-            sep = fields.index("-")
-            found.append(
-                Mount(_unescape(fields[4]), fields[sep + 1], _unescape(fields[sep + 2]))
-            )
-    return found
-
-
-def mount_at(path):
-    """The topmost mount at `path`, or None.  Never touches the filesystem itself."""
-    found = None
-    for m in mounts():
-        if m.mountpoint == path:
-            found = m
-    return found
-
-
 def zramfs_mounts():
     """The fuse.zramfs mounts (the source is the device NAME), topmost per path."""
     by_path = {}
@@ -242,7 +205,7 @@ def active_swaps():
     """The devices and files in /proc/swaps."""
     with open("/proc/swaps") as f:
         next(f, None)  # header
-        return {_unescape(line.split()[0]) for line in f if line.strip()}
+        return {unescape(line.split()[0]) for line in f if line.strip()}
 
 
 def _daemon_argv(pid):

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from zramfs import cli
+from zramfs import cli, mountinfo
 from zramfs.codecs import UnknownAlgorithmError
 from zramfs.config import InvalidNameError, SizeError
 from zramfs.daemon import DaemonStartError
@@ -167,9 +167,9 @@ def test_run_dir(monkeypatch):
 
 def test_mountinfo_parsing():
     # Every line of the real mountinfo parses, and escapes are undone.
-    assert any(m.mountpoint == "/" for m in cli.mounts())
-    assert cli._unescape(r"/mnt/a\040b") == "/mnt/a b"
-    assert cli._unescape(r"/mnt/back\134slash") == "/mnt/back\\slash"
+    assert any(m.mountpoint == "/" for m in mountinfo.mounts())
+    assert mountinfo.unescape(r"/mnt/a\040b") == "/mnt/a b"
+    assert mountinfo.unescape(r"/mnt/back\134slash") == "/mnt/back\\slash"
 
 
 def test_status_columns_only_ever_appended():

@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+from zramfs import mountinfo
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = os.path.join(REPO, "scripts")
 if SCRIPTS not in sys.path:
@@ -31,10 +33,6 @@ def _backends():
 
 
 BACKENDS = _backends()
-
-
-def _unescape(field):
-    return field.encode().decode("unicode_escape").encode("latin-1").decode()
 
 
 def _under(path, root):
@@ -119,13 +117,9 @@ class ZramfsEnv:
         """[(mountpoint, fstype, source)] for mounts under root or of our loop devices, top last."""
         loops = self.loops()
         found = []
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                sep = fields.index("-")
-                mountpoint, fstype, source = _unescape(fields[4]), fields[sep + 1], _unescape(fields[sep + 2])
-                if _under(mountpoint, self.root) or source in loops:
-                    found.append((mountpoint, fstype, source))
+        for m in mountinfo.mounts():
+            if _under(m.mountpoint, self.root) or m.source in loops:
+                found.append((m.mountpoint, m.fstype, m.source))
         return found
 
     def swaps(self):

@@ -15,6 +15,8 @@ import errno
 import os
 import stat
 
+from zramfs.mountinfo import mount_at
+
 MS_NOSUID = 2
 MS_NODEV = 4
 MNT_DETACH = 2
@@ -53,29 +55,9 @@ class MountpointBusyError(MountError):
     """Raised when something is already mounted on the mountpoint."""
 
 
-def _unescape_mountinfo(field):
-    # mountinfo escapes space, tab, newline and backslash as \ooo.
-    return field.encode().decode("unicode_escape").encode("latin-1").decode()
-
-
-def mountinfo_entry(path):
-    """The /proc/self/mountinfo fields of the topmost mount at `path`, or None.
-
-    Reading mountinfo never touches the mounted filesystem, so it is safe on
-    a FUSE mount whose daemon is dead or stopped (stat() would hang or fail).
-    """
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if _unescape_mountinfo(fields[4]) == path:
-                found = fields  # later lines are mounted on top of earlier ones
-    return found
-
-
 def is_mounted(path):
     """Whether something is mounted at `path` (an absolute, normalized path)."""
-    return mountinfo_entry(path) is not None
+    return mount_at(path) is not None
 
 
 def check_mountpoint(mountpoint):
@@ -151,8 +133,8 @@ def is_our_mount(mountpoint, mnt_dev):
     Both backends ask before unmounting, so they never unmount a mount that
     someone else has since put at the same path.
     """
-    entry = mountinfo_entry(mountpoint)
-    return entry is not None and mnt_dev is not None and entry[2] == mnt_dev
+    m = mount_at(mountpoint)
+    return m is not None and mnt_dev is not None and m.dev == mnt_dev
 
 
 def abort_connection(mnt_dev):

@@ -50,6 +50,7 @@ import trio
 
 from zramfs.device import PAGE_SIZE
 from zramfs.fuse._errors import errno_for
+from zramfs.mountinfo import mount_at
 from zramfs.fuse._mount import (
     MountError,
     abort_connection,
@@ -57,7 +58,6 @@ from zramfs.fuse._mount import (
     MountpointBusyError,
     check_mountpoint,
     is_mounted,
-    mountinfo_entry,
     unmount,
 )
 from zramfs.fuse._session import ATTR_VALID_S, ENTRY_VALID_S
@@ -327,8 +327,8 @@ class Pyfuse3Session:
                 raise MountpointBusyError(f"{self.mountpoint} is already a mount point") from None
             raise MountError(f"mount {self.mountpoint}: libfuse3 refused (its message is above)") from None
         self._initialized = True
-        entry = mountinfo_entry(self.mountpoint)
-        self._mnt_dev = entry[2] if entry else None
+        m = mount_at(self.mountpoint)
+        self._mnt_dev = m.dev if m else None
 
     def serve(self):
         """Answer requests until the filesystem is unmounted; blocking.

@@ -37,7 +37,9 @@ from zramfs.fs import DISK_INO
 
 from . import _abi
 from ._errors import errno_for
-from ._mount import abort_connection, mount_fuse, mountinfo_entry, unmount
+from zramfs.mountinfo import mount_at
+
+from ._mount import abort_connection, is_our_mount, mount_fuse, unmount
 
 # Protocol limits we ask for in INIT.  256 pages = 1 MiB per READ/WRITE,
 # FUSE_MAX_MAX_PAGES: fewer requests for loop's and dd's large I/O.
@@ -127,8 +129,8 @@ class DevSession:
     def mount(self):
         """Open /dev/fuse and mount; raises MountError subclasses."""
         self.fd = mount_fuse(self.mountpoint, self.fsname)
-        entry = mountinfo_entry(self.mountpoint)
-        self._mnt_dev = entry[2] if entry else None
+        m = mount_at(self.mountpoint)
+        self._mnt_dev = m.dev if m else None
 
     def serve(self):
         """Answer requests until the filesystem is unmounted; blocking."""
@@ -148,8 +150,7 @@ class DevSession:
             raise self._fatal
 
     def _is_our_mount(self):
-        entry = mountinfo_entry(self.mountpoint)
-        return entry is not None and entry[2] == self._mnt_dev
+        return is_our_mount(self.mountpoint, self._mnt_dev)
 
     def stop(self):
         """Unmount (lazily) so serve() returns once the last user lets go."""
