@@ -1,7 +1,7 @@
-"""Microbenchmark: BlockDevice writes and reads, no FUSE (not a test; pytest
-does not collect it).
+#!/usr/bin/env python3
+"""Microbenchmark: BlockDevice writes and reads, no FUSE (not a test).
 
-    .venv/bin/python tests/device/bench_device.py [--algorithm lz4] [--mib 256]
+    .venv/bin/python scripts/bench_device.py [--algorithm lz4] [--mib 256]
 
 Data is fio-like: every 4 KiB page is 40 % random bytes then 60 % zeros, as
 fio's buffer_compress_percentage=60 with buffer_compress_chunk=4096 and
@@ -15,7 +15,10 @@ best of --repeat rounds.
 import argparse
 import os
 import random
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from zramfs.device import PAGE_SIZE, BlockDevice
 
