@@ -394,26 +394,6 @@ class _Undo:
 # -- the daemon --------------------------------------------------------------------
 
 
-def _daemon_command(mountpoint, *, size, algorithm, mem_limit, backend, name):
-    """The daemon's command line, for --foreground (which execs it)."""
-    return [
-        sys.executable,
-        "-m",
-        "zramfs.daemon",
-        mountpoint,
-        "--size",
-        str(size),
-        "--algorithm",
-        algorithm,
-        "--mem-limit",
-        str(mem_limit),
-        "--name",
-        name,
-        "--fuse-backend",
-        backend,
-    ]
-
-
 def _daemon_stderr():
     """Where a background daemon's log lines go.
 
@@ -520,12 +500,14 @@ def cmd_mount(args):
             raise NameInUseError(reason)
     else:
         name = _first_free_name()
-    argv = _daemon_command(
+    from zramfs.daemon import daemon_argv
+
+    argv = daemon_argv(
         mountpoint,
-        size=size,
+        size,
         algorithm=algorithm,
         mem_limit=mem_limit,
-        backend=args.fuse_backend,
+        fuse_backend=args.fuse_backend,
         name=name,
     )
     if args.foreground:

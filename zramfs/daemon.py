@@ -319,7 +319,9 @@ def main(argv=None):
 # -- starting a daemon from the CLI or tests ------------------------------------
 
 
-def _daemon_argv(mountpoint, size, algorithm, mem_limit, name, threads, fuse_backend, python):
+def daemon_argv(mountpoint, size, *, algorithm="lz4", mem_limit=0, name="zram0", threads=1,
+                fuse_backend="dev", python=None):
+    """The daemon's command line (without --ready-fd): what spawn_daemon runs and `mount --foreground` execs."""
     return [
         python or sys.executable,
         "-m",
@@ -384,7 +386,8 @@ def spawn_daemon(
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
     r, w = os.pipe()
     try:
-        argv = _daemon_argv(mountpoint, size, algorithm, mem_limit, name, threads, fuse_backend, python)
+        argv = daemon_argv(mountpoint, size, algorithm=algorithm, mem_limit=mem_limit, name=name,
+                           threads=threads, fuse_backend=fuse_backend, python=python)
         proc = subprocess.Popen(
             [*argv, "--ready-fd", str(w)],
             pass_fds=(w,),
