@@ -36,8 +36,6 @@ Exit codes:
 """
 
 import argparse
-import ctypes
-import ctypes.util
 import errno
 import glob
 import importlib.util
@@ -58,6 +56,7 @@ from zramfs.codecs import (
     get_codec,
 )
 from zramfs.config import ConfigError
+from zramfs.fuse import BACKENDS as FUSE_BACKENDS
 from zramfs.mountinfo import mount_at, mounts, unescape
 
 __all__ = ["main", "EXIT_CODES", "CliError", "NameInUseError", "DeviceNotFoundError", "CommandError"]
@@ -71,8 +70,6 @@ EXIT_IN_USE = 5
 EXIT_NOT_FOUND = 6
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
-# FUSE backends the CLI offers; zramfs.fuse decides which are installed.
-FUSE_BACKENDS = ("dev", "pyfuse3")
 DEFAULT_BACKEND = "dev"
 
 # swapon's default priority, zram-generator's default: above any disk swap
@@ -273,11 +270,6 @@ def backend_supports_discard(backend):
 
 # -- small helpers ---------------------------------------------------------------
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
-UMOUNT_NOFOLLOW = 8
-
-
 def _human(size, *, long=False):
     """zramctl's sizes ('4G', '1.5M', '63B'); long: '4 GiB', '512 MiB'."""
     units = "BKMGTPE"
@@ -453,15 +445,16 @@ def _stop_daemons(mountpoint, pids):
 
 def _unmount(mountpoint, *, busy_timeout=0.0):
     """umount(2) without MNT_DETACH: refuse while a loop device or a file holds it."""
+    from zramfs.fuse._mount import unmount
+
     deadline = time.monotonic() + busy_timeout
     while True:
-        if _libc.umount2(os.fsencode(mountpoint), UMOUNT_NOFOLLOW) == 0:
-            return
-        err = ctypes.get_errno()
-        if err in (errno.EINVAL, errno.ENOENT):
-            return  # nothing mounted there any more
-        if err != errno.EBUSY:
-            raise CommandError(f"umount {mountpoint} failed: {os.strerror(err)}")
+        try:
+            unmount(mountpoint, lazy=False)
+            return  # unmounted, or nothing mounted there any more
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise CommandError(f"umount {mountpoint} failed: {os.strerror(e.errno)}") from None
         if time.monotonic() >= deadline:
             raise DiskBusyError(f"{mountpoint} is busy (a process or loop device has files open)")
         time.sleep(0.05)

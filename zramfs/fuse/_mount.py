@@ -111,14 +111,16 @@ def mount_fuse(mountpoint, fsname, subtype="zramfs"):
     return fd
 
 
-def unmount(mountpoint):
-    """Lazily unmount `mountpoint` (MNT_DETACH).
+def unmount(mountpoint, *, lazy=True):
+    """Unmount `mountpoint`; returns False if nothing was mounted there.
 
-    Lazy, because a loop device or swap may still hold `disk` open: the
-    filesystem leaves the namespace now and the session keeps serving until
-    the last user lets go.  Returns False if nothing was mounted there.
+    Lazy (MNT_DETACH) by default, because a loop device or swap may still
+    hold `disk` open: the filesystem leaves the namespace now and the session
+    keeps serving until the last user lets go.  The CLI's umount is not lazy:
+    there EBUSY (an OSError) means "still in use", which it reports.
     """
-    rc = _libc.umount2(os.fsencode(mountpoint), MNT_DETACH | UMOUNT_NOFOLLOW)
+    flags = (MNT_DETACH if lazy else 0) | UMOUNT_NOFOLLOW
+    rc = _libc.umount2(os.fsencode(mountpoint), flags)
     if rc != 0:
         err = ctypes.get_errno()
         if err in (errno.EINVAL, errno.ENOENT):
