@@ -387,7 +387,8 @@ def main(argv=None):
     if not args.no_fio and shutil.which("fio") is None:
         print("bench.py: error: fio not installed (apt-get install fio)", file=sys.stderr)
         return 2
-    busy = [line.split()[0] for line in open("/proc/swaps").read().splitlines()[1:]]
+    with open("/proc/swaps") as f:
+        busy = [line.split()[0] for line in f.read().splitlines()[1:]]
     if busy and not args.no_swap:
         print(f"bench.py: error: swap already active ({', '.join(busy)}); the swap workload needs it off",
               file=sys.stderr)
