@@ -210,109 +210,112 @@ class Pool:
         size outside 1..4096 and PoolFullError when a new zspage (or huge
         page) would take the pool past ``max_pages``.
         """
-        if size >= self.huge_class_size:
-            return self._malloc_huge(size)
-        if size < 1:
-            raise ValueError(f"size must be in 1..{ZS_MAX_ALLOC_SIZE}, got {size}")
-        c = self._class_of[(size + OBJ_HEADER_SIZE + 15) >> 4]
         lock = self._lock
         lock.acquire()
         try:
-            # The handle is picked first and the table written last, so that
-            # running out of handles or pages changes nothing.
-            handles = self._handles
-            h = self._hfree
-            if not h:
-                h = len(handles)
-                if h > MAX_HANDLE:
-                    raise PoolFullError(f"pool is full: all {MAX_HANDLE} handles are in use")
-            m = self._cmask[c]
-            if m:
-                g = m.bit_length() - 1
-                z = self._heads[c * NR_GROUPS + g]
-            else:
-                z = self._new_zspage(c)
-                g = 0
-            # A slot: the zspage's free list first, else its never-used tail.
-            mv32 = self._mv32
-            zs_free = self._zs_free
-            off = zs_free[z]
-            if off:
-                hdr = (z << self._zs_shift) | (off - 1)
-                zs_free[z] = mv32[hdr >> 2] >> 1
-            else:
-                zs_bump = self._zs_bump
-                off = zs_bump[z]
-                zs_bump[z] = off + self._csize[c]
-                hdr = (z << self._zs_shift) | off
-            entry = ((hdr + OBJ_HEADER_SIZE) << SIZE_BITS) | size
-            if h == len(handles):
-                handles.append(entry)
-            else:
-                self._hfree = handles[h] >> SIZE_BITS
-                handles[h] = entry
-            mv32[hdr >> 2] = (h << 1) | 1
-            zs_inuse = self._zs_inuse
-            inuse = zs_inuse[z] + 1
-            zs_inuse[z] = inuse
-            g2 = self._cgroup[c][inuse]
-            if g2 != g:
-                # _regroup inlined; z is the head of group g, so leaving it
-                # is a pop.
-                heads = self._heads
-                base = c * NR_GROUPS
-                if g:
-                    nxt = self._zs_next[z]
-                    heads[base + g] = nxt
-                    if nxt:
-                        self._zs_prev[nxt] = 0
-                    else:
-                        m ^= 1 << g
-                if g2 != FULL:
-                    head = heads[base + g2]
-                    self._zs_next[z] = head
-                    if head:
-                        self._zs_prev[head] = z
-                    heads[base + g2] = z
-                    m |= 1 << g2
-                self._cmask[c] = m
-                self._zs_group[z] = g2
-            self._bytes_used += size
-            return h
+            return self._malloc_locked(size)
         finally:
             lock.release()
 
-    def _malloc_huge(self, size: int) -> int:
+    def _malloc_locked(self, size: int) -> int:
+        """malloc with the lock held: the body malloc and store_many share."""
+        if size >= self.huge_class_size:
+            return self._malloc_huge_locked(size)
+        if size < 1:
+            raise ValueError(f"size must be in 1..{ZS_MAX_ALLOC_SIZE}, got {size}")
+        c = self._class_of[(size + OBJ_HEADER_SIZE + 15) >> 4]
+        # The handle is picked first and the table written last, so that
+        # running out of handles or pages changes nothing.
+        handles = self._handles
+        h = self._hfree
+        if not h:
+            h = len(handles)
+            if h > MAX_HANDLE:
+                raise PoolFullError(f"pool is full: all {MAX_HANDLE} handles are in use")
+        m = self._cmask[c]
+        if m:
+            g = m.bit_length() - 1
+            z = self._heads[c * NR_GROUPS + g]
+        else:
+            z = self._new_zspage(c)
+            g = 0
+        # A slot: the zspage's free list first, else its never-used tail.
+        mv32 = self._mv32
+        zs_free = self._zs_free
+        off = zs_free[z]
+        if off:
+            hdr = (z << self._zs_shift) | (off - 1)
+            zs_free[z] = mv32[hdr >> 2] >> 1
+        else:
+            zs_bump = self._zs_bump
+            off = zs_bump[z]
+            zs_bump[z] = off + self._csize[c]
+            hdr = (z << self._zs_shift) | off
+        entry = ((hdr + OBJ_HEADER_SIZE) << SIZE_BITS) | size
+        if h == len(handles):
+            handles.append(entry)
+        else:
+            self._hfree = handles[h] >> SIZE_BITS
+            handles[h] = entry
+        mv32[hdr >> 2] = (h << 1) | 1
+        zs_inuse = self._zs_inuse
+        inuse = zs_inuse[z] + 1
+        zs_inuse[z] = inuse
+        g2 = self._cgroup[c][inuse]
+        if g2 != g:
+            # _regroup inlined; z is the head of group g, so leaving it
+            # is a pop.
+            heads = self._heads
+            base = c * NR_GROUPS
+            if g:
+                nxt = self._zs_next[z]
+                heads[base + g] = nxt
+                if nxt:
+                    self._zs_prev[nxt] = 0
+                else:
+                    m ^= 1 << g
+            if g2 != FULL:
+                head = heads[base + g2]
+                self._zs_next[z] = head
+                if head:
+                    self._zs_prev[head] = z
+                heads[base + g2] = z
+                m |= 1 << g2
+            self._cmask[c] = m
+            self._zs_group[z] = g2
+        self._bytes_used += size
+        return h
+
+    def _malloc_huge_locked(self, size: int) -> int:
         size = operator.index(size)
         if size > ZS_MAX_ALLOC_SIZE:
             raise ValueError(f"size must be in 1..{ZS_MAX_ALLOC_SIZE}, got {size}")
         # A huge object has a page to itself and no header: compaction never
         # moves it (a one-object page cannot get fuller), so nothing needs to
         # find its handle from its slot.
-        with self._lock:
-            self._check_room(1)
-            h = self._hfree
-            if not h and len(self._handles) > MAX_HANDLE:
-                raise PoolFullError(f"pool is full: all {MAX_HANDLE} handles are in use")
-            if self._huge_free:
-                slot = self._huge_free.pop()
-            elif self._huge_next < self._huge_slots:
-                slot = self._huge_next
-                self._huge_next = slot + 1
-            else:
-                raise PoolFullError(f"pool is full: all {self._huge_slots} "
-                                    "huge page slots are in use")
-            entry = ((self._huge_base + (slot << PAGE_SHIFT)) << SIZE_BITS) | size
-            if h:
-                self._hfree = self._handles[h] >> SIZE_BITS
-                self._handles[h] = entry
-            else:
-                h = len(self._handles)
-                self._handles.append(entry)
-            self._pages_used += 1
-            self._czspages[self._huge] += 1
-            self._bytes_used += size
-            return h
+        self._check_room(1)
+        h = self._hfree
+        if not h and len(self._handles) > MAX_HANDLE:
+            raise PoolFullError(f"pool is full: all {MAX_HANDLE} handles are in use")
+        if self._huge_free:
+            slot = self._huge_free.pop()
+        elif self._huge_next < self._huge_slots:
+            slot = self._huge_next
+            self._huge_next = slot + 1
+        else:
+            raise PoolFullError(f"pool is full: all {self._huge_slots} "
+                                "huge page slots are in use")
+        entry = ((self._huge_base + (slot << PAGE_SHIFT)) << SIZE_BITS) | size
+        if h:
+            self._hfree = self._handles[h] >> SIZE_BITS
+            self._handles[h] = entry
+        else:
+            h = len(self._handles)
+            self._handles.append(entry)
+        self._pages_used += 1
+        self._czspages[self._huge] += 1
+        self._bytes_used += size
+        return h
 
     def _check_room(self, pages: int) -> None:
         if self._pages_used + pages > self._cap:
@@ -426,64 +429,68 @@ class Pool:
         lock = self._lock
         lock.acquire()
         try:
-            handles = self._handles
-            try:
-                entry = handles[handle] if handle > 0 else 0
-            except IndexError:
-                entry = 0
-            size = entry & SIZE_MASK
-            if not size:
-                raise ValueError(f"free of unknown or freed handle {handle!r}")
-            handles[handle] = self._hfree << SIZE_BITS
-            self._hfree = handle
-            self._bytes_used -= size
-            if size >= self.huge_class_size:
-                self._free_huge(entry >> SIZE_BITS)
-                return
-            hdr = (entry >> SIZE_BITS) - OBJ_HEADER_SIZE
-            z = hdr >> self._zs_shift
-            zs_free = self._zs_free
-            self._mv32[hdr >> 2] = zs_free[z] << 1
-            zs_free[z] = (hdr & self._zs_mask) + 1
-            zs_inuse = self._zs_inuse
-            inuse = zs_inuse[z] - 1
-            zs_inuse[z] = inuse
-            c = self._zs_class[z]
-            g = self._zs_group[z]
-            if not inuse:
-                # Its last object: the zspage goes, pages and all.
-                self._unlink(c, g, z)
-                self._free_zspage(z)
-                return
-            g2 = self._cgroup[c][inuse]
-            if g2 != g:
-                # _regroup inlined: unlink from g (unless FULL), push on g2.
-                heads = self._heads
-                base = c * NR_GROUPS
-                zs_next = self._zs_next
-                zs_prev = self._zs_prev
-                m = self._cmask[c]
-                if g != FULL:
-                    nxt = zs_next[z]
-                    prv = zs_prev[z]
-                    if prv:
-                        zs_next[prv] = nxt
-                    else:
-                        heads[base + g] = nxt
-                        if not nxt:
-                            m ^= 1 << g
-                    if nxt:
-                        zs_prev[nxt] = prv
-                head = heads[base + g2]
-                zs_next[z] = head
-                zs_prev[z] = 0
-                if head:
-                    zs_prev[head] = z
-                heads[base + g2] = z
-                self._cmask[c] = m | (1 << g2)
-                self._zs_group[z] = g2
+            self._free_locked(handle)
         finally:
             lock.release()
+
+    def _free_locked(self, handle: int) -> None:
+        """free with the lock held: the body free and free_many share."""
+        handles = self._handles
+        try:
+            entry = handles[handle] if handle > 0 else 0
+        except IndexError:
+            entry = 0
+        size = entry & SIZE_MASK
+        if not size:
+            raise ValueError(f"free of unknown or freed handle {handle!r}")
+        handles[handle] = self._hfree << SIZE_BITS
+        self._hfree = handle
+        self._bytes_used -= size
+        if size >= self.huge_class_size:
+            self._free_huge(entry >> SIZE_BITS)
+            return
+        hdr = (entry >> SIZE_BITS) - OBJ_HEADER_SIZE
+        z = hdr >> self._zs_shift
+        zs_free = self._zs_free
+        self._mv32[hdr >> 2] = zs_free[z] << 1
+        zs_free[z] = (hdr & self._zs_mask) + 1
+        zs_inuse = self._zs_inuse
+        inuse = zs_inuse[z] - 1
+        zs_inuse[z] = inuse
+        c = self._zs_class[z]
+        g = self._zs_group[z]
+        if not inuse:
+            # Its last object: the zspage goes, pages and all.
+            self._unlink(c, g, z)
+            self._free_zspage(z)
+            return
+        g2 = self._cgroup[c][inuse]
+        if g2 != g:
+            # _regroup inlined: unlink from g (unless FULL), push on g2.
+            heads = self._heads
+            base = c * NR_GROUPS
+            zs_next = self._zs_next
+            zs_prev = self._zs_prev
+            m = self._cmask[c]
+            if g != FULL:
+                nxt = zs_next[z]
+                prv = zs_prev[z]
+                if prv:
+                    zs_next[prv] = nxt
+                else:
+                    heads[base + g] = nxt
+                    if not nxt:
+                        m ^= 1 << g
+                if nxt:
+                    zs_prev[nxt] = prv
+            head = heads[base + g2]
+            zs_next[z] = head
+            zs_prev[z] = 0
+            if head:
+                zs_prev[head] = z
+            heads[base + g2] = z
+            self._cmask[c] = m | (1 << g2)
+            self._zs_group[z] = g2
 
     def _free_huge(self, addr: int) -> None:
         self._huge_free.append((addr - self._huge_base) >> PAGE_SHIFT)
@@ -543,6 +550,96 @@ class Pool:
             addr = entry >> SIZE_BITS
             # Slicing the mmap copies straight into a new bytes object.
             return self._map[addr:addr + size]
+        finally:
+            lock.release()
+
+    # -- batches: one lock round per block device request ------------------
+    #
+    # A 1 MiB request is 256 objects.  Taking the lock and entering a method
+    # per object cost ~1.5 us of the ~4 us Python spent per 4 KiB block
+    # written (bench: BlockDevice.write of 1 MiB, 1800 -> see device.py).
+
+    def store(self, data) -> int:
+        """malloc(len(data)) and write(handle, data) under one lock round."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            h = self._malloc_locked(len(data))
+            entry = self._handles[h]
+            addr = entry >> SIZE_BITS
+            self._mv[addr:addr + (entry & SIZE_MASK)] = data
+            return h
+        finally:
+            lock.release()
+
+    def store_many(self, payloads, max_pages: int = 0) -> list[int] | int:
+        """store() each of ``payloads`` (bytes-like, 1..4096 bytes each).
+
+        All or nothing: returns the new handles in order, or, when an
+        allocation takes ``pages_used`` past ``max_pages`` (0: no such
+        check; zram's "alloced_pages > limit_pages" right after zs_malloc),
+        frees what it stored and returns the ``pages_used`` it reached (an
+        int, not a list).  PoolFullError and ValueError
+        also leave nothing stored.
+        """
+        lock = self._lock
+        lock.acquire()
+        try:
+            malloc = self._malloc_locked
+            handles = self._handles
+            mv = self._mv
+            out = []
+            try:
+                for data in payloads:
+                    h = malloc(len(data))
+                    out.append(h)
+                    addr = handles[h] >> SIZE_BITS
+                    mv[addr:addr + len(data)] = data
+                    used = self._pages_used
+                    if max_pages and used > max_pages:
+                        for h in out:
+                            self._free_locked(h)
+                        return used
+            except BaseException:
+                for h in out:
+                    self._free_locked(h)
+                raise
+            return out
+        finally:
+            lock.release()
+
+    def free_many(self, handles) -> None:
+        """free() each handle, under one lock round.  On a bad handle the
+        ones before it are freed and ValueError is raised."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            free = self._free_locked
+            for h in handles:
+                free(h)
+        finally:
+            lock.release()
+
+    def read_many(self, handles) -> list[bytes]:
+        """[read(h) for h in handles] under one lock round."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            table = self._handles
+            m = self._map
+            out = []
+            append = out.append
+            for handle in handles:
+                try:
+                    entry = table[handle] if handle > 0 else 0
+                except IndexError:
+                    entry = 0
+                size = entry & SIZE_MASK
+                if not size:
+                    raise ValueError(f"read of unknown or freed handle {handle!r}")
+                addr = entry >> SIZE_BITS
+                append(m[addr:addr + size])
+            return out
         finally:
             lock.release()
 
