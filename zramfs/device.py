@@ -207,6 +207,16 @@ class BlockDevice:
         self._handle = array("Q", [0]) * nr_pages
         self._info = array("I", [0]) * nr_pages
         self._lock = threading.Lock()
+        # Only a page whose compressed form is this short can be same-filled
+        # (a repeated 8-byte word compresses to a few dozen bytes with every
+        # codec), so _encode_many checks just those pages word by word
+        # instead of every page.  Twice the longest of a few same-filled
+        # pages, for margin; a same-filled page that still compressed longer
+        # would only be stored compressed, not lost.
+        self._same_max = 2 * max(
+            len(self._codec.compress(word * _WORDS_PER_PAGE))
+            for word in (bytes(8), b"\xff" * 8, bytes(range(1, 9)), b"\x9e\x37\x79\xb9\x7f\x4a\x7c\x15")
+        )
 
         # Counters, all guarded by _lock.
         self._pages_stored = 0
@@ -321,6 +331,34 @@ class BlockDevice:
             return _HUGE_INFO, page
         return len(data), data
 
+    def _encode_many(self, pages):
+        """[_encode(page) for page in pages], with the compression loop run
+        by map, and the same-filled check only for pages that compressed
+        very short.
+
+        Not split across two threads: a helper thread compressing half of
+        each 1 MiB request measured slower (fio seq write through loop, 549
+        -> 357 MB/s; seq read 811 -> 661 MB/s): every lz4 call releases and
+        retakes the GIL, so the two threads hand it over ~256 times per
+        request, each a futex wake-up on a busy 2-core machine."""
+        compressed = list(map(self._codec.compress, pages))
+        same_max = self._same_max
+        huge = self._huge_class_size
+        encoded = []
+        append = encoded.append
+        for data, page in zip(compressed, pages):
+            size = len(data)
+            if size <= same_max:
+                raw = bytes(page)
+                if raw == raw[:8] * _WORDS_PER_PAGE:
+                    append((_ZRAM_SAME, int.from_bytes(raw[:8], "little")))
+                    continue
+            if size >= huge:
+                append((_HUGE_INFO, page))
+            else:
+                append((size, data))
+        return encoded
+
     def _decode(self, info, payload):
         """The page a slot holds, from its info and what _snapshot copied."""
         if info & _SIZE_MASK:
@@ -377,34 +415,25 @@ class BlockDevice:
         objects together (at most 1 MiB more), as zram holds both for a page.
         """
         pool = self._pool
-        malloc = pool.malloc
-        pool_write = pool.write
         limit = self._limit_pages
-        new_handles = []
+        # One lock round in the pool for the whole request (store_many,
+        # free_many), not two or three per block: 1 MiB overwrite of fio-like
+        # data, 1800 -> 1540 us.
+        objs = [payload for info, payload in encoded if info & _SIZE_MASK]
         try:
-            for info, payload in encoded:
-                size = info & _SIZE_MASK
-                if not size:
-                    new_handles.append(payload)  # the same-filled word
-                    continue
-                handle = malloc(size)
-                new_handles.append(handle)
-                pool_write(handle, payload)
-                # zram checks right after zs_malloc whether this allocation
-                # took the pool past the limit ("alloced_pages > limit_pages").
-                if limit and pool.pages_used > limit:
-                    raise MemLimitError(
-                        f"write would take the pool to {pool.pages_used * PAGE_SIZE} bytes, "
-                        f"past mem_limit {limit * PAGE_SIZE}"
-                    )
-        except (MemLimitError, PoolFullError) as exc:
-            for (info, _), handle in zip(encoded, new_handles):
-                if info & _SIZE_MASK:
-                    pool.free(handle)
+            new_handles = pool.store_many(objs, limit) if objs else []
+        except PoolFullError as exc:
             self._failed_writes += 1
-            if isinstance(exc, MemLimitError):
-                raise
             raise MemLimitError(f"write would take the pool past its size: {exc}") from exc
+        if type(new_handles) is int:
+            # zram checks right after zs_malloc whether this allocation
+            # took the pool past the limit ("alloced_pages > limit_pages");
+            # store_many did, and freed what it had stored.
+            self._failed_writes += 1
+            raise MemLimitError(
+                f"write would take the pool to {new_handles * PAGE_SIZE} bytes, "
+                f"past mem_limit {limit * PAGE_SIZE}"
+            )
 
         # The peak is now, with the new and the old objects both in the pool.
         used = pool.pages_used
@@ -413,15 +442,16 @@ class BlockDevice:
 
         infos = self._info
         handles = self._handle
-        free = pool.free
+        old_objs = []
+        new_objs = iter(new_handles)
         stored = same = huge = compr = 0
         index = first
-        for (info, _), handle in zip(encoded, new_handles):
+        for info, payload in encoded:
             old = infos[index]
             if old:
                 size = old & _SIZE_MASK
                 if size:
-                    free(handles[index])
+                    old_objs.append(handles[index])
                     compr -= size
                     if old & _ZRAM_HUGE:
                         huge -= 1
@@ -430,16 +460,19 @@ class BlockDevice:
             else:
                 stored += 1
             infos[index] = info
-            handles[index] = handle
             size = info & _SIZE_MASK
             if size:
+                handles[index] = next(new_objs)
                 compr += size
                 if info & _ZRAM_HUGE:
                     huge += 1
                     self._huge_pages_since += 1
             else:
+                handles[index] = payload  # the same-filled word
                 same += 1
             index += 1
+        if old_objs:
+            pool.free_many(old_objs)
         self._pages_stored += stored
         self._same_pages += same
         self._huge_pages += huge
@@ -549,12 +582,10 @@ class BlockDevice:
         # slices of the caller's buffer (no copy).
         encoded = []
         if not partial:
-            encode = self._encode
             pos = (-offset) & _PAGE_MASK  # where the first whole block starts in data
             stop = length - tail
-            while pos < stop:
-                encoded.append(encode(view[pos : pos + PAGE_SIZE]))
-                pos += PAGE_SIZE
+            if pos < stop:
+                encoded = self._encode_many([view[p : p + PAGE_SIZE] for p in range(pos, stop, PAGE_SIZE)])
 
         with self._lock:
             self._num_writes += last - first + 1
@@ -595,29 +626,69 @@ class BlockDevice:
                 raise
         if not length:
             return b""
+        parts = self.read_parts(offset, length)
+        if len(parts) == 1:
+            return parts[0]
+        return b"".join(parts)
+
+    def read_parts(self, offset, length):
+        """``read(offset, length)`` as a list of bytes-like pieces, in order,
+        without joining them: the FUSE layer hands the list to ``writev``,
+        so a 1 MiB read is never copied into one buffer (that copy, and the
+        page faults of a fresh 1 MiB buffer, cost ~0.5 ms per MiB here)."""
+        self._check_range(offset, length, "read")
+        if not length:
+            return []
         end = offset + length
         first = offset >> PAGE_SHIFT
         last = (end - 1) >> PAGE_SHIFT
+        count = last - first + 1
+        objs = None
         with self._lock:
-            self._num_reads += last - first + 1
-            slots = self._snapshot(first, last + 1)
-        decode = self._decode
+            self._num_reads += count
+            infos = self._info[first : last + 1]
+            # Every slot an ordinary compressed object (0 < info < 4096: a
+            # size, no flag): the common case, done in C (read_many, map).
+            if min(infos) and max(infos) < PAGE_SIZE:
+                objs = self._pool.read_many(self._handle[first : last + 1])
+            else:
+                slots = self._snapshot(first, last + 1)
         try:
-            pages = [decode(info, payload) for info, payload in slots]
+            if objs is None:
+                decode = self._decode
+                pages = [decode(info, payload) for info, payload in slots]
+            else:
+                pages = self._decompress_many(objs)
         except CorruptedSlotError:
             with self._lock:
                 self._failed_reads += 1
             raise
         head = offset & _PAGE_MASK
         if first == last:
-            return pages[0][head : head + length]
-        # Trim the edge pages before joining, so the bytes are copied once.
+            if head or length != PAGE_SIZE:
+                return [pages[0][head : head + length]]
+            return pages
         if head:
             pages[0] = pages[0][head:]
         tail = end & _PAGE_MASK
         if tail:
             pages[-1] = pages[-1][:tail]
-        return b"".join(pages)
+        return pages
+
+    def _decompress_many(self, objs):
+        """Decompress compressed objects to pages, the loop run by map (not
+        split across threads: see _encode_many)."""
+        try:
+            pages = list(map(self._codec.decompress, objs))
+        except Exception as exc:  # each library has its own error type
+            raise CorruptedSlotError(f"a stored object failed to decompress: {exc}") from exc
+        if sum(map(len, pages)) != len(pages) * PAGE_SIZE:
+            for page in pages:
+                if len(page) != PAGE_SIZE:
+                    raise CorruptedSlotError(
+                        f"a stored object decompressed to {len(page)} bytes, not {PAGE_SIZE}"
+                    )
+        return pages
 
     # --- discard ----------------------------------------------------------------
 
