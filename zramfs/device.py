@@ -75,8 +75,11 @@ same block land in some order, each block whole, as on any block device.
 
 from array import array
 from dataclasses import dataclass
+from itertools import repeat
 import operator
 import threading
+
+import lz4.block
 
 from allocator import Pool, PoolFullError
 
@@ -150,6 +153,33 @@ class CorruptedSlotError(DeviceError):
     partial write's read-modify-write).  It means a bug or memory corruption."""
 
 
+def _batch_codec(codec, native):
+    """(compress_many, decompress_many) for ``codec``: a list of pages in, a
+    list out, the loop run by map in C.
+
+    For lz4 at its default level the library is called directly with
+    positional arguments: the codec's keyword arguments build a dict per
+    call, and per 1 MiB that cost 365 -> 287 us compressing and
+    532 -> 476 us decompressing.  The calls are the codec's own
+    (``compress(page, store_size=False)``, ``decompress(data,
+    uncompressed_size=4096)``), spelled positionally.  ``native``: the
+    codec is the one get_codec built (not one with its functions replaced).
+    """
+    if native and codec.name == "lz4" and codec.level in (None, 1):
+        compress, decompress = lz4.block.compress, lz4.block.decompress
+
+        def compress_many(pages):
+            n = len(pages)
+            return list(map(compress, pages, repeat("default", n), repeat(False, n)))
+
+        def decompress_many(objs):
+            return list(map(decompress, objs, repeat(PAGE_SIZE, len(objs))))
+
+        return compress_many, decompress_many
+    compress, decompress = codec.compress, codec.decompress
+    return (lambda pages: list(map(compress, pages))), (lambda objs: list(map(decompress, objs)))
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceStats:
     """A snapshot of the device's counters, named and ordered as zram's.
@@ -194,6 +224,8 @@ class BlockDevice:
                 f"disksize {disksize} is not a multiple of {PAGE_SIZE} bytes (the page size)"
             )
         self._codec = get_codec(algorithm)
+        self._native_codec = self._codec
+        self._batch_src = self._batch = None
         self._limit_pages = self._limit_to_pages(mem_limit)
         self._pool = Pool(
             max_pages_per_zspage=max_pages_per_zspage,
@@ -331,6 +363,14 @@ class BlockDevice:
             return _HUGE_INFO, page
         return len(data), data
 
+    def _codec_batch(self):
+        """_batch_codec(self._codec), rebuilt if the codec was replaced."""
+        codec = self._codec
+        if codec is not self._batch_src:
+            self._batch = _batch_codec(codec, codec is self._native_codec)
+            self._batch_src = codec
+        return self._batch
+
     def _encode_many(self, pages):
         """[_encode(page) for page in pages], with the compression loop run
         by map, and the same-filled check only for pages that compressed
@@ -341,7 +381,10 @@ class BlockDevice:
         -> 357 MB/s; seq read 811 -> 661 MB/s): every lz4 call releases and
         retakes the GIL, so the two threads hand it over ~256 times per
         request, each a futex wake-up on a busy 2-core machine."""
-        compressed = list(map(self._codec.compress, pages))
+        return self._classify(self._codec_batch()[0](pages), pages)
+
+    def _classify(self, compressed, pages):
+        """The (info, payload) of each page, given its compressed form."""
         same_max = self._same_max
         huge = self._huge_class_size
         encoded = []
@@ -414,12 +457,18 @@ class BlockDevice:
         cost: for the length of one call the pool holds a write's new and old
         objects together (at most 1 MiB more), as zram holds both for a page.
         """
+        objs = [payload for info, payload in encoded if info & _SIZE_MASK]
+        new_handles = self._store_objs_locked(objs) if objs else []
+        self._install_locked(first, encoded, new_handles)
+
+    def _store_objs_locked(self, objs):
+        """Under the lock: the new pool objects of a commit, all or none
+        (MemLimitError, counted in failed_writes); updates mem_used_max."""
         pool = self._pool
         limit = self._limit_pages
         # One lock round in the pool for the whole request (store_many,
         # free_many), not two or three per block: 1 MiB overwrite of fio-like
         # data, 1800 -> 1540 us.
-        objs = [payload for info, payload in encoded if info & _SIZE_MASK]
         try:
             new_handles = pool.store_many(objs, limit) if objs else []
         except PoolFullError as exc:
@@ -439,7 +488,12 @@ class BlockDevice:
         used = pool.pages_used
         if used > self._max_used_pages:
             self._max_used_pages = used
+        return new_handles
 
+    def _install_locked(self, first, encoded, new_handles):
+        """Under the lock: point slots first, first + 1, ... at ``encoded``
+        (new_handles: the pool objects of its non-same slots, in order) and
+        free the objects they held."""
         infos = self._info
         handles = self._handle
         old_objs = []
@@ -472,11 +526,36 @@ class BlockDevice:
                 same += 1
             index += 1
         if old_objs:
-            pool.free_many(old_objs)
+            self._pool.free_many(old_objs)
         self._pages_stored += stored
         self._same_pages += same
         self._huge_pages += huge
         self._compr_data_size += compr
+
+    def _commit_plain_locked(self, first, sizes, objs):
+        """Under the lock: _commit_locked for slots that all get an ordinary
+        compressed object (``sizes``: array('I') of their sizes, none
+        same-filled or huge): the common 1 MiB write, done with array
+        slices instead of a Python loop per slot when the old slots are all
+        empty or ordinary too (1 MiB overwrite: install 250 -> 30 us)."""
+        new_handles = self._store_objs_locked(objs)
+        end = first + len(sizes)
+        infos = self._info
+        old = infos[first:end]
+        if max(old) >= PAGE_SIZE:  # some old slot is same-filled or huge
+            self._install_locked(first, list(zip(sizes, objs)), new_handles)
+            return
+        handles = self._handle
+        old_handles = handles[first:end]
+        infos[first:end] = sizes
+        handles[first:end] = array("Q", new_handles)
+        empty = old.count(0)
+        if empty:
+            old_handles = [h for i, h in zip(old, old_handles) if i]
+        if old_handles:
+            self._pool.free_many(old_handles)
+        self._pages_stored += empty
+        self._compr_data_size += sum(sizes) - sum(old)
 
     def _store_locked(self, index, info, payload):
         """Under the lock: _commit_locked for one slot, without the lists.
@@ -585,7 +664,22 @@ class BlockDevice:
             pos = (-offset) & _PAGE_MASK  # where the first whole block starts in data
             stop = length - tail
             if pos < stop:
-                encoded = self._encode_many([view[p : p + PAGE_SIZE] for p in range(pos, stop, PAGE_SIZE)])
+                pages = [view[p : p + PAGE_SIZE] for p in range(pos, stop, PAGE_SIZE)]
+                compressed = self._codec_batch()[0](pages)
+                sizes = array("I", map(len, compressed))
+                if (
+                    not head
+                    and not tail
+                    and min(sizes) > self._same_max
+                    and max(sizes) < self._huge_class_size
+                ):
+                    # Whole blocks, each an ordinary compressed object (no
+                    # same-filled or huge page): no per-page Python loop.
+                    with self._lock:
+                        self._num_writes += len(sizes)
+                        self._commit_plain_locked(first, sizes, compressed)
+                    return
+                encoded = self._classify(compressed, pages)
 
         with self._lock:
             self._num_writes += last - first + 1
@@ -679,7 +773,7 @@ class BlockDevice:
         """Decompress compressed objects to pages, the loop run by map (not
         split across threads: see _encode_many)."""
         try:
-            pages = list(map(self._codec.decompress, objs))
+            pages = self._codec_batch()[1](objs)
         except Exception as exc:  # each library has its own error type
             raise CorruptedSlotError(f"a stored object failed to decompress: {exc}") from exc
         if sum(map(len, pages)) != len(pages) * PAGE_SIZE:
