@@ -19,7 +19,8 @@ def _state():
     with open("/proc/swaps") as f:
         swaps = f.read().splitlines()[1:]
     zrams = sorted(glob.glob("/sys/block/zram*"))
-    fuse = [m.mountpoint for m in mountinfo.mounts() if m.fstype == "fuse.zramfs"]
+    # bench.py names its zramfs devices zbench*; other mounts are not its business.
+    fuse = [m.mountpoint for m in mountinfo.mounts() if m.fstype == "fuse.zramfs" and m.source.startswith("zbench")]
     return swaps, zrams, fuse
 
 
