@@ -564,11 +564,10 @@ class BlockDevice:
         size = info & _SIZE_MASK
         if size:
             try:
-                handle = pool.malloc(size)
+                handle = pool.store(payload)  # malloc + write, one lock round
             except PoolFullError as exc:
                 self._failed_writes += 1
                 raise MemLimitError(f"write would take the pool past its size: {exc}") from exc
-            pool.write(handle, payload)
             used = pool.pages_used
             limit = self._limit_pages
             if limit and used > limit:
