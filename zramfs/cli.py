@@ -47,7 +47,7 @@ import subprocess
 import sys
 import time
 
-from zramfs import config
+from zramfs import config, tuning
 from zramfs.codecs import (
     CODECS,
     DEFAULT_ALGORITHM,
@@ -135,11 +135,9 @@ def _exit_code_table():
         BackendUnavailableError: EXIT_NO_FUSE,
         CommandError: EXIT_FAILURE,
         DaemonError: EXIT_FAILURE,
+        tuning.TuningError: EXIT_FAILURE,
     }
-    try:
-        from zramfs import fuse
-    except ImportError:  # pragma: no cover - the package is always there when installed
-        return table
+    from zramfs import fuse
     from zramfs.daemon import DaemonStartError
 
     table.update(
@@ -599,6 +597,8 @@ def cmd_swapon(args):
                 file=sys.stderr,
             )
         _run(swapon + [loop], what=f"swapon {loop}")
+        # Last, so a failed swapon never leaves a setting changed.
+        tuning.apply(base)
     except BaseException as e:
         failures = undo.run()
         for failure in failures:
@@ -643,6 +643,9 @@ def _swapoff_one(name):
         _unmount(mountpoint, busy_timeout=UNMOUNT_BUSY_TIMEOUT)
     _stop_daemons(mountpoint, list(pids))
     _rmdir_if_empty(mountpoint)
+    if not _swap_names():
+        # The last zramfs swap is gone: the machine's own settings come back.
+        tuning.restore(run_dir())
 
 
 def _swap_names():
