@@ -26,8 +26,10 @@ Exit codes:
 1     runtime failure: a system tool, the daemon or the kernel refused
       (what was set up has been undone)
 2     bad input: usage, size, name, algorithm, priority, mountpoint missing
-3     needs root
-4     FUSE unavailable: no /dev/fuse, or the --fuse-backend is not installed
+3     needs root: swapon and swapoff; mount (without root, through
+      fusermount3) on a directory this user may not write
+4     FUSE unavailable: no /dev/fuse, no fusermount3 for a mount without
+      root, or the --fuse-backend is not installed
 5     in use: the name is taken, the mountpoint is busy, or a loop device
       (or swap) still holds the disk
 6     not found: no zramfs device by that name, no zramfs mount there
@@ -143,8 +145,9 @@ def _exit_code_table():
     table.update(
         {
             DaemonStartError: EXIT_FAILURE,
-            fuse.NotRootError: EXIT_NOT_ROOT,
+            fuse.MountpointPermissionError: EXIT_NOT_ROOT,
             fuse.NoFuseDeviceError: EXIT_NO_FUSE,
+            fuse.FusermountMissingError: EXIT_NO_FUSE,
             fuse.MountpointBusyError: EXIT_IN_USE,
             fuse.MountpointMissingError: EXIT_USAGE,
             fuse.MountpointNotDirectoryError: EXIT_USAGE,
@@ -295,10 +298,9 @@ def _run(argv, what=None):
     return proc.stdout
 
 
-# Why each command needs root, for its one-line error.
+# Why each command needs root, for its one-line error.  mount and umount
+# do not: without root they go through fusermount3 (zramfs.fuse._mount).
 _ROOT_REASONS = {
-    "mount": "FUSE is mounted with mount(2)",
-    "umount": "FUSE is mounted with mount(2)",
     "swapon": "it mounts, attaches a loop device and enables swap",
     "swapoff": "it disables swap, detaches a loop device and unmounts",
 }
@@ -442,7 +444,7 @@ def _stop_daemons(mountpoint, pids):
 
 
 def _unmount(mountpoint, *, busy_timeout=0.0):
-    """umount(2) without MNT_DETACH: refuse while a loop device or a file holds it."""
+    """umount(2) (fusermount3 -u without root), not lazy: refuse while a loop device or a file holds it."""
     from zramfs.fuse._mount import unmount
 
     deadline = time.monotonic() + busy_timeout
@@ -477,7 +479,6 @@ def cmd_mount(args):
     mem_limit = _mem_limit(args.mem_limit)
     if args.name is not None:
         config.check_name(args.name)
-    _need_root("mount")
     _need_fuse(args.fuse_backend)
     mountpoint = os.path.abspath(args.mountpoint)
     from zramfs.fuse import _mount
@@ -521,7 +522,6 @@ def cmd_mount(args):
 
 def cmd_umount(args):
     """zramfs umount MOUNTPOINT: unmount and wait for its daemon to exit."""
-    _need_root("umount")
     mountpoint = os.path.abspath(args.mountpoint)
     m = mount_at(mountpoint)
     if m is None or m.fstype != "fuse.zramfs":

@@ -15,9 +15,12 @@ Lifecycle, in order:
      prctl(PR_SET_IO_FLUSHER), oom_score_adj=-1000.  The daemon may sit
      under swap; if its own pages could be swapped out (to itself), or it
      were OOM-killed, the machine would hang.  Each failure is logged to
-     stderr and the daemon carries on.
-  2. Build the device, mount.  Any failure: "ERROR <message>" on --ready-fd,
-     exit 1, nothing left mounted.
+     stderr and the daemon carries on.  Without root all three are skipped
+     with one log line: mlockall under a user's RLIMIT_MEMLOCK would make
+     the pool's large reservations fail, and such a mount cannot be swap.
+  2. Build the device, mount (mount(2) as root; without root through
+     fusermount3, owner-only: see zramfs.fuse._mount).  Any failure:
+     "ERROR <message>" on --ready-fd, exit 1, nothing left mounted.
   3. Serve in a thread; stat MOUNTPOINT/disk from another thread.  Only when
      that answers: "READY" on --ready-fd and READY=1 to $NOTIFY_SOCKET.
   4. SIGTERM/SIGINT: unmount (lazily: a loop device still holding `disk` is

@@ -15,12 +15,13 @@ from zramfs.codecs import UnknownAlgorithmError
 from zramfs.config import InvalidNameError, SizeError
 from zramfs.daemon import DaemonStartError
 from zramfs.fuse import (
+    FusermountMissingError,
     MountError,
     MountpointBusyError,
     MountpointMissingError,
     MountpointNotDirectoryError,
+    MountpointPermissionError,
     NoFuseDeviceError,
-    NotRootError,
 )
 
 
@@ -64,12 +65,11 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
 
 def test_not_root_is_exit_3(capsys, monkeypatch):
     # Input is checked first (so the messages above hold for anyone), then root.
+    # mount and umount need no root (fusermount3): tests/system/test_user_mount.py.
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     for argv, message in [
         (["swapon", "zram0", "--size", "1G"], "swapon needs root (it mounts, attaches a loop device and enables swap)"),
         (["swapoff", "--all"], "swapoff needs root (it disables swap, detaches a loop device and unmounts)"),
-        (["mount", "/mnt", "--size", "1G"], "mount needs root (FUSE is mounted with mount(2))"),
-        (["umount", "/mnt"], "umount needs root (FUSE is mounted with mount(2))"),
     ]:
         code, out, err = run(capsys, *argv)
         assert (code, out, err) == (3, "", f"zramfs: error: {message}\n")
@@ -103,9 +103,10 @@ def test_help_is_exit_0(capsys):
         (UnknownAlgorithmError("x"), 2),
         (MountpointMissingError("x"), 2),
         (MountpointNotDirectoryError("x"), 2),
-        (NotRootError("x"), 3),
+        (MountpointPermissionError("x"), 3),
         (cli.NeedsRootError("x"), 3),
         (NoFuseDeviceError("x"), 4),
+        (FusermountMissingError("x"), 4),
         (cli.BackendUnavailableError("x"), 4),
         (MountpointBusyError("x"), 5),
         (cli.NameInUseError("x"), 5),

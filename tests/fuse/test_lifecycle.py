@@ -258,15 +258,38 @@ def test_mount_errors_are_typed(zram, tmp_path, backend):
         session_for(tmp_path / "f", backend).mount()
 
 
-def test_not_root(tmp_path):
-    # As nobody, from a directory nobody may read: the root check comes first.
-    r = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-         sys.executable, "-m", "zramfs.daemon", "/", "--size", "4096", "--ready-fd", "1"],
-        capture_output=True,
-        text=True,
-        cwd="/",
-        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__import__("zramfs").__file__)))},
-    )  # fmt: skip
-    assert r.returncode == 1
-    assert r.stdout == "ERROR zramfs must run as root to mount (it uses mount(2) directly)\n"
+def test_mount_without_fusermount3(tmp_path, monkeypatch):
+    # Without root the mount goes through fusermount3; missing, it is named.
+    import zramfs.fuse._mount
+    from zramfs.fuse import FusermountMissingError
+
+    monkeypatch.setattr(zramfs.fuse._mount, "_is_root", lambda: False)
+    monkeypatch.setattr(zramfs.fuse._mount, "FUSERMOUNT", "fusermount3-not-installed")
+    with pytest.raises(FusermountMissingError) as e:
+        session_for(tmp_path, "dev").mount()
+    assert str(e.value) == "fusermount3-not-installed not found: install fuse3, or mount as root"
+    assert not is_mounted(str(tmp_path))
+
+
+def test_not_root_on_a_directory_it_cannot_write(tmp_path):
+    # As nobody, on a root-owned 0755 directory: refused before fusermount3 runs.
+    import tempfile
+
+    mnt = tempfile.mkdtemp(prefix="zramfs-test-", dir="/tmp")
+    try:
+        os.chmod(mnt, 0o755)
+        r = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             sys.executable, "-m", "zramfs.daemon", mnt, "--size", "4096", "--ready-fd", "1"],
+            capture_output=True,
+            text=True,
+            cwd="/",
+            env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__import__("zramfs").__file__)))},
+        )  # fmt: skip
+        assert r.returncode == 1, r.stderr
+        assert r.stdout == f"ERROR {mnt} is not writable by uid 65534 (mount as root, or on a directory you own)\n"
+        # Hardening is root-only, and says so once.
+        assert r.stderr.count("not root: memory is not locked") == 1, r.stderr
+        assert not is_mounted(mnt)
+    finally:
+        os.rmdir(mnt)

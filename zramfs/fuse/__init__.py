@@ -16,12 +16,13 @@ threads)`` and has ``mount()``, ``serve()``, ``stop()``, ``abort()`` and
 
 from ._errors import ERRNO_TABLE, errno_for
 from ._mount import (
+    FusermountMissingError,
     MountError,
     MountpointBusyError,
     MountpointMissingError,
     MountpointNotDirectoryError,
+    MountpointPermissionError,
     NoFuseDeviceError,
-    NotRootError,
     is_mounted,
 )
 
@@ -96,12 +97,13 @@ class Session:
 __all__ = [
     "BACKENDS",
     "ERRNO_TABLE",
+    "FusermountMissingError",
     "MountError",
     "MountpointBusyError",
     "MountpointMissingError",
     "MountpointNotDirectoryError",
+    "MountpointPermissionError",
     "NoFuseDeviceError",
-    "NotRootError",
     "Session",
     "UnknownBackendError",
     "errno_for",

@@ -89,6 +89,7 @@ _MAX_TASKS = 64
 # The mount(2) the default backend makes (`_mount.mount_fuse`): type
 # "fuse.zramfs" (libfuse appends the subtype), MS_NOSUID|MS_NODEV (libfuse's
 # defaults), allow_other, default_permissions; fsname is the source.
+# Without root libfuse runs fusermount3 itself; allow_other is dropped then.
 _MOUNT_OPTIONS = ("subtype=zramfs", "allow_other", "default_permissions")
 
 
@@ -312,6 +313,10 @@ class Pyfuse3Session:
                 raise Pyfuse3BusyError(f"pyfuse3 already serves {_active.mountpoint} in this process")
             _active = self
         options = {f"fsname={self.fsname}", *_MOUNT_OPTIONS}
+        if os.geteuid() != 0:
+            # libfuse mounts through fusermount3, which refuses allow_other to
+            # users unless /etc/fuse.conf allows it: owner-only, like `_mount`.
+            options.discard("allow_other")
         try:
             pyfuse3.init(self._ops, self.mountpoint, options)
         except RuntimeError as exc:
