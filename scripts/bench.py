@@ -161,6 +161,8 @@ class Zramfs:
     def create(self, size):
         self.mountpoint = f"/run/zramfs-bench/{self.name}"
         os.makedirs(self.mountpoint, exist_ok=True)
+        # Callbacks run last-in first-out: the parent goes after the mountpoint.
+        self.stack.callback(_rmdir, os.path.dirname(self.mountpoint))
         self.stack.callback(_rmdir, self.mountpoint)
         self._cli("mount", self.mountpoint, "--size", str(size), "--name", self.name,
                   "--fuse-backend", self.backend)

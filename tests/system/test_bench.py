@@ -38,6 +38,7 @@ def test_bench_quick_runs_every_target_and_cleans_up(tmp_path):
     assert swaps == before[0]
     assert set(zrams) <= set(before[1])  # the kernel zram it hot_added is removed again
     assert set(fuse) <= set(before[2])
+    assert not os.path.exists("/run/zramfs-bench")  # its mountpoints' parent is removed too
     results = json.loads((out / "bench.json").read_text())["results"]
     expected = {"zramfs", "zramfs-pyfuse3"}
     if os.path.exists("/sys/class/zram-control"):
