@@ -277,3 +277,27 @@ def abort_connection(mnt_dev):
     except OSError:
         return False
     return True
+
+
+class MountedSession:
+    """What both backends share: their arguments, and knowing which mount is theirs.
+
+    A backend subclasses it, calls ``_remember_mount()`` right after mounting,
+    and asks ``_is_our_mount()`` before it unmounts.
+    """
+
+    def __init__(self, fs, mountpoint, fsname="zram0", threads=1):
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, not {threads}")
+        self.fs = fs
+        self.mountpoint = os.path.abspath(mountpoint)
+        self.fsname = fsname
+        self.threads = threads
+        self._mnt_dev = None  # "major:minor" of our mount, from mountinfo
+
+    def _remember_mount(self):
+        m = mount_at(self.mountpoint)
+        self._mnt_dev = m.dev if m else None
+
+    def _is_our_mount(self):
+        return is_our_mount(self.mountpoint, self._mnt_dev)

@@ -50,11 +50,10 @@ import trio
 
 from zramfs.device import PAGE_SIZE
 from zramfs.fuse._errors import errno_for
-from zramfs.mountinfo import mount_at
 from zramfs.fuse._mount import (
+    MountedSession,
     MountError,
     abort_connection,
-    is_our_mount,
     MountpointBusyError,
     check_mountpoint,
     is_mounted,
@@ -267,21 +266,15 @@ _active_lock = threading.Lock()
 _active = None
 
 
-class Pyfuse3Session:
+class Pyfuse3Session(MountedSession):
     """A FUSE session through pyfuse3/libfuse3 (see the module docstring)."""
 
     supports_discard = SUPPORTS_DISCARD
     fallocate_errno = FALLOCATE_ERRNO
 
     def __init__(self, fs, mountpoint, fsname="zram0", threads=1):
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, not {threads}")
-        self.fs = fs
-        self.mountpoint = os.path.abspath(mountpoint)
-        self.fsname = fsname
-        self.threads = threads
+        super().__init__(fs, mountpoint, fsname, threads)
         self._ops = _Operations(fs)
-        self._mnt_dev = None  # "major:minor" of our mount, from mountinfo
         # Guards the three fields below: serve() runs on its own thread while
         # stop(), abort() and close() come from the daemon's.
         self._state_lock = threading.Lock()
@@ -332,8 +325,7 @@ class Pyfuse3Session:
                 raise MountpointBusyError(f"{self.mountpoint} is already a mount point") from None
             raise MountError(f"mount {self.mountpoint}: libfuse3 refused (its message is above)") from None
         self._initialized = True
-        m = mount_at(self.mountpoint)
-        self._mnt_dev = m.dev if m else None
+        self._remember_mount()
 
     def serve(self):
         """Answer requests until the filesystem is unmounted; blocking.
@@ -361,9 +353,6 @@ class Pyfuse3Session:
             with self._state_lock:
                 self._token = None
                 self._release()
-
-    def _is_our_mount(self):
-        return is_our_mount(self.mountpoint, self._mnt_dev)
 
     def _release(self):
         # Caller holds _state_lock.  Unmount only our own mount (never one

@@ -44,9 +44,7 @@ from zramfs.fs import DISK_INO
 
 from . import _abi
 from ._errors import errno_for
-from zramfs.mountinfo import mount_at
-
-from ._mount import abort_connection, is_our_mount, mount_fuse, unmount
+from ._mount import MountedSession, abort_connection, mount_fuse, unmount
 
 # Protocol limits we ask for in INIT.  256 pages = 1 MiB per READ/WRITE,
 # FUSE_MAX_MAX_PAGES: fewer requests for loop's and dd's large I/O.
@@ -129,25 +127,19 @@ def _attr_fields(a):
     )
 
 
-class DevSession:
+class DevSession(MountedSession):
     """A FUSE session spoken directly on /dev/fuse (see the module docstring)."""
 
     # FALLOCATE is answered, so loop's discard and fstrim free memory.
     supports_discard = True
 
     def __init__(self, fs, mountpoint, fsname="zram0", threads=1):
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, not {threads}")
-        self.fs = fs
-        self.mountpoint = os.path.abspath(mountpoint)
-        self.fsname = fsname
-        self.threads = threads
+        super().__init__(fs, mountpoint, fsname, threads)
         self.fd = -1
         # Requests that ended in an exception errno_for did not know (EIO).
         self.errors = 0
         self.last_error = None
         self.proto_minor = None
-        self._mnt_dev = None  # "major:minor" of our mount, from mountinfo
         self._fatal = None
         self._handlers = self._build_dispatch()
         self._disksize = fs.device.disksize
@@ -161,8 +153,7 @@ class DevSession:
     def mount(self):
         """Open /dev/fuse and mount; raises MountError subclasses."""
         self.fd = mount_fuse(self.mountpoint, self.fsname)
-        m = mount_at(self.mountpoint)
-        self._mnt_dev = m.dev if m else None
+        self._remember_mount()
 
     def serve(self):
         """Answer requests until the filesystem is unmounted; blocking."""
@@ -181,9 +172,6 @@ class DevSession:
         self.close()
         if self._fatal is not None:
             raise self._fatal
-
-    def _is_our_mount(self):
-        return is_our_mount(self.mountpoint, self._mnt_dev)
 
     def stop(self):
         """Unmount (lazily) so serve() returns once the last user lets go."""
