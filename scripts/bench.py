@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,6 +36,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, REPO)
 
 import memcg  # noqa: E402  (scripts/memcg.py: run a command in a memory cgroup)
+
+from zramfs import tuning  # noqa: E402
 
 PAGE_SIZE = 4096
 MIB = 1 << 20
@@ -421,13 +424,23 @@ def main(argv=None):
     size = args.size_mib * MIB
     results = {}
     try:
-        for t in targets:
-            results[t] = {"label": factories[t]().label}
-            if not args.no_fio:
-                results[t]["fio"] = fio_target(factories[t](), size, args.runtime)
-        for t in targets:
-            if not args.no_swap:
-                results[t]["swap"] = swap_target(factories[t](), args)
+        with tempfile.TemporaryDirectory(prefix="zramfs-bench-") as saved:
+            # The settings `zramfs swapon` applies hold for the whole run, so
+            # every target, kernel zram included, runs on the same machine;
+            # the fio targets get them too, though they never call swapon.
+            try:
+                for path, (old, new) in tuning.apply(saved).items():
+                    log(f"for this run: {path} {old} -> {new} (as zramfs swapon sets it)")
+                settings = tuning.current()
+                for t in targets:
+                    results[t] = {"label": factories[t]().label}
+                    if not args.no_fio:
+                        results[t]["fio"] = fio_target(factories[t](), size, args.runtime)
+                for t in targets:
+                    if not args.no_swap:
+                        results[t]["swap"] = swap_target(factories[t](), args)
+            finally:
+                tuning.restore(saved)
     except KeyboardInterrupt:
         log("interrupted: cleaned up")
         return 130
@@ -438,6 +451,7 @@ def main(argv=None):
         "machine": f"{platform.node()} {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * PAGE_SIZE / 2**30:.0f} GiB, "
                    f"Linux {platform.release()}",
         "args": vars(args),
+        "settings": settings,
     }
     with open(os.path.join(args.out, "bench.json"), "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=2)

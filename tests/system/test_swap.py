@@ -18,6 +18,8 @@ from system_helpers import BACKENDS, SCRIPTS
 
 from memcg import memory_cgroup
 
+from zramfs import tuning
+
 MiB = 1 << 20
 
 # 256 MiB of pages under a 96 MiB limit: at least 160 MiB must live in swap
@@ -189,11 +191,48 @@ def test_swapon_sets_page_cluster_and_the_last_swapoff_puts_it_back(zramfs_env, 
     assert os.listdir(env.run_dir) == []
 
 
-def test_swapon_leaves_page_cluster_alone_when_it_is_already_right(zramfs_env, page_cluster):
+def test_swapon_leaves_page_cluster_alone_when_it_is_already_right(zramfs_env, page_cluster, halt_poll):
     env = zramfs_env
     with open(PAGE_CLUSTER, "w") as f:
         f.write("3")
+    if halt_poll is not None:
+        with open(tuning.HALT_POLL_NS, "w") as f:
+            f.write("200000")
     env.ok("swapon", "zramt1", "--size", "16M", "--priority", "5")
     assert os.listdir(env.run_dir) == ["zramt1"]  # nothing to keep
     env.ok("swapoff", "--all")
     assert _read_page_cluster() == "3"
+
+
+@pytest.fixture
+def halt_poll():
+    """The machine's guest_halt_poll_ns (KVM guests), put back after the test; None where absent."""
+    path = tuning.HALT_POLL_NS
+    if not os.path.exists(path):
+        yield None
+        return
+    with open(path) as f:
+        old = f.read().strip()
+    yield old
+    with open(path, "w") as f:
+        f.write(old)
+
+
+def test_swapon_lets_an_idle_vcpu_poll_and_the_last_swapoff_stops_it(zramfs_env, halt_poll, page_cluster):
+    env = zramfs_env
+    if halt_poll is None:
+        # Not a KVM guest with haltpoll: there is nothing to tune, and
+        # swapon must not fail over it.
+        env.ok("swapon", "zramt1", "--size", "16M")
+        env.ok("swapoff", "zramt1")
+        assert env.leftovers() == {}
+        return
+    with open(tuning.HALT_POLL_NS, "w") as f:
+        f.write("0")
+    env.ok("swapon", "zramt1", "--size", "16M")
+    with open(tuning.HALT_POLL_NS) as f:
+        assert f.read().strip() == "200000"
+    env.ok("swapoff", "zramt1")
+    with open(tuning.HALT_POLL_NS) as f:
+        assert f.read().strip() == "0"
+    assert env.leftovers() == {}
