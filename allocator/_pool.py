@@ -562,6 +562,36 @@ class Pool:
         finally:
             lock.release()
 
+    def replace(self, handle: int, data) -> bool:
+        """Put ``data`` in the place of a live object when it fits its slot.
+
+        When the new size (1..4096) rounds to the same size class as the
+        object's, the bytes are copied over the old ones, the handle keeps
+        its slot and its entry takes the new size: True.  Otherwise nothing
+        changes and the caller frees and stores (False).  This is what a
+        block rewritten with a similar compressed size (the common case
+        when one swap slot or one filesystem block is written again) costs
+        instead of a free and a malloc.  ValueError for an unknown or freed
+        handle.
+        """
+        size = len(data)
+        lock = self._lock
+        lock.acquire()
+        try:
+            addr, old = self._lookup(handle, "replace of ")
+            huge = self.huge_class_size
+            if old >= huge or not 0 < size < huge:
+                return False
+            class_of = self._class_of
+            if class_of[(size + OBJ_HEADER_SIZE + 15) >> 4] != class_of[(old + OBJ_HEADER_SIZE + 15) >> 4]:
+                return False
+            self._mv[addr:addr + size] = data
+            self._handles[handle] = (addr << SIZE_BITS) | size
+            self._bytes_used += size - old
+            return True
+        finally:
+            lock.release()
+
     def store_many(self, payloads, max_pages: int = 0) -> list[int] | int:
         """store() each of ``payloads`` (bytes-like, 1..4096 bytes each).
 

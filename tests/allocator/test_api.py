@@ -163,3 +163,41 @@ def test_fullest_zspage_with_room_gets_the_object(pool):
     assert pool._lookup(new)[0] >> pool._zs_shift == zs[2]
     new2 = pool.malloc(size)
     assert pool._lookup(new2)[0] >> pool._zs_shift == zs[1]
+
+
+def test_replace_keeps_the_slot_when_the_new_size_is_in_the_same_class():
+    with Pool() as pool:
+        h = pool.malloc(1000)
+        pool.write(h, b"a" * 1000)
+        other = pool.store(b"b" * 1000)
+        before = pool.stats()
+        # 1000 and 990 round to the same 16-byte class.
+        assert pool.replace(h, b"c" * 990)
+        assert pool.read(h) == b"c" * 990
+        assert pool.read(other) == b"b" * 1000
+        after = pool.stats()
+        assert after.pages_used == before.pages_used
+        assert after.bytes_used == before.bytes_used - 10
+        check_pool(pool)
+
+
+def test_replace_refuses_another_class_and_changes_nothing():
+    with Pool() as pool:
+        h = pool.store(b"a" * 1000)
+        before = pool.stats()
+        assert not pool.replace(h, b"b" * 2000)
+        assert not pool.replace(h, b"b" * PAGE_SIZE)  # huge: a page of its own
+        assert pool.read(h) == b"a" * 1000
+        assert pool.stats() == before
+        big = pool.store(b"x" * PAGE_SIZE)
+        assert not pool.replace(big, b"y" * PAGE_SIZE)  # huge objects never move slots
+        check_pool(pool)
+
+
+def test_replace_of_a_freed_handle_is_a_value_error():
+    with Pool() as pool:
+        h = pool.store(b"a" * 100)
+        pool.free(h)
+        with pytest.raises(ValueError, match="replace of unknown or freed handle"):
+            pool.replace(h, b"b" * 100)
+        check_pool(pool)

@@ -91,6 +91,16 @@ class PoolMachine(RuleBasedStateMachine):
             self.pool.write(h, data)
             self.model[h] = data
 
+    @rule(h=handles, delta=st.integers(-40, 40))
+    def replace(self, h, delta):
+        # A size near the old one: sometimes the same class (kept in place),
+        # sometimes not (refused, nothing changes).
+        if h in self.model:
+            size = min(max(len(self.model[h]) + delta, 1), 4096)
+            data = self._data(size)
+            if self.pool.replace(h, data):
+                self.model[h] = data
+
     @rule(h=handles, mode=st.sampled_from(["w", "rw"]))
     def write_through_map(self, h, mode):
         if h in self.model:
