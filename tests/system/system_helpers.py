@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from zramfs import mountinfo
+from zramfs import mountinfo, tuning
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = os.path.join(REPO, "scripts")
@@ -45,6 +45,14 @@ def _cmdline(pid):
             return [a.decode(errors="replace") for a in f.read().split(b"\0")[:-1]]
     except OSError:
         return []
+
+
+def _saved_settings(run_dir):
+    try:
+        with open(os.path.join(run_dir, tuning.STATE_FILE)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
 
 
 def _alive(pid):
@@ -155,9 +163,16 @@ class ZramfsEnv:
             "loops": sorted(self.loops()),
             "mounts": [m[0] for m in self.mounts()],
             "daemons": sorted(self.daemons()),
-            "run_dirs": sorted(os.listdir(self.run_dir)) if os.path.isdir(self.run_dir) else [],
+            "run_dirs": self._run_dirs(),
+            # Machine settings a swapon changed and no swapoff has put back.
+            "saved_settings": sorted(_saved_settings(self.run_dir)),
         }
         return {k: v for k, v in state.items() if v}
+
+    def _run_dirs(self):
+        if not os.path.isdir(self.run_dir):
+            return []
+        return sorted(e.name for e in os.scandir(self.run_dir) if e.is_dir(follow_symlinks=False))
 
     # -- cleanup ------------------------------------------------------------------
 
@@ -210,7 +225,13 @@ class ZramfsEnv:
             time.sleep(0.05)
         errors += [f"daemon {p} survived SIGKILL" for p in daemons if _alive(p)]
         if os.path.isdir(self.run_dir) and not self.mounts():
-            for name in os.listdir(self.run_dir):
+            # No zramfs swap is left: the machine's own settings come back,
+            # as the last swapoff would have done.
+            try:
+                tuning.restore(self.run_dir)
+            except OSError as e:
+                errors.append(f"restore settings: {e}")
+            for name in self._run_dirs():
                 try:
                     os.rmdir(os.path.join(self.run_dir, name))
                 except OSError as e:
