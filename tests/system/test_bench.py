@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-from zramfs import mountinfo
+from zramfs import mountinfo, tuning
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -26,6 +26,7 @@ def _state():
 
 def test_bench_quick_runs_every_target_and_cleans_up(tmp_path):
     before = _state()
+    settings = tuning.current()
     out = tmp_path / "out"
     r = subprocess.run(
         [sys.executable, os.path.join(REPO, "scripts", "bench.py"), "--quick", "--out", str(out)],
@@ -39,7 +40,11 @@ def test_bench_quick_runs_every_target_and_cleans_up(tmp_path):
     assert set(zrams) <= set(before[1])  # the kernel zram it hot_added is removed again
     assert set(fuse) <= set(before[2])
     assert not os.path.exists("/run/zramfs-bench")  # its mountpoints' parent is removed too
-    results = json.loads((out / "bench.json").read_text())["results"]
+    # It ran under swapon's settings and put the machine's back.
+    assert tuning.current() == settings
+    report = json.loads((out / "bench.json").read_text())
+    assert report["meta"]["settings"]["/proc/sys/vm/page-cluster"] == tuning.SWAP_SETTINGS["/proc/sys/vm/page-cluster"]
+    results = report["results"]
     expected = {"zramfs", "zramfs-pyfuse3"}
     if os.path.exists("/sys/class/zram-control"):
         expected.add("kernel")
