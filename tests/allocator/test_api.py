@@ -201,3 +201,16 @@ def test_replace_of_a_freed_handle_is_a_value_error():
         with pytest.raises(ValueError, match="replace of unknown or freed handle"):
             pool.replace(h, b"b" * 100)
         check_pool(pool)
+
+
+def test_gather_frames_objects_in_one_buffer():
+    with Pool() as pool:
+        datas = [bytes([i]) * n for i, n in enumerate((1, 100, 1000, 3000, PAGE_SIZE), 1)]
+        hs = [pool.store(d) for d in datas]
+        prefix = {len(d): b"<%d>" % len(d) for d in datas}
+        out = pool.gather(reversed(hs), prefix, b"H", b"T")
+        assert out == b"H" + b"".join(prefix[len(d)] + d for d in reversed(datas)) + b"T"
+        pool.free(hs[1])
+        with pytest.raises(ValueError, match="gather of unknown or freed handle"):
+            pool.gather(hs, prefix)
+        check_pool(pool)
