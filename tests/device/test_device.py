@@ -465,6 +465,36 @@ def test_corrupted_object_counts_failed_reads(monkeypatch):
         dev.read(PAGE_SIZE, 10)
 
 
+@pytest.mark.parametrize("pages", [2, 63, 128, 256])
+@pytest.mark.parametrize("algorithm", ["lz4", "lz4hc"])
+def test_long_reads_decode_as_frames_and_match(algorithm, pages):
+    # lz4 reads of more than a page decode as one lz4 frame; every cut
+    # must still line up.
+    with BlockDevice(2 * MiB, algorithm=algorithm) as dev:
+        data = b"".join(fio_page() for _ in range(pages))
+        dev.write(0, data)
+        assert dev.read(0, len(data)) == data
+        parts = dev.read_parts(0, len(data))
+        assert len(parts) == 1
+        assert b"".join(parts) == data
+        # Unaligned at both ends, and ending inside the last page.
+        assert dev.read(100, len(data) - 300) == data[100:-200]
+        assert b"".join(dev.read_parts(4095, len(data) - 4095)) == data[4095:]
+
+
+def test_a_corrupted_object_inside_a_long_read_is_named():
+    with BlockDevice(2 * MiB) as dev:
+        data = b"".join(fio_page() for _ in range(256))
+        dev.write(0, data)
+        # Scribble over the stored bytes of block 200, as a memory error would.
+        with dev._pool.map(dev._handle[200], "w") as view:
+            view[:] = b"\xff" * len(view)
+        with pytest.raises(CorruptedSlotError, match="^a stored object failed to decompress"):
+            dev.read(0, len(data))
+        assert dev.stats().failed_reads == 1
+        assert dev.read(0, 200 * PAGE_SIZE) == data[: 200 * PAGE_SIZE]  # the rest still reads
+
+
 # --- stats ---------------------------------------------------------------------------------
 
 
