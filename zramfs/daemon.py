@@ -49,7 +49,7 @@ import trio
 
 from zramfs.device import BlockDevice, DeviceError
 from zramfs.fs import Filesystem, InvalidValueError, memparse
-from zramfs.fuse import BACKENDS, MountError, Session, is_mounted
+from zramfs.fuse import BACKENDS, DEFAULT_THREADS, MountError, Session, is_mounted
 
 # mlockall(2) flags: lock what is mapped now, what gets mapped later, and
 # only once touched (so reserved-but-unused memory, e.g. thread stacks, is
@@ -286,7 +286,8 @@ def parse_args(argv=None):
     p.add_argument("--algorithm", default="lz4")
     p.add_argument("--mem-limit", type=_size_arg, default=0, help="bytes; 0 = no limit")
     p.add_argument("--name", default="zram0", help="the mount's source name (shown in /proc/mounts)")
-    p.add_argument("--threads", type=int, default=1, help="FUSE reader threads")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help=f"FUSE reader threads (default {DEFAULT_THREADS})")
     p.add_argument("--ready-fd", type=int, default=None, help='write "READY" or "ERROR <msg>" here, then close it')
     p.add_argument("--fuse-backend", default="dev", choices=BACKENDS)
     return p.parse_args(argv)
@@ -322,7 +323,7 @@ def main(argv=None):
 # -- starting a daemon from the CLI or tests ------------------------------------
 
 
-def daemon_argv(mountpoint, size, *, algorithm="lz4", mem_limit=0, name="zram0", threads=1,
+def daemon_argv(mountpoint, size, *, algorithm="lz4", mem_limit=0, name="zram0", threads=DEFAULT_THREADS,
                 fuse_backend="dev", python=None):
     """The daemon's command line (without --ready-fd): what spawn_daemon runs and `mount --foreground` execs."""
     return [
@@ -369,7 +370,7 @@ def spawn_daemon(
     algorithm="lz4",
     mem_limit=0,
     name="zram0",
-    threads=1,
+    threads=DEFAULT_THREADS,
     fuse_backend="dev",
     timeout=30.0,
     stderr=None,
@@ -441,7 +442,7 @@ def start_background(mountpoint, size, **kwargs):
     """Start a daemon for `mountpoint` in the background, return its pid once READY.
 
     Keyword arguments as `spawn_daemon`: algorithm="lz4", mem_limit=0,
-    name="zram0", threads=1, fuse_backend="dev", timeout=30.0, stderr=None,
+    name="zram0", threads=DEFAULT_THREADS, fuse_backend="dev", timeout=30.0, stderr=None,
     python=None.  Raises DaemonStartError(one-line message).
     """
     proc = spawn_daemon(mountpoint, size, **kwargs)

@@ -101,8 +101,8 @@ def test_init_reply(client):
     assert len(payload) == 64
     major, minor, _, flags, max_bg, _, max_write, _, max_pages, _, _ = _abi.init_out.unpack(payload)
     assert (major, minor) == (7, 38)
-    assert max_write == MAX_WRITE == 1 << 20
-    assert max_pages == MAX_PAGES == 256
+    assert max_write == MAX_WRITE == 512 << 10
+    assert max_pages == MAX_PAGES == 128
     for flag in (_abi.MAX_PAGES, _abi.ASYNC_DIO, _abi.BIG_WRITES, _abi.ASYNC_READ, _abi.PARALLEL_DIROPS):
         assert flags & flag
     assert not flags & _abi.ATOMIC_O_TRUNC
@@ -178,9 +178,9 @@ def test_write_then_read(client):
     assert client.call(_abi.READ, DISK_INO, read_in(3998, 9)) == (0, b"\0\0hello\0\0")
 
 
-def test_a_1mib_write_fits_the_buffer(client):
+def test_a_max_write_request_fits_the_buffer(client):
     client.init()
-    data = bytes(range(256)) * 4096
+    data = bytes(range(256)) * (MAX_WRITE // 256)
     error, payload = client.call(_abi.WRITE, DISK_INO, write_in(0, data))
     assert (error, _abi.write_out.unpack(payload)[0]) == (0, len(data))
     assert client.call(_abi.READ, DISK_INO, read_in(0, len(data))) == (0, data)

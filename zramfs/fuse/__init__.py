@@ -16,6 +16,7 @@ threads)`` and has ``mount()``, ``serve()``, ``stop()``, ``abort()`` and
 
 from ._errors import ERRNO_TABLE, errno_for
 from ._mount import (
+    DEFAULT_THREADS,
     FusermountMissingError,
     MountError,
     MountpointBusyError,
@@ -65,7 +66,7 @@ class Session:
     being served until it lets go; abort() cuts the connection at once.
     """
 
-    def __init__(self, fs, mountpoint, fsname="zram0", backend="dev", threads=1):
+    def __init__(self, fs, mountpoint, fsname="zram0", backend="dev", threads=DEFAULT_THREADS):
         self.backend = backend
         self._impl = _backend_class(backend)(fs, mountpoint, fsname=fsname, threads=threads)
 
@@ -96,6 +97,7 @@ class Session:
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_THREADS",
     "ERRNO_TABLE",
     "FusermountMissingError",
     "MountError",

@@ -51,6 +51,7 @@ import trio
 from zramfs.device import PAGE_SIZE
 from zramfs.fuse._errors import errno_for
 from zramfs.fuse._mount import (
+    DEFAULT_THREADS,
     MountedSession,
     MountError,
     abort_connection,
@@ -272,7 +273,7 @@ class Pyfuse3Session(MountedSession):
     supports_discard = SUPPORTS_DISCARD
     fallocate_errno = FALLOCATE_ERRNO
 
-    def __init__(self, fs, mountpoint, fsname="zram0", threads=1):
+    def __init__(self, fs, mountpoint, fsname="zram0", threads=DEFAULT_THREADS):
         super().__init__(fs, mountpoint, fsname, threads)
         self._ops = _Operations(fs)
         # Guards the three fields below: serve() runs on its own thread while

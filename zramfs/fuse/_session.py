@@ -9,12 +9,13 @@ precompiled structs of `_abi`.
 
 Why blocking threads and not an event loop: with no work behind it, one
 blocking Python thread reading /dev/fuse matched C libfuse on this machine
-(design.md).  More threads help only while the GIL is released (lz4 releases
-it while it compresses), so `threads` is a knob, measured, not a default to
-raise blindly.  Measured through loop (fio, 4k randread QD1): 1 thread
-~35k IOPS, 2 threads ~15k -- each request then pays a GIL hand-off between
-two woken threads.  Directly on `disk` at QD8, 2 threads gained ~20%.
-Default: 1.
+(design.md).  More threads help only while the GIL is released: lz4 releases
+it while it works, and a multi-page read is one lz4 frame (device.py), so
+two threads decode two 512 KiB halves of a 1 MiB request at once.  Default:
+2 (DEFAULT_THREADS, with the measurements).  Before halt polling
+(zramfs.tuning), 2 threads had cost 4 KiB QD1 reads half their rate (35k ->
+15k IOPS: each request paid a GIL hand-off between two woken threads); with
+it, 4 KiB rates are the same for 1 or 2 threads.
 
 Why the reader blocks in readv and does not spin: polling a non-blocking
 fd for up to ~50 us before sleeping measured worse through loop on this
@@ -44,11 +45,15 @@ from zramfs.fs import DISK_INO
 
 from . import _abi
 from ._errors import errno_for
-from ._mount import MountedSession, abort_connection, mount_fuse, unmount
+from ._mount import DEFAULT_THREADS, MountedSession, abort_connection, mount_fuse, unmount
 
-# Protocol limits we ask for in INIT.  256 pages = 1 MiB per READ/WRITE,
-# FUSE_MAX_MAX_PAGES: fewer requests for loop's and dd's large I/O.
-MAX_PAGES = 256
+# Protocol limits we ask for in INIT.  128 pages = 512 KiB per READ/WRITE:
+# the kernel cuts loop's 1 MiB direct I/O into two requests and sends both
+# at once, so the two reader threads (DEFAULT_THREADS) each take one.  With
+# 256 (FUSE_MAX_MAX_PAGES, one request per MiB) the second thread idled:
+# fio 1 MiB sequential read 1288 MB/s with 2 threads against 1924-2153 at
+# 128 (same minutes, halt polling on).
+MAX_PAGES = 128
 PAGE_SIZE = 4096
 MAX_WRITE = MAX_PAGES * PAGE_SIZE
 # The kernel refuses reads into a buffer smaller than header + write_in +
@@ -133,7 +138,7 @@ class DevSession(MountedSession):
     # FALLOCATE is answered, so loop's discard and fstrim free memory.
     supports_discard = True
 
-    def __init__(self, fs, mountpoint, fsname="zram0", threads=1):
+    def __init__(self, fs, mountpoint, fsname="zram0", threads=DEFAULT_THREADS):
         super().__init__(fs, mountpoint, fsname, threads)
         self.fd = -1
         # Requests that ended in an exception errno_for did not know (EIO).
