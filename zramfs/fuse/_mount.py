@@ -280,13 +280,10 @@ def abort_connection(mnt_dev):
 
 
 # Reader threads a session serves with unless told otherwise.  Two: the kernel
-# splits a 1 MiB read or write into two requests of MAX_PAGES (_session.py)
-# and each thread takes one, so the two lz4 frames, the pool copies and the
-# two kernel copies of a 1 MiB request run on both cores.  Measured through
-# loop, fio 1 MiB sequential read (same-minute pairs, halt polling on):
-# 1 thread and 256-page requests 1651/1745/1730 MB/s; 2 threads and
-# 128-page requests 2153/1924/2013.  4 KiB I/O did not change: QD16
-# 65-75k IOPS with either, QD1 reads ~39k either.
+# splits loop's 1 MiB direct read into two requests of MAX_PAGES
+# (_session.py), and the second reader takes the second half while the
+# first decodes its own, so a large read runs on both cores.  Small requests
+# and writes stay on the first reader (DevSession._reader has the numbers).
 DEFAULT_THREADS = 2
 
 

@@ -11,11 +11,9 @@ Why blocking threads and not an event loop: with no work behind it, one
 blocking Python thread reading /dev/fuse matched C libfuse on this machine
 (design.md).  More threads help only while the GIL is released: lz4 releases
 it while it works, and a multi-page read is one lz4 frame (device.py), so
-two threads decode two 512 KiB halves of a 1 MiB request at once.  Default:
-2 (DEFAULT_THREADS, with the measurements).  Before halt polling
-(zramfs.tuning), 2 threads had cost 4 KiB QD1 reads half their rate (35k ->
-15k IOPS: each request paid a GIL hand-off between two woken threads); with
-it, 4 KiB rates are the same for 1 or 2 threads.
+two threads decode the two 512 KiB halves of a 1 MiB read at once.
+Default: 2 (DEFAULT_THREADS), the second used only for large reads; see
+_reader for why, with the measurements.
 
 Why the reader blocks in readv and does not spin: polling a non-blocking
 fd for up to ~50 us before sleeping measured worse through loop on this
@@ -59,6 +57,9 @@ MAX_WRITE = MAX_PAGES * PAGE_SIZE
 # The kernel refuses reads into a buffer smaller than header + write_in +
 # max_write; two spare pages keep us clear of that.
 BUFFER_SIZE = MAX_WRITE + 2 * PAGE_SIZE
+# A READ this large lets a helper reader take the next request (see
+# DevSession._reader): half of MAX_WRITE, so only the halves of large reads do.
+HELP_MIN_BYTES = 64 * PAGE_SIZE
 # Background (async) requests in flight: async direct I/O from loop is
 # background, and the kernel's default of 12 caps a deep loop queue.
 # Measured, 4k randread QD32 through `losetup --direct-io=on`: 33k IOPS
@@ -146,6 +147,9 @@ class DevSession(MountedSession):
         self.last_error = None
         self.proto_minor = None
         self._fatal = None
+        # Helper readers wait on _more between requests (see _reader).
+        self._more = None
+        self._stopping = False
         self._handlers = self._build_dispatch()
         self._disksize = fs.device.disksize
         # Bound once: the hot path calls these per request.
@@ -165,13 +169,22 @@ class DevSession(MountedSession):
         if self.fd < 0:
             raise RuntimeError("serve() before mount()")
         _tune_malloc()
+        self._stopping = False
+        self._more = threading.Event() if self.threads > 1 else None
         helpers = [
-            threading.Thread(target=self._reader, name=f"zramfs-fuse-{i}", daemon=True)
+            threading.Thread(target=self._reader, args=(True,), name=f"zramfs-fuse-{i}", daemon=True)
             for i in range(1, self.threads)
         ]
         for t in helpers:
             t.start()
         self._reader()
+        # Wake the helpers that wait for work; those inside readv get ENODEV
+        # with everyone else, or, when this reader failed, from the abort.
+        self._stopping = True
+        if self._more is not None:
+            self._more.set()
+        if self._fatal is not None:
+            self.abort()
         for t in helpers:
             t.join()
         self.close()
@@ -205,7 +218,21 @@ class DevSession(MountedSession):
 
     # -- the loop -----------------------------------------------------------
 
-    def _reader(self):
+    def _reader(self, helper=False):
+        """Answer requests.  The first reader takes every request; a helper
+        reader takes one only after the first has a large READ in hand
+        (HELP_MIN_BYTES), which is when the kernel has most likely queued
+        the other half of the same 1 MiB read.  Measured, same-minute
+        pairs, halt polling on:
+          * two threads taking turns on every request cost 4 KiB random
+            reads and writes 10-15 % (QD1 and QD16); gated, they match one;
+          * 1 MiB sequential read: one thread ~1300 MB/s, two ~2000 (each
+            decodes its half's lz4 frame with the GIL released);
+          * 1 MiB sequential write: one thread ~700 MB/s, two ~570: writes
+            are mostly pool work under the GIL, and their lz4 calls are per
+            page, so two writers only trade the GIL.  Writes stay on one."""
+        more = self._more
+        lead = not helper and more is not None
         fd = self.fd
         buf = bytearray(BUFFER_SIZE)
         mv = memoryview(buf)
@@ -227,6 +254,11 @@ class DevSession(MountedSession):
         dev_write = self._dev_write
         READ, WRITE = _abi.READ, _abi.WRITE
         while True:
+            if helper:
+                more.wait()
+                if self._stopping:
+                    return
+                more.clear()
             try:
                 n = readv(fd, (buf,))
             except OSError as e:
@@ -244,6 +276,8 @@ class DevSession(MountedSession):
             # Past n the buffer holds an older request: fields 9.. mean
             # something only for READ/WRITE of at least io_min bytes.
             _, opcode, unique, nodeid, _, _, _, _, _, _, offset, size = unpack_head(buf)
+            if lead and opcode == READ and n >= io_min and size >= HELP_MIN_BYTES:
+                more.set()
             try:
                 if nodeid == DISK_INO and n >= io_min:
                     # The hot path: block I/O on disk, straight to the device.
