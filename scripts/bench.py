@@ -37,7 +37,7 @@ sys.path.insert(0, REPO)
 
 import memcg  # noqa: E402  (scripts/memcg.py: run a command in a memory cgroup)
 
-from zramfs import tuning  # noqa: E402
+from zramfs import mountinfo, tuning  # noqa: E402
 
 PAGE_SIZE = 4096
 MIB = 1 << 20
@@ -77,8 +77,107 @@ def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def run(cmd, **kw):
-    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw).stdout
+def run(cmd, finish=False):
+    """subprocess.run(cmd, check=True)'s output.
+
+    On any exception here (Ctrl-C, SIGTERM) a set-up step (``finish``) is
+    let finish, so that the clean-up registered before it finds it whole;
+    anything else (fio) is stopped with what it forked and waited for
+    (_stop): a fio job left running keeps the device busy, and then nothing
+    after it can be cleaned up."""
+    # A session of its own: a Ctrl-C at the terminal reaches only this
+    # script, which stops the command in order.
+    with subprocess.Popen(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate()
+        except BaseException:
+            if finish:
+                proc.wait()
+            else:
+                _stop(proc)
+            raise
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, out, err)
+    return out
+
+
+def _children(pid):
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    # "pid (comm) state ppid ...": comm may hold spaces.
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        kids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return kids
+
+
+def _stop(proc, timeout=10.0):
+    """Stop a command and its children.  fio runs each job in a session of
+    its own, out of reach of a process-group kill, and on SIGTERM stops its
+    jobs and waits for them; whatever is still there after ``timeout`` is
+    killed."""
+    kids = _children(proc.pid)
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + timeout
+    for pid in kids:
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _swapoff_if_on(dev):
+    with open("/proc/swaps") as f:
+        if any(line.split()[0] == dev for line in f.read().splitlines()[1:]):
+            cleanup(["swapoff", dev])
+
+
+def _detach_loops(path):
+    """losetup -d every loop device whose backing file is ``path`` (read from
+    sysfs: stat-ing a file on a dead FUSE mount would fail)."""
+    for name in os.listdir("/sys/block"):
+        try:
+            with open(f"/sys/block/{name}/loop/backing_file") as f:
+                backing = f.read().strip()
+        except OSError:
+            continue
+        if backing == path:
+            cleanup(["losetup", "-d", f"/dev/{name}"])
+
+
+def _unmount_if_mounted(mountpoint):
+    if any(m.mountpoint == mountpoint for m in mountinfo.mounts()):
+        cleanup([sys.executable, "-m", "zramfs", "umount", mountpoint])
+
+
+def _zramfs_swapoff_if_there(name, mountpoint):
+    if os.path.isdir(mountpoint):
+        cleanup([sys.executable, "-m", "zramfs", "swapoff", name])
+
+
+def cleanup(cmd, timeout=10.0):
+    """Run a clean-up command until it succeeds (a loop device lets go of
+    its file a moment after its last user exits) or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if not proc.returncode:
+            return
+        if time.monotonic() >= deadline:
+            log(f"warning: clean-up {' '.join(cmd)} failed: {proc.stderr.strip()}")
+            return
+        time.sleep(0.1)
 
 
 def parse_mm_stat(text):
@@ -134,9 +233,10 @@ class KernelZram:
 
     def swapon(self, size):
         dev = self.create(size)
-        run(["mkswap", dev])
-        run(["swapon", "--discard", "--priority", "100", dev])
-        self.stack.callback(subprocess.run, ["swapoff", dev], capture_output=True)
+        # Before the step it undoes, and only if it happened (see Zramfs.create).
+        self.stack.callback(_swapoff_if_on, dev)
+        run(["mkswap", dev], finish=True)
+        run(["swapon", "--discard", "--priority", "100", dev], finish=True)
         return dev
 
     def mm_stat(self):
@@ -159,7 +259,7 @@ class Zramfs:
         self.mountpoint = None
 
     def _cli(self, *args):
-        return run([sys.executable, "-m", "zramfs", *args])
+        return run([sys.executable, "-m", "zramfs", *args], finish=True)
 
     def create(self, size):
         self.mountpoint = f"/run/zramfs-bench/{self.name}"
@@ -167,20 +267,23 @@ class Zramfs:
         # Callbacks run last-in first-out: the parent goes after the mountpoint.
         self.stack.callback(_rmdir, os.path.dirname(self.mountpoint))
         self.stack.callback(_rmdir, self.mountpoint)
+        # Each undo is registered before the step it undoes and acts only if
+        # that step happened, so a run interrupted anywhere (Ctrl-C lets a
+        # set-up step finish first: run(finish=True)) undoes exactly what it did.
+        disk = f"{self.mountpoint}/disk"
+        self.stack.callback(_unmount_if_mounted, self.mountpoint)
+        self.stack.callback(_detach_loops, disk)
         self._cli("mount", self.mountpoint, "--size", str(size), "--name", self.name,
                   "--fuse-backend", self.backend)
-        self.stack.callback(subprocess.run, [sys.executable, "-m", "zramfs", "umount", self.mountpoint],
-                            capture_output=True)
-        loop = run(["losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096",
-                    f"{self.mountpoint}/disk"]).strip()
-        self.stack.callback(subprocess.run, ["losetup", "-d", loop], capture_output=True)
-        return loop
+        return run(["losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", disk],
+                   finish=True).strip()
 
     def swapon(self, size):
         self.mountpoint = f"/run/zramfs/{self.name}"
+        # Before the step it undoes (see create); `zramfs swapoff` finishes
+        # whatever part of a swapon exists.
+        self.stack.callback(_zramfs_swapoff_if_there, self.name, self.mountpoint)
         out = self._cli("swapon", self.name, "--size", str(size), "--fuse-backend", self.backend)
-        self.stack.callback(subprocess.run, [sys.executable, "-m", "zramfs", "swapoff", self.name],
-                            capture_output=True)
         return out.strip()
 
     def mm_stat(self):

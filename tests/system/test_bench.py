@@ -7,8 +7,12 @@ knows sets up, runs fio and the swap workload, reports, and cleans up.
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+
+import pytest
 
 from zramfs import mountinfo, tuning
 
@@ -61,3 +65,41 @@ def test_bench_quick_runs_every_target_and_cleans_up(tmp_path):
     # The ratio table is printed, and the chart drawn (matplotlib is a test extra).
     assert "| 4 KiB random read QD16 (IOPS) |" in r.stdout
     assert (out / "bench.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("marker", ["zramfs: 1 MiB sequential write", "zramfs: swap workload"])
+def test_bench_cleans_up_after_ctrl_c(tmp_path, marker):
+    # Ctrl-C while a zramfs device is set up and fio, or the swap workload in
+    # its cgroup, is running: everything the run made is gone afterwards, and
+    # the machine's settings are back.
+    before = _state()
+    settings = tuning.current()
+    with subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "scripts", "bench.py"), "--quick", "--out", str(tmp_path / "out")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell may start us with SIGINT ignored, and the child would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    ) as proc:
+        try:
+            for line in proc.stderr:
+                if marker in line:
+                    time.sleep(0.3)  # inside the step, not at its start
+                    proc.send_signal(signal.SIGINT)
+                    break
+            else:
+                pytest.fail(f"bench.py never reached {marker!r}")
+            rest = proc.stderr.read()
+            assert proc.wait(timeout=120) == 130, rest
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert "interrupted: cleaned up" in rest
+    assert _state() == before
+    assert tuning.current() == settings
+    assert not os.path.exists("/run/zramfs-bench")
+    with open("/proc/swaps") as f:
+        assert len(f.read().splitlines()) == 1
+    assert not glob.glob("/sys/fs/cgroup/memory/zramfs-bench-*") and not glob.glob("/sys/fs/cgroup/zramfs-bench-*")
