@@ -640,26 +640,28 @@ class Pool:
         finally:
             lock.release()
 
+    def _spans(self, handles, what: str):
+        """(address, size) of each handle in turn; ValueError at the first
+        unknown or freed one.  Lock held.  _lookup for a batch: a generator,
+        so a batch call pays no function call per object."""
+        table = self._handles
+        for handle in handles:
+            try:
+                entry = table[handle] if handle > 0 else 0
+            except IndexError:
+                entry = 0
+            size = entry & SIZE_MASK
+            if not size:
+                raise ValueError(f"{what}unknown or freed handle {handle!r}")
+            yield entry >> SIZE_BITS, size
+
     def read_many(self, handles) -> list[bytes]:
         """[read(h) for h in handles] under one lock round."""
         lock = self._lock
         lock.acquire()
         try:
-            table = self._handles
             m = self._map
-            out = []
-            append = out.append
-            for handle in handles:
-                try:
-                    entry = table[handle] if handle > 0 else 0
-                except IndexError:
-                    entry = 0
-                size = entry & SIZE_MASK
-                if not size:
-                    raise ValueError(f"read of unknown or freed handle {handle!r}")
-                addr = entry >> SIZE_BITS
-                append(m[addr:addr + size])
-            return out
+            return [m[addr:addr + size] for addr, size in self._spans(handles, "read of ")]
         finally:
             lock.release()
 
@@ -677,19 +679,10 @@ class Pool:
         lock = self._lock
         lock.acquire()
         try:
-            table = self._handles
             mv = self._mv
             parts = [head]
             append = parts.append
-            for handle in handles:
-                try:
-                    entry = table[handle] if handle > 0 else 0
-                except IndexError:
-                    entry = 0
-                size = entry & SIZE_MASK
-                if not size:
-                    raise ValueError(f"gather of unknown or freed handle {handle!r}")
-                addr = entry >> SIZE_BITS
+            for addr, size in self._spans(handles, "gather of "):
                 append(prefix[size])
                 append(mv[addr:addr + size])
             append(tail)
