@@ -435,21 +435,14 @@ class Pool:
 
     def _free_locked(self, handle: int) -> None:
         """free with the lock held: the body free and free_many share."""
-        handles = self._handles
-        try:
-            entry = handles[handle] if handle > 0 else 0
-        except IndexError:
-            entry = 0
-        size = entry & SIZE_MASK
-        if not size:
-            raise ValueError(f"free of unknown or freed handle {handle!r}")
-        handles[handle] = self._hfree << SIZE_BITS
+        addr, size = self._lookup(handle, "free of ")
+        self._handles[handle] = self._hfree << SIZE_BITS
         self._hfree = handle
         self._bytes_used -= size
         if size >= self.huge_class_size:
-            self._free_huge(entry >> SIZE_BITS)
+            self._free_huge(addr)
             return
-        hdr = (entry >> SIZE_BITS) - OBJ_HEADER_SIZE
+        hdr = addr - OBJ_HEADER_SIZE
         z = hdr >> self._zs_shift
         zs_free = self._zs_free
         self._mv32[hdr >> 2] = zs_free[z] << 1
@@ -503,8 +496,10 @@ class Pool:
     def _lookup(self, handle: int, what: str = "") -> tuple[int, int]:
         """(address, size) of a live handle; ValueError otherwise.  Lock held.
 
-        ``what`` opens the message ("read of ", "write to ").  Measured: the
-        call costs read() 0.03 us of its ~0.5 us, so read and write share it.
+        ``what`` opens the message ("read of ", "write to ").  The one
+        decoder of handle entries: every method that takes a handle calls
+        it.  Measured: the call costs read() 0.03 us of its ~0.5 us, and a
+        256-object gather 85 us against 62 us with the decoding inlined.
         """
         try:
             entry = self._handles[handle] if handle > 0 else 0
@@ -640,28 +635,19 @@ class Pool:
         finally:
             lock.release()
 
-    def _spans(self, handles, what: str):
-        """(address, size) of each handle in turn; ValueError at the first
-        unknown or freed one.  Lock held.  _lookup for a batch: a generator,
-        so a batch call pays no function call per object."""
-        table = self._handles
-        for handle in handles:
-            try:
-                entry = table[handle] if handle > 0 else 0
-            except IndexError:
-                entry = 0
-            size = entry & SIZE_MASK
-            if not size:
-                raise ValueError(f"{what}unknown or freed handle {handle!r}")
-            yield entry >> SIZE_BITS, size
-
     def read_many(self, handles) -> list[bytes]:
         """[read(h) for h in handles] under one lock round."""
         lock = self._lock
         lock.acquire()
         try:
             m = self._map
-            return [m[addr:addr + size] for addr, size in self._spans(handles, "read of ")]
+            lookup = self._lookup
+            out = []
+            append = out.append
+            for handle in handles:
+                addr, size = lookup(handle, "read of ")
+                append(m[addr:addr + size])
+            return out
         finally:
             lock.release()
 
@@ -682,7 +668,9 @@ class Pool:
             mv = self._mv
             parts = [head]
             append = parts.append
-            for addr, size in self._spans(handles, "gather of "):
+            lookup = self._lookup
+            for handle in handles:
+                addr, size = lookup(handle, "gather of ")
                 append(prefix[size])
                 append(mv[addr:addr + size])
             append(tail)
