@@ -75,7 +75,7 @@ same block land in some order, each block whole, as on any block device.
 
 from array import array
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import repeat
 import operator
 import threading
 
