@@ -189,14 +189,6 @@ def parse_mm_stat(text):
     return dict(zip(names, (int(v) for v in text.split())))
 
 
-def proc_status_kib(pid, field):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 # -- targets ---------------------------------------------------------------
 
 class KernelZram:
@@ -311,7 +303,7 @@ class Zramfs:
         pid = self.daemon_pid()
         if pid is None:
             return None
-        return {"rss": proc_status_kib(pid, "VmRSS") * 1024, "peak_rss": proc_status_kib(pid, "VmHWM") * 1024}
+        return {"rss": memcg.proc_status_kib(pid, "VmRSS") * 1024, "peak_rss": memcg.proc_status_kib(pid, "VmHWM") * 1024}
 
 
 def _rmdir(path):

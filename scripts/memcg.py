@@ -16,6 +16,9 @@ Only the RAM limit is set: the workload may swap as much as it likes.
         result = cg.run([sys.executable, "swap_workload.py", "--mib", "256"])
 
 or from a shell:  scripts/memcg.py --limit-mib 96 -- python3 scripts/swap_workload.py
+
+``proc_status_kib`` reads how much memory a process holds (VmRSS, VmHWM):
+the other half of measuring a workload or a daemon under pressure.
 """
 
 import argparse
@@ -27,7 +30,17 @@ import subprocess
 import sys
 import time
 
-__all__ = ["CgroupError", "MemoryCgroup", "memory_cgroup", "find_memory_hierarchy"]
+__all__ = ["CgroupError", "MemoryCgroup", "memory_cgroup", "find_memory_hierarchy", "proc_status_kib"]
+
+
+def proc_status_kib(pid, field):
+    """A kB field of /proc/PID/status (VmRSS, VmHWM, VmLck, ...), in KiB:
+    how much of a workload's or a daemon's memory is resident."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
 
 
 class CgroupError(RuntimeError):

@@ -9,8 +9,15 @@ same unmet need is a failure, so CI can never go green by skipping.
 
 import os
 import shutil
+import sys
 
 import pytest
+
+# scripts/ holds tooling the tests share with the benchmark (memcg.py,
+# swap_workload.py); every tier may import it.
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+if SCRIPTS not in sys.path:
+    sys.path.insert(0, SCRIPTS)
 
 REQUIRE = os.environ.get("ZRAMFS_SYSTEM_TESTS", "auto") == "require"
 

@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from memcg import proc_status_kib
 from zramfs.fs import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
 from zramfs.fuse import supports_discard
 
@@ -251,14 +252,6 @@ def test_two_reader_threads_under_concurrent_io(start):
         t.join()
     assert errors == []
     assert d.mm_stat()["orig_data_size"] == 12 * MiB
-
-
-def proc_status_kib(pid, field):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
 
 
 def test_memory_goes_back_to_the_kernel_under_mlockall(backend, zram, disk_fd):

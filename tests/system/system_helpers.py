@@ -20,10 +20,7 @@ import time
 from zramfs import mountinfo, tuning
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPTS = os.path.join(REPO, "scripts")
-if SCRIPTS not in sys.path:
-    # scripts/memcg.py and scripts/swap_workload.py are shared with the benchmark.
-    sys.path.insert(0, SCRIPTS)
+SCRIPTS = os.path.join(REPO, "scripts")  # on sys.path already: tests/conftest.py
 
 
 def _backends():
