@@ -91,6 +91,8 @@ def run(args):
     timed("4 KiB write, overwrite", write_4k)
     timed("4 KiB read (random)", read_4k)
     timed("1 MiB write, overwrite", write_1m)
+    dev.discard(0, npages * PAGE_SIZE)
+    timed("1 MiB write, empty device", write_1m)
     timed("1 MiB read", read_1m)
     return dev, result
 
