@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -146,9 +147,9 @@ def _swapoff_if_on(dev):
             cleanup(["swapoff", dev])
 
 
-def _detach_loops(path):
-    """losetup -d every loop device whose backing file is ``path`` (read from
-    sysfs: stat-ing a file on a dead FUSE mount would fail)."""
+def _loops_of(path):
+    """The loop devices whose backing file is ``path``, read from sysfs
+    (stat-ing a file on a dead FUSE mount would fail)."""
     for name in os.listdir("/sys/block"):
         try:
             with open(f"/sys/block/{name}/loop/backing_file") as f:
@@ -156,7 +157,12 @@ def _detach_loops(path):
         except OSError:
             continue
         if backing == path:
-            cleanup(["losetup", "-d", f"/dev/{name}"])
+            yield f"/dev/{name}"
+
+
+def _detach_loops(path):
+    for dev in _loops_of(path):
+        cleanup(["losetup", "-d", dev])
 
 
 def _unmount_if_mounted(mountpoint):
@@ -278,8 +284,8 @@ class Zramfs:
         # Before the step it undoes (see create); `zramfs swapoff` finishes
         # whatever part of a swapon exists.
         self.stack.callback(_zramfs_swapoff_if_there, self.name, self.mountpoint)
-        out = self._cli("swapon", self.name, "--size", str(size), "--fuse-backend", self.backend)
-        return out.strip()
+        self._cli("swapon", self.name, "--size", str(size), "--fuse-backend", self.backend)
+        return next(_loops_of(f"{self.mountpoint}/disk"))
 
     def mm_stat(self):
         with open(f"{self.mountpoint}/mm_stat") as f:
@@ -342,11 +348,13 @@ def swap_target(target, args):
     limit = ws // 3
     with contextlib.ExitStack() as stack:
         target.stack = stack
-        log(f"{target.label}: swap workload ({args.swap_mib} MiB working set, cgroup limit {limit // MIB} MiB)")
-        target.swapon(args.swap_mib * 2 * MIB)
+        log(f"{target.label}: swap workload ({args.swap_mib} MiB working set, cgroup limit {limit // MIB} MiB, "
+            f"{args.swap_disksize_mib} MiB device)")
+        dev = target.swapon(args.swap_disksize_mib * MIB)
         cmd = [sys.executable, os.path.join(HERE, "swap_workload.py"),
                "--mib", str(args.swap_mib), "--touches", str(args.swap_touches)]
-        with memcg.memory_cgroup(limit, name=f"zramfs-bench-{target.key}") as cg:
+        sampler = SwapSampler(target, dev)
+        with memcg.memory_cgroup(limit, name=f"zramfs-bench-{target.key}") as cg, sampler:
             proc = cg.run(cmd, capture_output=True, text=True)
         report = json.loads(proc.stdout) if proc.stdout.strip() else {}
         result = {
@@ -355,8 +363,74 @@ def swap_target(target, args):
             "exit_code": proc.returncode,
             "mm_stat": target.mm_stat(),
             "rss": target.rss(),
+            "slots": sampler.summary(),
         }
     return result
+
+
+def swap_used_bytes(dev):
+    """Bytes of ``dev``'s swap slots in use, as /proc/swaps counts them
+    (slots held by the swap cache included), or None if it is not swap."""
+    with open("/proc/swaps") as f:
+        for line in f.read().splitlines()[1:]:
+            fields = line.split()
+            if fields[0] == dev:
+                return int(fields[3]) * 1024
+    return None
+
+
+class SwapSampler:
+    """Samples, while the swap workload runs, how many of the device's swap
+    slots the kernel holds against how much the device stores.
+
+    Kernel zram is told of each slot the kernel frees (swap_slot_free_notify)
+    and frees its object at once.  A loop device is not: the kernel discards
+    a freed slot only when its whole cluster (2 MiB) is free, so zramfs keeps
+    the data of freed slots until they are written again.  The gap between
+    the two numbers is that memory.
+    """
+
+    INTERVAL = 0.25
+
+    def __init__(self, target, dev):
+        self.target = target
+        self.dev = dev
+        self.samples = []   # (seconds, slots in use, bytes stored)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._start = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        return False
+
+    def _run(self):
+        while True:
+            try:
+                used = swap_used_bytes(self.dev)
+                stored = self.target.mm_stat()["orig_data_size"]
+            except OSError as e:  # the device went away: the run reports that
+                log(f"{self.target.label}: swap sampling stopped: {e}")
+                return
+            self.samples.append((round(time.monotonic() - self._start, 2), used, stored))
+            if self._stop.wait(self.INTERVAL):
+                return
+
+    def summary(self):
+        rows = [(u, st) for _t, u, st in self.samples if u is not None]
+        if not rows:
+            return None
+        return {
+            "peak_slots_bytes": max(u for u, _st in rows),
+            "peak_stored_bytes": max(st for _u, st in rows),
+            "peak_stored_not_in_use_bytes": max(max(0, st - u) for u, st in rows),
+            "samples": self.samples,
+        }
 
 
 # -- report ----------------------------------------------------------------
@@ -423,6 +497,13 @@ def render_table(results):
                 cell += f" (budget {budget / MIB:.0f}{' ✓' if peak <= budget else ' ✗'})"
             row.append(cell)
     lines.append("| " + " | ".join(row) + " |")
+    # What the device stores beside what the kernel still uses (SwapSampler).
+    row = ["swap: peak slots in use / stored (MiB)"]
+    for k in keys:
+        slots = (results[k].get("swap") or {}).get("slots")
+        row.append(f"{slots['peak_slots_bytes'] / MIB:.0f} / {slots['peak_stored_bytes'] / MIB:.0f}"
+                   if slots else "—")
+    lines.append("| " + " | ".join(row) + " |")
     row = ["fio: compression ratio (orig/compr)"]
     for k in keys:
         mm = (results[k].get("fio") or {}).get("mm_stat_after_fill")
@@ -474,6 +555,8 @@ def main(argv=None):
     p.add_argument("--size-mib", type=int, default=256, help="device and fio size (default 256)")
     p.add_argument("--runtime", type=int, default=10, help="seconds per random-I/O fio job (default 10)")
     p.add_argument("--swap-mib", type=int, default=768, help="swap workload working set (default 768)")
+    p.add_argument("--swap-disksize-mib", type=int, default=None,
+                   help="swap device size (default twice --swap-mib)")
     p.add_argument("--swap-touches", type=int, default=300_000, help="random page touches (default 300000)")
     p.add_argument("--targets", default="kernel,zramfs,zramfs-pyfuse3",
                    help="comma-separated: kernel, zramfs, zramfs-pyfuse3 (those not available are left out)")
@@ -484,6 +567,14 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.size_mib, args.runtime, args.swap_mib, args.swap_touches = 16, 1, 48, 2000
+    if args.swap_disksize_mib is None:
+        args.swap_disksize_mib = 2 * args.swap_mib
+    if args.swap_disksize_mib < args.swap_mib:
+        # The workload pushes two thirds of its pages out; a device barely
+        # bigger than that ends in the OOM killer, not in a measurement.
+        print(f"bench.py: error: --swap-disksize-mib must be at least --swap-mib ({args.swap_mib})",
+              file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("bench.py: error: needs root (zram, loop devices, swap, cgroups)", file=sys.stderr)
         return 3

@@ -62,8 +62,13 @@ def test_bench_quick_runs_every_target_and_cleans_up(tmp_path):
         assert res["swap"]["exit_code"] == 0, target
         if target != "kernel":
             assert res["swap"]["rss"]["peak_rss"] > 0, target
+        # The workload pushed pages out, and the sampler saw both sides.
+        slots = res["swap"]["slots"]
+        assert slots["peak_slots_bytes"] > 0 and slots["peak_stored_bytes"] > 0, target
+        assert slots["samples"], target
     # The ratio table is printed, and the chart drawn (matplotlib is a test extra).
     assert "| 4 KiB random read QD16 (IOPS) |" in r.stdout
+    assert "| swap: peak slots in use / stored (MiB) |" in r.stdout
     assert (out / "bench.png").stat().st_size > 0
 
 
@@ -103,3 +108,19 @@ def test_bench_cleans_up_after_ctrl_c(tmp_path, marker):
     with open("/proc/swaps") as f:
         assert len(f.read().splitlines()) == 1
     assert not glob.glob("/sys/fs/cgroup/memory/zramfs-bench-*") and not glob.glob("/sys/fs/cgroup/zramfs-bench-*")
+
+
+def test_bench_refuses_a_swap_device_smaller_than_the_working_set(tmp_path):
+    before = _state()
+    r = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "bench.py"), "--quick",
+         "--swap-disksize-mib", "47", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "bench.py: error: --swap-disksize-mib must be at least --swap-mib (48)"]
+    assert _state() == before
+    assert not (tmp_path / "out").exists()
