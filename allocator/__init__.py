@@ -11,6 +11,16 @@ capped).  The kernel allocates a 4 KiB page when it is first written, and
 the pool gives it back with ``fallocate(PUNCH_HOLE)`` when it frees it,
 which works even under ``mlockall`` (where ``MADV_DONTNEED`` does not).
 
+Populating ahead.  A first write to an arena page costs a shmem page fault
+(~3 us here; zsmalloc's alloc_page is a tenth of that), a third of the
+pool's time when a 1 MiB write lands on an empty device.  So each zspage
+made asks for another of its chain length, and a caller with idle time
+(the FUSE session, between requests) calls ``Pool.populate_ahead`` to fault
+one in with ``MADV_POPULATE_WRITE``; a new zspage is taken from those ready
+first.  At most ``READY_MAX`` (16) are ready, holding no object and not
+counted in ``pages_used`` (``PoolStats.pages_ready``); ``compact`` gives
+them back.
+
 Size classes.  Object sizes are rounded up to classes of 32..4096 bytes in
 16-byte steps (255 classes).  Each class picks the ``pages_per_zspage`` in
 1..``max_pages_per_zspage`` (default 8) that wastes the smallest fraction of

@@ -7,7 +7,7 @@ it walks every table (O(objects)), so it is for tests and debugging only.
 
 from __future__ import annotations
 
-from ._pool import FULL, NR_GROUPS, SIZE_BITS, SIZE_MASK, Pool
+from ._pool import FULL, NR_GROUPS, READY_MAX, SIZE_BITS, SIZE_MASK, Pool
 from ._size_class import OBJ_HEADER_SIZE, PAGE_SHIFT
 
 
@@ -33,7 +33,18 @@ def _check(pool: Pool) -> None:
     freeids = set(pool._zs_freeids)
     if len(freeids) != len(pool._zs_freeids) or 0 in freeids:
         _fail("zspage free-id stack has duplicates or id 0")
-    live = [z for z in range(1, len(pool._zs_class)) if z not in freeids]
+    ready = {}
+    for ppz, ids in enumerate(pool._zs_ready):
+        for z in ids:
+            if z in ready or z in freeids or not 0 < z < len(pool._zs_class):
+                _fail(f"ready zspage {z} is also free, ready twice, or no id")
+            ready[z] = ppz
+    if sum(ready.values()) != pool._ready_pages:
+        _fail(f"ready_pages {pool._ready_pages}, ready zspages have {sum(ready.values())}")
+    if len(ready) > READY_MAX or (pool._want is not None and len(pool._want) > READY_MAX):
+        _fail(f"{len(ready)} ready zspages and {len(pool._want or ())} wanted, "
+              f"more than READY_MAX ({READY_MAX})")
+    live = [z for z in range(1, len(pool._zs_class)) if z not in freeids and z not in ready]
 
     # Fullness lists: links, groups, masks.
     listed = {}

@@ -34,6 +34,9 @@ class PoolStats:
 
     #: Pages the pool holds (memory really in use: ``pages_used * 4096``).
     pages_used: int
+    #: Pages of ready zspages (``Pool.populate_ahead``): in memory, holding
+    #: no object yet, not in pages_used.
+    pages_ready: int
     #: Pages freed by ``compact()`` since the pool was created.
     pages_compacted: int
     #: Live objects.

@@ -921,6 +921,17 @@ class BlockDevice:
             self._pages_compacted += freed
         return freed
 
+    @property
+    def populate_wanted(self):
+        """Whether populate_ahead has work (no lock: a hint)."""
+        return self._pool.populate_wanted
+
+    def populate_ahead(self):
+        """Fault in the pages of one zspage that coming writes will take,
+        within mem_limit (``Pool.populate_ahead``); True if it did.  For a
+        caller with nothing else to do: the FUSE session between requests."""
+        return self._pool.populate_ahead(self._limit_pages)
+
     def reset_mem_used_max(self):
         """Restart ``mem_used_max`` from the current use (writing 0 to zram's
         ``mem_used_max`` does this)."""

@@ -117,12 +117,27 @@ class PoolMachine(RuleBasedStateMachine):
             self.pool.free(h)
             del self.model[h]
 
+    @rule(n=st.integers(1, 20), limit=st.one_of(st.just(0), st.integers(1, 64)))
+    def populate_ahead(self, n, limit):
+        # What the FUSE session does between requests, under any limit.
+        for _ in range(n):
+            before = self.pool.stats()
+            if not self.pool.populate_ahead(limit):
+                break
+            after = self.pool.stats()
+            assert after.pages_used == before.pages_used
+            assert after.objs_used == before.objs_used
+            cap = min(x for x in (limit, self.pool.max_pages) if x) if (limit or self.pool.max_pages) else None
+            if cap is not None:
+                assert after.pages_used + after.pages_ready <= cap
+
     @precondition(lambda self: self.model)
     @rule()
     def compact(self):
         before = self.pool.pages_used
         freed = self.pool.compact()
         assert self.pool.pages_used == before - freed
+        assert self.pool.stats().pages_ready == 0
         self.compacted += freed
 
     @invariant()

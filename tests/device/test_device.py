@@ -427,6 +427,27 @@ def test_mem_limit_lowered_below_use():
     dev.write(0, fio_page())
 
 
+def test_populate_ahead_stays_within_mem_limit():
+    # Pages faulted in ahead count against mem_limit with the stored ones:
+    # a device at its limit holds no memory beyond it.
+    dev = BlockDevice(MiB)
+    dev.write(0, fio_page())
+    used = dev.stats().mem_used_total
+    assert dev.populate_wanted
+    dev.mem_limit = used
+    assert not dev.populate_ahead()
+    # Refused, the request is dropped; the next zspage made asks again.
+    assert not dev.populate_wanted
+    dev.mem_limit = 0
+    pages = [fio_page() for _ in range(64)]
+    dev.write(0, b"".join(pages))
+    assert dev.populate_wanted
+    used = dev.stats().mem_used_total
+    assert dev.populate_ahead()
+    assert dev.stats().mem_used_total == used  # ready pages hold no data
+    assert dev.read(0, 64 * PAGE_SIZE) == b"".join(pages)
+
+
 def test_pool_full_is_a_mem_limit_error(monkeypatch):
     # A real pool with a page cap, so that it raises PoolFullError itself.
     monkeypatch.setattr(BlockDevice, "_pool_max_pages", staticmethod(lambda nr_pages, chain: 16))

@@ -13,6 +13,7 @@ import os
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
@@ -183,6 +184,21 @@ def test_a_max_write_request_fits_the_buffer(client):
     data = bytes(range(256)) * (MAX_WRITE // 256)
     error, payload = client.call(_abi.WRITE, DISK_INO, write_in(0, data))
     assert (error, _abi.write_out.unpack(payload)[0]) == (0, len(data))
+    assert client.call(_abi.READ, DISK_INO, read_in(0, len(data))) == (0, data)
+
+
+def test_an_idle_session_faults_in_zspages_for_the_next_writes(session_factory):
+    session, client = session_factory()
+    client.init()
+    pool = session.fs.device._pool
+    data = bytes(range(256)) * 16 * 8
+    error, _ = client.call(_abi.WRITE, DISK_INO, write_in(0, data))
+    assert error == 0
+    # No request waits after the reply, so the session populates ahead.
+    deadline = time.monotonic() + 10
+    while pool.stats().pages_ready == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pool.stats().pages_ready > 0
     assert client.call(_abi.READ, DISK_INO, read_in(0, len(data))) == (0, data)
 
 

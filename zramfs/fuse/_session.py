@@ -21,6 +21,11 @@ busy 2-core machine (4k randread QD1 29.8k -> 21.1k IOPS, randwrite QD1
 22.6k -> 18.7k, same run): the spinning thread takes the CPU that fio and
 loop's worker need to send the next request.
 
+What the first reader does when no request waits after a WRITE: it faults
+in the arena pages of the next zspages (BlockDevice.populate_ahead), one
+zspage at a time, polling the fd in between, so the page faults of the next
+write happen while fio or the kernel is busy elsewhere.
+
 Concurrency: threads share nothing here but the fd and counters; several
 readers on one /dev/fuse fd is what the kernel expects (each request goes to
 exactly one reader).  The Filesystem and BlockDevice do their own locking.
@@ -36,6 +41,7 @@ Error rules from the kernel (fs/fuse/dev.c):
 import ctypes
 import errno
 import os
+import select
 import threading
 import time
 
@@ -156,6 +162,7 @@ class DevSession(MountedSession):
         self._dev_read = fs.device.read
         self._dev_read_parts = fs.device.read_parts
         self._dev_write = fs.device.write
+        self._dev_populate = fs.device.populate_ahead
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -252,6 +259,13 @@ class DevSession(MountedSession):
         dev_read = self._dev_read
         dev_read_parts = self._dev_read_parts
         dev_write = self._dev_write
+        device = self.fs.device
+        populate = self._dev_populate
+        # Is a request waiting?  (Any event counts: POLLERR or POLLHUP on a
+        # dead connection sends us back to readv, which ends the loop.)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        waiting = poller.poll
         READ, WRITE = _abi.READ, _abi.WRITE
         while True:
             if helper:
@@ -300,6 +314,13 @@ class DevSession(MountedSession):
                     if opcode == WRITE and n == data_at + size and offset + size <= disksize:
                         dev_write(offset, mv[data_at:n])
                         send((pack_out(24, 0, unique), pack_write_out(size, 0)))
+                        if not helper and device.populate_wanted:
+                            # Until the next request comes, fault in the
+                            # zspages the next writes will take (Pool.
+                            # populate_ahead): fio 1 MiB sequential write
+                            # onto an empty device ~670 -> ~850 MB/s.
+                            while not waiting(0) and populate():
+                                pass
                         continue
                 if opcode < nops:
                     # The view ends where this request ends, so a short body

@@ -1,0 +1,145 @@
+"""Pool.populate_ahead: zspages faulted in before a malloc needs them.
+
+Residency is read with mincore(2), which for a shmem mapping says whether
+each page is in the memfd: the arena's pages, not Python's.
+"""
+
+import ctypes
+import errno
+
+import pytest
+
+from allocator import Pool
+from allocator._check import check_pool
+from allocator._pool import READY_MAX
+
+PAGE = 4096
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+
+
+def resident(pool, addr, npages):
+    """How many of the arena pages at [addr, addr + npages pages) are in memory."""
+    anchor = ctypes.c_char.from_buffer(pool._map)
+    base = ctypes.addressof(anchor)
+    del anchor  # the address stays valid; the export must not outlive the test
+    vec = ctypes.create_string_buffer(npages)
+    assert _libc.mincore(base + addr, npages * PAGE, vec) == 0, ctypes.get_errno()
+    return sum(b & 1 for b in vec.raw)
+
+
+def ready_zspages(pool):
+    return [(z, ppz) for ppz, ids in enumerate(pool._zs_ready) for z in ids]
+
+
+def test_a_new_zspage_asks_for_the_next_and_populate_ahead_faults_it_in(pool):
+    assert not pool.populate_wanted
+    assert not pool.populate_ahead()
+    pool.store(b"x" * 1700)
+    assert pool.populate_wanted
+    assert pool.populate_ahead()
+    [(z, ppz)] = ready_zspages(pool)
+    assert resident(pool, z << pool._zs_shift, ppz) == ppz
+    s = pool.stats()
+    assert (s.pages_ready, s.pages_used) == (ppz, ppz)  # ready pages are not "used"
+    assert not pool.populate_wanted and not pool.populate_ahead()
+    check_pool(pool)
+
+
+def test_the_next_zspage_of_that_chain_length_is_the_ready_one(pool):
+    data = b"y" * 1700
+    handles = [pool.store(data)]
+    pool.populate_ahead()
+    [(z, ppz)] = ready_zspages(pool)
+    used = pool.pages_used
+    while pool.pages_used == used:
+        handles.append(pool.store(data))
+    # The new zspage is the ready one: the object landed in its pages.
+    assert pool._handles[handles[-1]] >> 13 >> pool._zs_shift == z
+    assert pool.stats().pages_ready == 0
+    assert pool.populate_wanted  # and asks for the next
+    assert all(pool.read(h) == data for h in handles)
+    check_pool(pool)
+
+
+def test_ready_zspages_are_bounded_and_the_oldest_kind_makes_room(pool):
+    # Objects of many sizes: zspages of every chain length, each asking for one.
+    handles = [pool.store(b"z" * size) for size in range(100, 3600, 7)]
+    while pool.populate_ahead():
+        pass
+    ready = ready_zspages(pool)
+    assert len(ready) == READY_MAX
+    assert pool.stats().pages_ready == sum(ppz for _z, ppz in ready) <= READY_MAX * 8
+    check_pool(pool)
+    # Every ready page is in memory; no id is both ready and in use.
+    for z, ppz in ready:
+        assert resident(pool, z << pool._zs_shift, ppz) == ppz
+    pool.free_many(handles)
+    check_pool(pool)
+
+
+def test_compact_gives_ready_pages_back(pool):
+    h = pool.store(b"c" * 1700)
+    pool.populate_ahead()
+    [(z, ppz)] = ready_zspages(pool)
+    pool.compact()
+    assert pool.stats().pages_ready == 0
+    assert resident(pool, z << pool._zs_shift, ppz) == 0
+    assert pool.read(h) == b"c" * 1700
+    check_pool(pool)
+
+
+@pytest.mark.parametrize("limit", [None, "arg"])
+def test_populate_ahead_stays_within_the_cap(limit):
+    # A capped pool (or an explicit limit) with no room for one more zspage
+    # populates nothing: ready pages count against the cap.
+    probe = Pool()
+    probe.store(b"p" * 1700)
+    ppz = probe.stats().pages_used
+    probe.close()
+    cap = ppz + ppz - 1
+    p = Pool(max_pages=cap if limit is None else None)
+    try:
+        p.store(b"p" * 1700)
+        assert p.populate_wanted
+        assert not p.populate_ahead(cap if limit == "arg" else 0)
+        assert p.stats().pages_ready == 0
+        check_pool(p)
+    finally:
+        p.close()
+
+
+class _RefusingMap:
+    """Stands in for the arena's mmap in populate_ahead: madvise fails."""
+
+    def __init__(self, err):
+        self.err = err
+
+    def madvise(self, *args):
+        raise OSError(self.err, "refused")
+
+
+@pytest.mark.parametrize("err, gives_up", [(errno.EINVAL, True), (errno.ENOMEM, False)])
+def test_a_refused_madvise_changes_nothing(pool, err, gives_up):
+    pool.store(b"r" * 1700)
+    before = pool.stats()
+    real = pool._map
+    pool._map = _RefusingMap(err)
+    try:
+        assert not pool.populate_ahead()
+    finally:
+        pool._map = real
+    assert pool.stats() == before
+    check_pool(pool)
+    # A new zspage asks again, unless the kernel has no MADV_POPULATE_WRITE
+    # at all (EINVAL, before Linux 5.14): then nothing asks any more.
+    pool.store(b"s" * 900)
+    assert pool.populate_wanted is not gives_up
+
+
+def test_a_closed_pool_populates_nothing():
+    p = Pool()
+    p.store(b"q" * 1700)
+    p.close()
+    assert not p.populate_wanted
+    assert not p.populate_ahead()
