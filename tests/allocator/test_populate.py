@@ -50,7 +50,7 @@ def test_the_next_zspage_of_that_chain_length_is_the_ready_one(pool):
     data = b"y" * 1700
     handles = [pool.store(data)]
     pool.populate_ahead()
-    [(z, ppz)] = ready_zspages(pool)
+    [(z, _ppz)] = ready_zspages(pool)
     used = pool.pages_used
     while pool.pages_used == used:
         handles.append(pool.store(data))
