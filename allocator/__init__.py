@@ -12,8 +12,9 @@ the pool gives it back with ``fallocate(PUNCH_HOLE)`` when it frees it,
 which works even under ``mlockall`` (where ``MADV_DONTNEED`` does not).
 
 Populating ahead.  A first write to an arena page costs a shmem page fault
-(~3 us here; zsmalloc's alloc_page is a tenth of that), a third of the
-pool's time when a 1 MiB write lands on an empty device.  So each zspage
+(2-4 us here, depending on the host; zsmalloc takes an unzeroed page from
+the buddy allocator), a third of the pool's time when a 1 MiB write lands
+on an empty device.  So each zspage
 made asks for another of its chain length, and a caller with idle time
 (the FUSE session, between requests) calls ``Pool.populate_ahead`` to fault
 one in with ``MADV_POPULATE_WRITE``; a new zspage is taken from those ready

@@ -388,14 +388,18 @@ class Pool:
         """Give an empty zspage (in no list) back to the kernel; return its pages."""
         c = self._zs_class[z]
         ppz = self._cppz[c]
-        # Tables first, so that even a failing fallocate leaves them
-        # consistent (a reused zspage never reads what its slots held).
-        self._zs_freeids.append(z)
         self._czspages[c] -= 1
         self._pages_used -= ppz
+        self._drop_id(z, ppz)
+        return ppz
+
+    def _drop_id(self, z: int, ppz: int) -> None:
+        """Put id z back on the free stack and give its first ppz pages back."""
+        # The id first, so that even a failing fallocate leaves the tables
+        # consistent (a reused zspage never reads what its slots held).
+        self._zs_freeids.append(z)
         # Its pages are consecutive in the arena: one fallocate frees them.
         self._arena.release(z << self._zs_shift, ppz << PAGE_SHIFT)
-        return ppz
 
     # -- fullness lists (intrusive, doubly linked through zs_next/zs_prev) --
 
@@ -454,15 +458,16 @@ class Pool:
     # -- populating ahead (no zsmalloc counterpart) --------------------------
     #
     # A zspage's pages are shmem pages of the arena, and the first write to
-    # each one faults it in: ~3 us a page on this machine kind, against
-    # the ~0.3 us zsmalloc's alloc_page costs.  That was a third of the
+    # each one faults it in: 2-4 us a page on this machine kind, depending
+    # on the host, where zsmalloc takes a page from the buddy allocator, not
+    # zeroed, no fault.  That was a third of the
     # pool's time on a 1 MiB write onto an empty device (the arena faulted
     # in beforehand: 4.4 -> 2.95 us per 4 KiB block).  So each zspage made
     # asks for one more to be made ready, and whoever has a moment when no
     # request waits (the FUSE session, between requests) calls
     # populate_ahead to fault one in; _new_zspage takes ready ones first.
-    # A thread of its own did not help: faulting in holds the GIL, so it
-    # only moved the wait.
+    # A thread of its own did not help: it needs the GIL around each
+    # madvise, and the handoffs between the threads cost what the faults did.
 
     @property
     def populate_wanted(self) -> bool:
@@ -488,7 +493,6 @@ class Pool:
                 return False
             ppz = want.pop()
             stacks = self._zs_ready
-            freeids = self._zs_freeids
             if sum(map(len, stacks)) >= READY_MAX:
                 # Full: the longest stack of another chain length (what
                 # the load asked for before) makes room, or nothing does.
@@ -496,10 +500,8 @@ class Pool:
                           key=lambda n: len(stacks[n]))
                 if not stacks[old]:
                     return False
-                z = stacks[old].pop()
-                freeids.append(z)
                 self._ready_pages -= old
-                self._arena.release(z << self._zs_shift, old << PAGE_SHIFT)
+                self._drop_id(stacks[old].pop(), old)
             cap = self._cap if not max_pages or max_pages > self._cap else max_pages
             if self._pages_used + self._ready_pages + ppz > cap:
                 return False
@@ -507,14 +509,12 @@ class Pool:
                 z = self._take_id()
             except PoolFullError:
                 return False
-            addr = z << self._zs_shift
             try:
-                self._map.madvise(MADV_POPULATE_WRITE, addr, ppz << PAGE_SHIFT)
+                self._map.madvise(MADV_POPULATE_WRITE, z << self._zs_shift, ppz << PAGE_SHIFT)
             except OSError as e:
                 # Whatever part got in goes back; a malloc will fault its
                 # pages in itself, as it always could.
-                freeids.append(z)
-                self._arena.release(addr, ppz << PAGE_SHIFT)
+                self._drop_id(z, ppz)
                 if e.errno == errno.EINVAL:
                     self._want = None   # a kernel older than 5.14: stop asking
                 return False
@@ -528,8 +528,7 @@ class Pool:
         """Give the ready zspages' pages back (lock held)."""
         for ppz, ready in enumerate(self._zs_ready):
             for z in ready:
-                self._zs_freeids.append(z)
-                self._arena.release(z << self._zs_shift, ppz << PAGE_SHIFT)
+                self._drop_id(z, ppz)
             del ready[:]
         self._ready_pages = 0
         if self._want is not None:

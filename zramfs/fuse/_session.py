@@ -318,7 +318,8 @@ class DevSession(MountedSession):
                             # Until the next request comes, fault in the
                             # zspages the next writes will take (Pool.
                             # populate_ahead): fio 1 MiB sequential write
-                            # onto an empty device ~670 -> ~850 MB/s.
+                            # onto an emptied device, medians ~690 -> ~770
+                            # MB/s (BENCHMARKS.md, 07:38).
                             while not waiting(0) and populate():
                                 pass
                         continue
