@@ -565,12 +565,16 @@ def cmd_swapon(args):
 
     undo = _Undo()
     try:
-        os.makedirs(base, mode=0o755, exist_ok=True)
-        try:
-            os.mkdir(mountpoint, 0o700)
-            undo.push("remove " + mountpoint, _rmdir_if_empty, mountpoint)
-        except FileExistsError:
-            pass
+        while True:
+            os.makedirs(base, mode=0o755, exist_ok=True)
+            try:
+                os.mkdir(mountpoint, 0o700)
+                undo.push("remove " + mountpoint, _rmdir_if_empty, mountpoint)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:
+                continue  # the last swapoff removed the run directory meanwhile
+            break
         _start_daemon(
             mountpoint,
             size=size,
@@ -644,8 +648,10 @@ def _swapoff_one(name):
     _stop_daemons(mountpoint, list(pids))
     _rmdir_if_empty(mountpoint)
     if not _swap_names():
-        # The last zramfs swap is gone: the machine's own settings come back.
+        # The last zramfs swap is gone: the machine's own settings come
+        # back, and the run directory goes if nothing else is in it.
         tuning.restore(run_dir())
+        _rmdir_if_empty(run_dir())
 
 
 def _swap_names():

@@ -22,6 +22,7 @@ def test_swapoff_all_leaves_nothing(zramfs_env):
     proc = env.ok("swapoff", "--all")
     assert proc.stdout == proc.stderr == ""
     assert env.leftovers() == {}
+    assert not os.path.exists(env.run_dir)  # the last swapoff takes the directory too
     # Again, with nothing there: still fine, still nothing.
     env.ok("swapoff", "--all")
     assert env.leftovers() == {}
