@@ -4,7 +4,8 @@ This module sits in front of the control path: ``zramfs.cli`` (and later the
 boot-time setup from a zram-generator style config) turns what a person typed
 into plain integers here, before a daemon is started, a loop device attached
 or swap enabled.  Nothing here touches a device; the only state it reads is
-``MemTotal`` from ``/proc/meminfo``, for ``N%`` sizes and the default swap size.
+``MemTotal`` from ``/proc/meminfo``, for ``N%`` sizes and the default swap size,
+and whether a disksize's slot table can be reserved (``check_disksize``).
 
 Parsing and checking are separate steps, because the callers differ in what
 they accept: a disksize must be a positive multiple of the page size, while a
@@ -18,6 +19,8 @@ will be evaluated into the same integers and checked by the same functions.
 
 import re
 from decimal import Decimal, InvalidOperation
+
+from ._slots import SlotTableTooLargeError, check_reservable
 
 __all__ = [
     "PAGE_SIZE",
@@ -131,12 +134,20 @@ def check_disksize(size):
     """Return ``size`` if it is a valid disksize, else raise SizeError.
 
     A disksize must be positive and a whole number of 4 KiB pages, like a
-    zram device's (and like what a loop device with --sector-size 4096 needs).
+    zram device's (and like what a loop device with --sector-size 4096 needs),
+    and its slot table must fit in this machine's address space: the table is
+    reserved whole, 16 bytes of address space per page, and costs memory only
+    where written.  That is tried here (and dropped), so a size the kernel
+    would refuse is refused before a daemon starts, with the largest that fits.
     """
     if size <= 0:
         raise SizeError("size must be greater than 0")
     if size % PAGE_SIZE:
         raise SizeError(f"size {size} is not a multiple of {PAGE_SIZE} bytes (the page size)")
+    try:
+        check_reservable(size // PAGE_SIZE)
+    except SlotTableTooLargeError as exc:
+        raise SizeError(str(exc)) from None
     return size
 
 

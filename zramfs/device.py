@@ -27,14 +27,16 @@ blocks, so the device takes any offset and length inside ``disksize``.
 
 Slot table
 ----------
-No Python object exists per slot.  The table is two flat arrays, 12 bytes a
-slot, indexed by block number (``offset // 4096``):
+No Python object exists per slot.  The table (``zramfs._slots.SlotTable``:
+an anonymous mapping reserved whole, which costs memory only where written)
+holds two flat arrays, 12 bytes a slot, indexed by block number
+(``offset // 4096``):
 
-``_handle``: ``array('Q')``, 8 bytes
+``_handle``: ``memoryview('Q')``, 8 bytes
     the pool handle of the slot's object, or, for a same-filled slot, the
     repeated 8-byte word (read little-endian).  Written-back slots will keep
     their backing-file block number here, as zram keeps it in ``handle``.
-``_info``: ``array('I')``, 4 bytes
+``_info``: ``memoryview('I')``, 4 bytes
     bits 0-12: the object's size in the pool (1..4096; 4096 = 1 << 12 needs
     13 bits).  It is non-zero exactly when the slot owns a pool object, so
     freeing a slot is "if size: pool.free(handle)".
@@ -47,11 +49,11 @@ slot, indexed by block number (``offset // 4096``):
     A slot is empty (never written, or discarded) exactly when its info is 0:
     a zero-filled page is SAME with word 0, so its info is not 0.
 
-Reserved: a third array, ``array('I')`` of 4 bytes a slot, for the last-access
-stamp (seconds since the device was created, zram's ``ac_time``) once idle
+Reserved: a third array of 4 bytes a slot, for the last-access stamp
+(seconds since the device was created, zram's ``ac_time``) once idle
 tracking needs it.  That brings a slot to 16 bytes, kernel zram's size
-(``struct zram_table_entry``: handle, flags, ac_time).  It is not allocated
-until something reads it.
+(``struct zram_table_entry``: handle, flags, ac_time).  Its address space
+is reserved with the rest and costs nothing until written.
 
 Concurrency rule
 ----------------
@@ -84,6 +86,7 @@ import lz4.frame
 
 from allocator import Pool, PoolFullError
 
+from ._slots import SlotTable, SlotTableTooLargeError
 from .codecs import DEFAULT_ALGORITHM, get_codec
 
 __all__ = [
@@ -274,8 +277,13 @@ class BlockDevice:
         self.disksize = disksize
         self.algorithm = self._codec.name
         nr_pages = disksize >> PAGE_SHIFT
-        self._handle = array("Q", [0]) * nr_pages
-        self._info = array("I", [0]) * nr_pages
+        try:
+            self._table = SlotTable(nr_pages)
+        except SlotTableTooLargeError as exc:
+            self._pool.close()
+            raise InvalidDiskSizeError(str(exc)) from None
+        self._handle = self._table.handle
+        self._info = self._table.info
         self._lock = threading.Lock()
         # Only a page whose compressed form is this short can be same-filled
         # (a repeated 8-byte word compresses to a few dozen bytes with every
@@ -327,6 +335,7 @@ class BlockDevice:
         """Give the pool's memory back.  The device is unusable afterwards."""
         with self._lock:
             self._pool.close()
+            self._table.close()
 
     def __enter__(self):
         return self
@@ -579,12 +588,12 @@ class BlockDevice:
         new_handles = self._store_objs_locked(objs)
         end = first + len(sizes)
         infos = self._info
-        old = infos[first:end]
+        old = infos[first:end].tolist()  # a copy: the slots change below
         if max(old) >= PAGE_SIZE:  # some old slot is same-filled or huge
             self._install_locked(first, list(zip(sizes, objs)), new_handles)
             return
         handles = self._handle
-        old_handles = handles[first:end]
+        old_handles = handles[first:end].tolist()
         infos[first:end] = sizes
         handles[first:end] = array("Q", new_handles)
         empty = old.count(0)
@@ -890,7 +899,7 @@ class BlockDevice:
                 edges.append((last, 0, tail))
             whole_first = first + 1 if head else first
             whole_end = last if tail else last + 1
-            info_bytes = memoryview(self._info).cast("B")
+            info_bytes = self._table.info_bytes
             for start in range(whole_first, whole_end, self._DISCARD_BATCH):
                 stop = min(start + self._DISCARD_BATCH, whole_end)
                 with self._lock:
@@ -898,6 +907,7 @@ class BlockDevice:
                     # memoryviews would compare element by element).
                     if info_bytes[start * 4 : stop * 4].tobytes() != bytes((stop - start) * 4):
                         self._free_locked(start, stop)
+                        self._table.release(start, stop)
                     self._notify_free += stop - start
         for index, start, size in edges:
             with self._lock:
