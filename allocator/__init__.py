@@ -85,8 +85,8 @@ in the pool waits on I/O while holding the lock (page faults on the arena are
 RAM, which the daemon has locked).
 """
 
-from ._errors import PoolError, PoolFullError
+from ._errors import PoolError, PoolFullError, PoolLimitError
 from ._pool import Pool
 from ._stats import ClassStats, PoolStats
 
-__all__ = ["ClassStats", "Pool", "PoolError", "PoolFullError", "PoolStats"]
+__all__ = ["ClassStats", "Pool", "PoolError", "PoolFullError", "PoolLimitError", "PoolStats"]

@@ -23,7 +23,7 @@ import threading
 from array import array
 
 from ._arena import RESERVATION_BYTES, Arena
-from ._errors import PoolFullError
+from ._errors import PoolFullError, PoolLimitError
 from ._size_class import (
     DEFAULT_MAX_PAGES_PER_ZSPAGE,
     OBJ_HEADER_SIZE,
@@ -702,14 +702,14 @@ class Pool:
         finally:
             lock.release()
 
-    def store_many(self, payloads, max_pages: int = 0) -> list[int] | int:
+    def store_many(self, payloads, max_pages: int = 0) -> list[int]:
         """store() each of ``payloads`` (bytes-like, 1..4096 bytes each).
 
-        All or nothing: returns the new handles in order, or, when an
+        All or nothing: returns the new handles in order.  When an
         allocation takes ``pages_used`` past ``max_pages`` (0: no such
-        check; zram's "alloced_pages > limit_pages" right after zs_malloc),
-        frees what it stored and returns the ``pages_used`` it reached (an
-        int, not a list).  PoolFullError and ValueError
+        check; zram's "alloced_pages > limit_pages" right after zs_malloc)
+        it frees what it stored and raises PoolLimitError, whose
+        ``pages_used`` is the count reached.  PoolFullError and ValueError
         also leave nothing stored.
         """
         lock = self._lock
@@ -727,9 +727,7 @@ class Pool:
                     mv[addr:addr + len(data)] = data
                     used = self._pages_used
                     if max_pages and used > max_pages:
-                        for h in out:
-                            self._free_locked(h)
-                        return used
+                        raise PoolLimitError(used, max_pages)
             except BaseException:
                 for h in out:
                     self._free_locked(h)

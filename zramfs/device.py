@@ -82,7 +82,7 @@ import threading
 import lz4.block
 import lz4.frame
 
-from allocator import Pool, PoolFullError
+from allocator import Pool, PoolFullError, PoolLimitError
 
 from .codecs import DEFAULT_ALGORITHM, get_codec
 
@@ -512,15 +512,15 @@ class BlockDevice:
         except PoolFullError as exc:
             self._failed_writes += 1
             raise MemLimitError(f"write would take the pool past its size: {exc}") from exc
-        if type(new_handles) is int:
+        except PoolLimitError as exc:
             # zram checks right after zs_malloc whether this allocation
             # took the pool past the limit ("alloced_pages > limit_pages");
             # store_many did, and freed what it had stored.
             self._failed_writes += 1
             raise MemLimitError(
-                f"write would take the pool to {new_handles * PAGE_SIZE} bytes, "
+                f"write would take the pool to {exc.pages_used * PAGE_SIZE} bytes, "
                 f"past mem_limit {limit * PAGE_SIZE}"
-            )
+            ) from exc
 
         # The peak is now, with the new and the old objects both in the pool.
         used = pool.pages_used

@@ -2,7 +2,7 @@
 
 import pytest
 
-from allocator import Pool, PoolError, PoolFullError
+from allocator import Pool, PoolError, PoolFullError, PoolLimitError
 from allocator._check import check_pool
 
 
@@ -166,3 +166,19 @@ def test_out_of_handles_changes_nothing(monkeypatch, size):
         pool.free(next(iter(objs)))
         pool.malloc(size)
         check_pool(pool)
+
+
+@pytest.mark.parametrize("size", [100, 1670, 4096])
+def test_store_many_past_its_limit_raises_and_stores_nothing(filled, size):
+    pool, objs = filled
+    before = pool.stats()
+    limit = before.pages_used + 3
+    with pytest.raises(PoolLimitError, match=rf"^store would take the pool to \d+ pages, "
+                                             rf"past the limit of {limit}$") as info:
+        pool.store_many([bytes([7]) * size] * 400, limit)
+    assert info.value.pages_used > limit and info.value.max_pages == limit
+    _unchanged(pool, objs, before)
+    # Under the limit the same call stores everything, in order.
+    got = pool.store_many([bytes([i]) * size for i in range(2)], limit)
+    assert [pool.read(h) for h in got] == [bytes([i]) * size for i in range(2)]
+    check_pool(pool)
