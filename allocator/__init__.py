@@ -6,8 +6,8 @@ block with ``Pool.malloc`` + ``Pool.write`` and gets an opaque *handle* back;
 ``Pool.compact`` squeezes out the holes frees leave behind.
 
 Memory.  All object bytes live in one arena: a memfd mapped MAP_SHARED and
-reserved whole (sparse: 1 TiB when uncapped, what ``max_pages`` can use when
-capped).  The kernel allocates a 4 KiB page when it is first written, and
+reserved whole (sparse: 1 TiB when uncapped, what ``max_pages`` or
+``max_objects`` lets the pool use when either is given).  The kernel allocates a 4 KiB page when it is first written, and
 the pool gives it back with ``fallocate(PUNCH_HOLE)`` when it frees it,
 which works even under ``mlockall`` (where ``MADV_DONTNEED`` does not).
 

@@ -106,11 +106,20 @@ class _Mapping:
 
 
 class Pool:
-    """A zsmalloc-style pool of objects of 1..4096 bytes.  See the package docstring."""
+    """A zsmalloc-style pool of objects of 1..4096 bytes.  See the package docstring.
+
+    ``max_pages`` caps ``pages_used`` (PoolFullError past it).
+    ``max_objects`` caps live objects (PoolFullError past it) and so bounds
+    the pages the pool can ever need, which it reserves instead of the
+    uncapped 1 TiB: a caller that knows how many objects it can hold at
+    once (the block device: two per slot) says so and lets the pool size
+    itself.
+    """
 
     __slots__ = (
         "_lock", "_arena", "_map", "_mv", "_mv32", "max_pages", "max_pages_per_zspage",
-        "huge_class_size", "_cap", "_zs_shift", "_zs_mask", "_max_zspages",
+        "huge_class_size", "max_objects", "_cap", "_max_handle",
+        "_zs_shift", "_zs_mask", "_max_zspages",
         "_huge_base", "_huge_slots",
         "_class_of", "_csize", "_cppz", "_copz", "_cgroup", "_huge",
         "_heads", "_cmask", "_czspages",
@@ -122,30 +131,44 @@ class Pool:
     )
 
     def __init__(self, max_pages_per_zspage: int = DEFAULT_MAX_PAGES_PER_ZSPAGE,
-                 max_pages: int | None = None):
+                 max_pages: int | None = None, max_objects: int | None = None):
         classes = SizeClassTable(max_pages_per_zspage)
         if max_pages is not None and (type(max_pages) is not int or max_pages < 1):
             raise ValueError(f"max_pages must be None or an int >= 1, got {max_pages!r}")
+        if max_objects is not None and (type(max_objects) is not int or max_objects < 1):
+            raise ValueError(f"max_objects must be None or an int >= 1, got {max_objects!r}")
         self.max_pages = max_pages
+        self.max_objects = max_objects
         self.max_pages_per_zspage = max_pages_per_zspage
-        self._cap = max_pages if max_pages is not None else RESERVATION_BYTES >> PAGE_SHIFT
+        # The page cap: max_pages if given; and with at most max_objects
+        # live objects there are at most max_objects zspages (an empty one
+        # is freed at once, so each holds an object) and huge pages, of at
+        # most max_pages_per_zspage pages each.  Never more than the
+        # uncapped reservation holds.
+        cap = RESERVATION_BYTES >> PAGE_SHIFT
+        if max_pages is not None:
+            cap = min(cap, max_pages)
+        if max_objects is not None:
+            cap = min(cap, max_objects * max_pages_per_zspage)
+        self._cap = cap
+        self._max_handle = MAX_HANDLE if max_objects is None else min(MAX_HANDLE, max_objects)
         self._lock = threading.Lock()
         # Arena layout.  zspage z owns [z << zs_shift, (z + 1) << zs_shift):
         # room for the longest chain, rounded up to a power of two so that
         # address -> (zspage, offset) is a shift and a mask.  Huge objects
         # get their own region after the zspages, one page each, so they
         # stay densely packed (one page-table page maps 512 of them) rather
-        # than each taking a zspage slot.  A capped pool reserves only what
-        # its cap can use (at most max_pages zspages and max_pages huge
+        # than each taking a zspage slot.  A bounded pool reserves only what
+        # it can use (at most min(cap, max_objects) zspages and as many huge
         # pages), so many small pools fit one process's address space.
         self._zs_shift = shift = PAGE_SHIFT + (max_pages_per_zspage - 1).bit_length()
         self._zs_mask = (1 << shift) - 1
-        if (max_pages is None
-                or ((max_pages + 1) << shift) + (max_pages << PAGE_SHIFT) > RESERVATION_BYTES):
+        most = cap if max_objects is None else min(cap, max_objects)
+        if ((most + 1) << shift) + (most << PAGE_SHIFT) > RESERVATION_BYTES:
             zs_bytes = huge_bytes = RESERVATION_BYTES // 2
         else:
-            zs_bytes = (max_pages + 1) << shift     # +1: zspage id 0 is never used
-            huge_bytes = max_pages << PAGE_SHIFT
+            zs_bytes = (most + 1) << shift      # +1: zspage id 0 is never used
+            huge_bytes = most << PAGE_SHIFT
         self._max_zspages = zs_bytes >> shift
         self._huge_base = zs_bytes
         self._huge_slots = huge_bytes >> PAGE_SHIFT
@@ -250,8 +273,8 @@ class Pool:
         h = self._hfree
         if not h:
             h = len(handles)
-            if h > MAX_HANDLE:
-                raise PoolFullError(f"pool is full: all {MAX_HANDLE} handles are in use")
+            if h > self._max_handle:
+                raise PoolFullError(f"pool is full: all {self._max_handle} handles are in use")
         m = self._cmask[c]
         if m:
             g = m.bit_length() - 1
@@ -315,8 +338,8 @@ class Pool:
         # find its handle from its slot.
         self._check_room(1)
         h = self._hfree
-        if not h and len(self._handles) > MAX_HANDLE:
-            raise PoolFullError(f"pool is full: all {MAX_HANDLE} handles are in use")
+        if not h and len(self._handles) > self._max_handle:
+            raise PoolFullError(f"pool is full: all {self._max_handle} handles are in use")
         if self._huge_free:
             slot = self._huge_free.pop()
         elif self._huge_next < self._huge_slots:

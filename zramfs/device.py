@@ -118,9 +118,6 @@ _ZRAM_COMP_PRIORITY_MASK = 3 << _ZRAM_COMP_PRIORITY_SHIFT
 _HUGE_INFO = _ZRAM_HUGE | PAGE_SIZE
 _ZERO_PAGE = bytes(PAGE_SIZE)
 _WORDS_PER_PAGE = PAGE_SIZE // 8
-# Above this many pages the pool gets no cap (see _pool_max_pages): the
-# allocator's own reservation when uncapped, 1 TiB.
-_POOL_UNCAPPED_PAGES = (1 << 40) >> PAGE_SHIFT
 
 
 class DeviceError(Exception):
@@ -265,9 +262,12 @@ class BlockDevice:
         self._lz4_frames = self._codec.name in ("lz4", "lz4hc")
         self._batch_src = self._batch = None
         self._limit_pages = self._limit_to_pages(mem_limit)
+        # A write holds at most one new object per slot besides the slots'
+        # old ones: at most 2 * nr_pages objects are alive.  The pool sizes
+        # its reservation from that (1 TiB of address space without it).
         self._pool = Pool(
             max_pages_per_zspage=max_pages_per_zspage,
-            max_pages=self._pool_max_pages(disksize >> PAGE_SHIFT, max_pages_per_zspage),
+            max_objects=2 * (disksize >> PAGE_SHIFT),
         )
         self._huge_class_size = self._pool.huge_class_size
 
@@ -304,24 +304,6 @@ class BlockDevice:
         self._notify_free = 0
         self._num_reads = 0
         self._num_writes = 0
-
-    @staticmethod
-    def _pool_max_pages(nr_pages, max_pages_per_zspage):
-        """The most pages the pool can ever need, or None for "no cap".
-
-        The pool reserves (not allocates) address space for its cap, 1 TiB
-        without one, and 128 TiB of address space runs out after ~127 such
-        pools in one process.  The cap is a true bound, never a limit in
-        practice: a write holds at most one new object per slot besides the
-        slots' old ones, so at most 2 * nr_pages objects are alive; the pool
-        frees a zspage when its last object goes, so each zspage holds at
-        least one object and so at most 2 * nr_pages zspages exist, each of
-        max_pages_per_zspage pages or fewer.
-        """
-        if not isinstance(max_pages_per_zspage, int):
-            return None  # let Pool reject it with its own message
-        bound = 2 * nr_pages * max(max_pages_per_zspage, 1)
-        return bound if bound <= _POOL_UNCAPPED_PAGES else None
 
     def close(self):
         """Give the pool's memory back.  The device is unusable afterwards."""
