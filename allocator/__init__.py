@@ -87,6 +87,8 @@ RAM, which the daemon has locked).
 
 from ._errors import PoolError, PoolFullError, PoolLimitError
 from ._pool import Pool
+from ._size_class import PAGE_SHIFT, PAGE_SIZE
 from ._stats import ClassStats, PoolStats
 
-__all__ = ["ClassStats", "Pool", "PoolError", "PoolFullError", "PoolLimitError", "PoolStats"]
+__all__ = ["PAGE_SHIFT", "PAGE_SIZE", "ClassStats", "Pool", "PoolError", "PoolFullError",
+           "PoolLimitError", "PoolStats"]
