@@ -33,6 +33,7 @@ from ._size_class import (
     SizeClassTable,
 )
 from ._stats import ClassStats, PoolStats
+from ._tables import Tables
 
 #: Handle-table entry: ``addr << SIZE_BITS | size`` for a live object, where
 #: addr is the arena address of the object's data and size its malloc'd size
@@ -123,9 +124,9 @@ class Pool:
         "_huge_base", "_huge_slots",
         "_class_of", "_csize", "_cppz", "_copz", "_cgroup", "_huge",
         "_heads", "_cmask", "_czspages",
-        "_handles", "_hfree",
+        "_tables", "_handles", "_hfree", "_handles_end",
         "_zs_class", "_zs_inuse", "_zs_free", "_zs_bump", "_zs_next", "_zs_prev",
-        "_zs_group", "_zs_freeids", "_huge_free", "_huge_next",
+        "_zs_group", "_zs_freeid", "_zs_end", "_huge_free", "_huge_next",
         "_pages_used", "_bytes_used", "_pages_compacted",
         "_zs_ready", "_ready_pages", "_want",
     )
@@ -194,19 +195,31 @@ class Pool:
         self._cmask = [0] * n
         # zspages per class (for the huge class: huge objects).
         self._czspages = [0] * n
+        # The handle table and the zspage tables, sized for every handle
+        # and zspage id the pool can have; memory only where written.
+        nz = self._max_zspages
+        self._tables = tables = Tables({
+            "handles": ("Q", self._max_handle + 1),
+            "zs_class": ("H", nz), "zs_inuse": ("H", nz), "zs_group": ("B", nz),
+            "zs_free": ("I", nz), "zs_bump": ("I", nz),
+            "zs_next": ("I", nz), "zs_prev": ("I", nz)})
+        views = tables.views
         # Handle 0 is never handed out: it stays a free entry with no next.
-        self._handles = array("Q", [0])
+        # Handles from handles_end up have never been used.
+        self._handles = views["handles"]
         self._hfree = 0
+        self._handles_end = 1
         # zspage tables, indexed by zspage id; id 0 is the null link and
-        # owns no memory.
-        self._zs_class = array("H", [0])
-        self._zs_inuse = array("H", [0])
-        self._zs_free = array("I", [0])     # first free slot's offset + 1 (0: none)
-        self._zs_bump = array("I", [0])     # offset of the first never-used slot
-        self._zs_next = array("I", [0])     # fullness list links
-        self._zs_prev = array("I", [0])
-        self._zs_group = array("B", [0])
-        self._zs_freeids = array("I")       # ids of freed zspages, for reuse
+        # owns no memory.  Ids from zs_end up have never been used.
+        self._zs_class = views["zs_class"]
+        self._zs_inuse = views["zs_inuse"]
+        self._zs_free = views["zs_free"]    # first free slot's offset + 1 (0: none)
+        self._zs_bump = views["zs_bump"]    # offset of the first never-used slot
+        self._zs_next = views["zs_next"]    # fullness list links; free-id list link
+        self._zs_prev = views["zs_prev"]
+        self._zs_group = views["zs_group"]
+        self._zs_freeid = 0                 # first freed id, linked through zs_next
+        self._zs_end = 1
         # Huge pages: slot i is the page at huge_base + (i << PAGE_SHIFT).
         self._huge_free = array("I")
         self._huge_next = 0
@@ -227,6 +240,7 @@ class Pool:
         """Give all memory back at once.  The pool is unusable afterwards."""
         with self._lock:
             self._arena.close()
+            self._tables.close()
             self._pages_used = 0
             self._ready_pages = 0
             self._want = None
@@ -272,7 +286,7 @@ class Pool:
         handles = self._handles
         h = self._hfree
         if not h:
-            h = len(handles)
+            h = self._handles_end
             if h > self._max_handle:
                 raise PoolFullError(f"pool is full: all {self._max_handle} handles are in use")
         m = self._cmask[c]
@@ -295,11 +309,11 @@ class Pool:
             zs_bump[z] = off + self._csize[c]
             hdr = (z << self._zs_shift) | off
         entry = ((hdr + OBJ_HEADER_SIZE) << SIZE_BITS) | size
-        if h == len(handles):
-            handles.append(entry)
+        if h == self._handles_end:
+            self._handles_end = h + 1
         else:
             self._hfree = handles[h] >> SIZE_BITS
-            handles[h] = entry
+        handles[h] = entry
         mv32[hdr >> 2] = (h << 1) | 1
         zs_inuse = self._zs_inuse
         inuse = zs_inuse[z] + 1
@@ -338,7 +352,7 @@ class Pool:
         # find its handle from its slot.
         self._check_room(1)
         h = self._hfree
-        if not h and len(self._handles) > self._max_handle:
+        if not h and self._handles_end > self._max_handle:
             raise PoolFullError(f"pool is full: all {self._max_handle} handles are in use")
         if self._huge_free:
             slot = self._huge_free.pop()
@@ -351,10 +365,10 @@ class Pool:
         entry = ((self._huge_base + (slot << PAGE_SHIFT)) << SIZE_BITS) | size
         if h:
             self._hfree = self._handles[h] >> SIZE_BITS
-            self._handles[h] = entry
         else:
-            h = len(self._handles)
-            self._handles.append(entry)
+            h = self._handles_end
+            self._handles_end = h + 1
+        self._handles[h] = entry
         self._pages_used += 1
         self._czspages[self._huge] += 1
         self._bytes_used += size
@@ -396,15 +410,15 @@ class Pool:
 
     def _take_id(self) -> int:
         """A zspage id that no zspage has: a freed one, else a new one."""
-        if self._zs_freeids:
-            return self._zs_freeids.pop()
-        z = len(self._zs_class)
+        z = self._zs_freeid
+        if z:
+            self._zs_freeid = self._zs_next[z]
+            return z
+        z = self._zs_end
         if z >= self._max_zspages:
             raise PoolFullError(
                 f"pool is full: all {self._max_zspages - 1} zspage slots are in use")
-        for a in (self._zs_class, self._zs_inuse, self._zs_free, self._zs_bump,
-                  self._zs_next, self._zs_prev, self._zs_group):
-            a.append(0)
+        self._zs_end = z + 1
         return z
 
     def _free_zspage(self, z: int) -> int:
@@ -420,7 +434,8 @@ class Pool:
         """Put id z back on the free stack and give its first ppz pages back."""
         # The id first, so that even a failing fallocate leaves the tables
         # consistent (a reused zspage never reads what its slots held).
-        self._zs_freeids.append(z)
+        self._zs_next[z] = self._zs_freeid
+        self._zs_freeid = z
         # Its pages are consecutive in the arena: one fallocate frees them.
         self._arena.release(z << self._zs_shift, ppz << PAGE_SHIFT)
 
@@ -579,6 +594,8 @@ class Pool:
         self._bytes_used -= size
         if size >= self.huge_class_size:
             self._free_huge(addr)
+            if not self._pages_used:
+                self._shrink_tables()
             return
         hdr = addr - OBJ_HEADER_SIZE
         z = hdr >> self._zs_shift
@@ -594,6 +611,8 @@ class Pool:
             # Its last object: the zspage goes, pages and all.
             self._unlink(c, g, z)
             self._free_zspage(z)
+            if not self._pages_used:
+                self._shrink_tables()
             return
         g2 = self._cgroup[c][inuse]
         if g2 != g:
@@ -622,6 +641,29 @@ class Pool:
             heads[base + g2] = z
             self._cmask[c] = m | (1 << g2)
             self._zs_group[z] = g2
+
+    def _shrink_tables(self) -> None:
+        """The pool holds no object any more: give its tables back (lock held).
+
+        The handle table and the zspage tables only grow while objects come
+        and go (a freed handle or zspage id is kept for reuse), so without
+        this a pool that held 200,000 objects keeps ~2 MiB of tables after
+        all of them are freed.  An empty pool needs none of it: every handle
+        and id is free, so the tables start over from their first entry,
+        their pages are punched out, and the ready zspages go too.
+        """
+        self._release_ready()
+        nz = self._zs_end
+        self._tables.clear({
+            "handles": self._handles_end,
+            "zs_class": nz, "zs_inuse": nz, "zs_group": nz, "zs_free": nz,
+            "zs_bump": nz, "zs_next": nz, "zs_prev": nz})
+        self._hfree = 0
+        self._handles_end = 1
+        self._zs_freeid = 0
+        self._zs_end = 1
+        del self._huge_free[:]
+        self._huge_next = 0
 
     def _free_huge(self, addr: int) -> None:
         self._huge_free.append((addr - self._huge_base) >> PAGE_SHIFT)
