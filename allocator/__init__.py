@@ -6,8 +6,8 @@ block with ``Pool.malloc`` + ``Pool.write`` and gets an opaque *handle* back;
 ``Pool.compact`` squeezes out the holes frees leave behind.
 
 Memory.  All object bytes live in one arena: a memfd mapped MAP_SHARED and
-reserved whole (sparse: 1 TiB when uncapped, what ``max_pages`` can use when
-capped).  The kernel allocates a 4 KiB page when it is first written, and
+reserved whole (sparse: 1 TiB when uncapped, what ``max_pages`` or
+``max_objects`` lets the pool use when either is given).  The kernel allocates a 4 KiB page when it is first written, and
 the pool gives it back with ``fallocate(PUNCH_HOLE)`` when it frees it,
 which works even under ``mlockall`` (where ``MADV_DONTNEED`` does not).
 
@@ -85,8 +85,10 @@ in the pool waits on I/O while holding the lock (page faults on the arena are
 RAM, which the daemon has locked).
 """
 
-from ._errors import PoolError, PoolFullError
+from ._errors import PoolError, PoolFullError, PoolLimitError
 from ._pool import Pool
+from ._size_class import PAGE_SHIFT, PAGE_SIZE
 from ._stats import ClassStats, PoolStats
 
-__all__ = ["ClassStats", "Pool", "PoolError", "PoolFullError", "PoolStats"]
+__all__ = ["PAGE_SHIFT", "PAGE_SIZE", "ClassStats", "Pool", "PoolError", "PoolFullError",
+           "PoolLimitError", "PoolStats"]

@@ -30,13 +30,18 @@ def _check(pool: Pool) -> None:
     huge = pool._huge
     shift = pool._zs_shift
     mv32 = pool._mv32
-    freeids = set(pool._zs_freeids)
-    if len(freeids) != len(pool._zs_freeids) or 0 in freeids:
-        _fail("zspage free-id stack has duplicates or id 0")
+    nz = pool._zs_end
+    freeids = set()
+    z = pool._zs_freeid
+    while z:
+        if z in freeids or not 0 < z < nz:
+            _fail(f"zspage free-id list loops or reaches id {z}")
+        freeids.add(z)
+        z = pool._zs_next[z]
     ready = {}
     for ppz, ids in enumerate(pool._zs_ready):
         for z in ids:
-            if z in ready or z in freeids or not 0 < z < len(pool._zs_class):
+            if z in ready or z in freeids or not 0 < z < nz:
                 _fail(f"ready zspage {z} is also free, ready twice, or no id")
             ready[z] = ppz
     if sum(ready.values()) != pool._ready_pages:
@@ -44,7 +49,7 @@ def _check(pool: Pool) -> None:
     if len(ready) > READY_MAX or (pool._want is not None and len(pool._want) > READY_MAX):
         _fail(f"{len(ready)} ready zspages and {len(pool._want or ())} wanted, "
               f"more than READY_MAX ({READY_MAX})")
-    live = [z for z in range(1, len(pool._zs_class)) if z not in freeids and z not in ready]
+    live = [z for z in range(1, nz) if z not in freeids and z not in ready]
 
     # Fullness lists: links, groups, masks.
     listed = {}
@@ -117,7 +122,8 @@ def _check(pool: Pool) -> None:
     nbytes = 0
     nhuge = 0
     huge_pages = set()
-    for h in range(1, len(handles)):
+    nh = pool._handles_end
+    for h in range(1, nh):
         entry = handles[h]
         size = entry & SIZE_MASK
         if not size:
@@ -148,11 +154,11 @@ def _check(pool: Pool) -> None:
     h = pool._hfree
     while h:
         nfree += 1
-        if nfree > len(handles) or handles[h] & SIZE_MASK:
+        if nfree > nh or not 0 < h < nh or handles[h] & SIZE_MASK:
             _fail(f"handle free list reaches live or looping handle {h}")
         h = handles[h] >> SIZE_BITS
-    if nfree + nlive != len(handles) - 1:
-        _fail(f"{nfree} free + {nlive} live handles != {len(handles) - 1}")
+    if nfree + nlive != nh - 1:
+        _fail(f"{nfree} free + {nlive} live handles != {nh - 1}")
 
     # Counters.
     pages = sum(pool._czspages[c] * pool._cppz[c] for c in range(huge)) + nhuge

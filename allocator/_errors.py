@@ -17,3 +17,22 @@ class PoolFullError(PoolError, MemoryError):
     Nothing in the pool has changed when it is raised.  It is a MemoryError
     too, so code that treats any out-of-memory alike keeps working.
     """
+
+
+class PoolLimitError(PoolError):
+    """Raised when ``Pool.store_many`` took ``pages_used`` past its caller's limit.
+
+    The caller's limit is the ``max_pages`` argument of ``store_many`` (the
+    block device's ``mem_limit``), not the pool's own cap.  zram checks right
+    after each zs_malloc whether the pool went past the limit; store_many
+    does the same and, when it did, frees everything it had stored in that
+    call before raising, so nothing in the pool has changed.  ``pages_used``
+    is the count the allocation reached and ``max_pages`` the limit, for the
+    caller's message.
+    """
+
+    def __init__(self, pages_used: int, max_pages: int):
+        super().__init__(f"store would take the pool to {pages_used} pages, "
+                         f"past the limit of {max_pages}")
+        self.pages_used = pages_used
+        self.max_pages = max_pages

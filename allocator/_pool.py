@@ -23,7 +23,7 @@ import threading
 from array import array
 
 from ._arena import RESERVATION_BYTES, Arena
-from ._errors import PoolFullError
+from ._errors import PoolFullError, PoolLimitError
 from ._size_class import (
     DEFAULT_MAX_PAGES_PER_ZSPAGE,
     OBJ_HEADER_SIZE,
@@ -33,6 +33,7 @@ from ._size_class import (
     SizeClassTable,
 )
 from ._stats import ClassStats, PoolStats
+from ._tables import Tables
 
 #: Handle-table entry: ``addr << SIZE_BITS | size`` for a live object, where
 #: addr is the arena address of the object's data and size its malloc'd size
@@ -106,46 +107,69 @@ class _Mapping:
 
 
 class Pool:
-    """A zsmalloc-style pool of objects of 1..4096 bytes.  See the package docstring."""
+    """A zsmalloc-style pool of objects of 1..4096 bytes.  See the package docstring.
+
+    ``max_pages`` caps ``pages_used`` (PoolFullError past it).
+    ``max_objects`` caps live objects (PoolFullError past it) and so bounds
+    the pages the pool can ever need, which it reserves instead of the
+    uncapped 1 TiB: a caller that knows how many objects it can hold at
+    once (the block device: two per slot) says so and lets the pool size
+    itself.
+    """
 
     __slots__ = (
         "_lock", "_arena", "_map", "_mv", "_mv32", "max_pages", "max_pages_per_zspage",
-        "huge_class_size", "_cap", "_zs_shift", "_zs_mask", "_max_zspages",
+        "huge_class_size", "max_objects", "_cap", "_max_handle",
+        "_zs_shift", "_zs_mask", "_max_zspages",
         "_huge_base", "_huge_slots",
         "_class_of", "_csize", "_cppz", "_copz", "_cgroup", "_huge",
         "_heads", "_cmask", "_czspages",
-        "_handles", "_hfree",
+        "_tables", "_handles", "_hfree", "_handles_end",
         "_zs_class", "_zs_inuse", "_zs_free", "_zs_bump", "_zs_next", "_zs_prev",
-        "_zs_group", "_zs_freeids", "_huge_free", "_huge_next",
+        "_zs_group", "_zs_freeid", "_zs_end", "_huge_free", "_huge_next",
         "_pages_used", "_bytes_used", "_pages_compacted",
         "_zs_ready", "_ready_pages", "_want",
     )
 
     def __init__(self, max_pages_per_zspage: int = DEFAULT_MAX_PAGES_PER_ZSPAGE,
-                 max_pages: int | None = None):
+                 max_pages: int | None = None, max_objects: int | None = None):
         classes = SizeClassTable(max_pages_per_zspage)
         if max_pages is not None and (type(max_pages) is not int or max_pages < 1):
             raise ValueError(f"max_pages must be None or an int >= 1, got {max_pages!r}")
+        if max_objects is not None and (type(max_objects) is not int or max_objects < 1):
+            raise ValueError(f"max_objects must be None or an int >= 1, got {max_objects!r}")
         self.max_pages = max_pages
+        self.max_objects = max_objects
         self.max_pages_per_zspage = max_pages_per_zspage
-        self._cap = max_pages if max_pages is not None else RESERVATION_BYTES >> PAGE_SHIFT
+        # The page cap: max_pages if given; and with at most max_objects
+        # live objects there are at most max_objects zspages (an empty one
+        # is freed at once, so each holds an object) and huge pages, of at
+        # most max_pages_per_zspage pages each.  Never more than the
+        # uncapped reservation holds.
+        cap = RESERVATION_BYTES >> PAGE_SHIFT
+        if max_pages is not None:
+            cap = min(cap, max_pages)
+        if max_objects is not None:
+            cap = min(cap, max_objects * max_pages_per_zspage)
+        self._cap = cap
+        self._max_handle = MAX_HANDLE if max_objects is None else min(MAX_HANDLE, max_objects)
         self._lock = threading.Lock()
         # Arena layout.  zspage z owns [z << zs_shift, (z + 1) << zs_shift):
         # room for the longest chain, rounded up to a power of two so that
         # address -> (zspage, offset) is a shift and a mask.  Huge objects
         # get their own region after the zspages, one page each, so they
         # stay densely packed (one page-table page maps 512 of them) rather
-        # than each taking a zspage slot.  A capped pool reserves only what
-        # its cap can use (at most max_pages zspages and max_pages huge
+        # than each taking a zspage slot.  A bounded pool reserves only what
+        # it can use (at most min(cap, max_objects) zspages and as many huge
         # pages), so many small pools fit one process's address space.
         self._zs_shift = shift = PAGE_SHIFT + (max_pages_per_zspage - 1).bit_length()
         self._zs_mask = (1 << shift) - 1
-        if (max_pages is None
-                or ((max_pages + 1) << shift) + (max_pages << PAGE_SHIFT) > RESERVATION_BYTES):
+        most = cap if max_objects is None else min(cap, max_objects)
+        if ((most + 1) << shift) + (most << PAGE_SHIFT) > RESERVATION_BYTES:
             zs_bytes = huge_bytes = RESERVATION_BYTES // 2
         else:
-            zs_bytes = (max_pages + 1) << shift     # +1: zspage id 0 is never used
-            huge_bytes = max_pages << PAGE_SHIFT
+            zs_bytes = (most + 1) << shift      # +1: zspage id 0 is never used
+            huge_bytes = most << PAGE_SHIFT
         self._max_zspages = zs_bytes >> shift
         self._huge_base = zs_bytes
         self._huge_slots = huge_bytes >> PAGE_SHIFT
@@ -171,19 +195,31 @@ class Pool:
         self._cmask = [0] * n
         # zspages per class (for the huge class: huge objects).
         self._czspages = [0] * n
+        # The handle table and the zspage tables, sized for every handle
+        # and zspage id the pool can have; memory only where written.
+        nz = self._max_zspages
+        self._tables = tables = Tables({
+            "handles": ("Q", self._max_handle + 1),
+            "zs_class": ("H", nz), "zs_inuse": ("H", nz), "zs_group": ("B", nz),
+            "zs_free": ("I", nz), "zs_bump": ("I", nz),
+            "zs_next": ("I", nz), "zs_prev": ("I", nz)})
+        views = tables.views
         # Handle 0 is never handed out: it stays a free entry with no next.
-        self._handles = array("Q", [0])
+        # Handles from handles_end up have never been used.
+        self._handles = views["handles"]
         self._hfree = 0
+        self._handles_end = 1
         # zspage tables, indexed by zspage id; id 0 is the null link and
-        # owns no memory.
-        self._zs_class = array("H", [0])
-        self._zs_inuse = array("H", [0])
-        self._zs_free = array("I", [0])     # first free slot's offset + 1 (0: none)
-        self._zs_bump = array("I", [0])     # offset of the first never-used slot
-        self._zs_next = array("I", [0])     # fullness list links
-        self._zs_prev = array("I", [0])
-        self._zs_group = array("B", [0])
-        self._zs_freeids = array("I")       # ids of freed zspages, for reuse
+        # owns no memory.  Ids from zs_end up have never been used.
+        self._zs_class = views["zs_class"]
+        self._zs_inuse = views["zs_inuse"]
+        self._zs_free = views["zs_free"]    # first free slot's offset + 1 (0: none)
+        self._zs_bump = views["zs_bump"]    # offset of the first never-used slot
+        self._zs_next = views["zs_next"]    # fullness list links; free-id list link
+        self._zs_prev = views["zs_prev"]
+        self._zs_group = views["zs_group"]
+        self._zs_freeid = 0                 # first freed id, linked through zs_next
+        self._zs_end = 1
         # Huge pages: slot i is the page at huge_base + (i << PAGE_SHIFT).
         self._huge_free = array("I")
         self._huge_next = 0
@@ -204,6 +240,7 @@ class Pool:
         """Give all memory back at once.  The pool is unusable afterwards."""
         with self._lock:
             self._arena.close()
+            self._tables.close()
             self._pages_used = 0
             self._ready_pages = 0
             self._want = None
@@ -249,9 +286,9 @@ class Pool:
         handles = self._handles
         h = self._hfree
         if not h:
-            h = len(handles)
-            if h > MAX_HANDLE:
-                raise PoolFullError(f"pool is full: all {MAX_HANDLE} handles are in use")
+            h = self._handles_end
+            if h > self._max_handle:
+                raise PoolFullError(f"pool is full: all {self._max_handle} handles are in use")
         m = self._cmask[c]
         if m:
             g = m.bit_length() - 1
@@ -272,11 +309,11 @@ class Pool:
             zs_bump[z] = off + self._csize[c]
             hdr = (z << self._zs_shift) | off
         entry = ((hdr + OBJ_HEADER_SIZE) << SIZE_BITS) | size
-        if h == len(handles):
-            handles.append(entry)
+        if h == self._handles_end:
+            self._handles_end = h + 1
         else:
             self._hfree = handles[h] >> SIZE_BITS
-            handles[h] = entry
+        handles[h] = entry
         mv32[hdr >> 2] = (h << 1) | 1
         zs_inuse = self._zs_inuse
         inuse = zs_inuse[z] + 1
@@ -315,8 +352,8 @@ class Pool:
         # find its handle from its slot.
         self._check_room(1)
         h = self._hfree
-        if not h and len(self._handles) > MAX_HANDLE:
-            raise PoolFullError(f"pool is full: all {MAX_HANDLE} handles are in use")
+        if not h and self._handles_end > self._max_handle:
+            raise PoolFullError(f"pool is full: all {self._max_handle} handles are in use")
         if self._huge_free:
             slot = self._huge_free.pop()
         elif self._huge_next < self._huge_slots:
@@ -328,10 +365,10 @@ class Pool:
         entry = ((self._huge_base + (slot << PAGE_SHIFT)) << SIZE_BITS) | size
         if h:
             self._hfree = self._handles[h] >> SIZE_BITS
-            self._handles[h] = entry
         else:
-            h = len(self._handles)
-            self._handles.append(entry)
+            h = self._handles_end
+            self._handles_end = h + 1
+        self._handles[h] = entry
         self._pages_used += 1
         self._czspages[self._huge] += 1
         self._bytes_used += size
@@ -373,15 +410,15 @@ class Pool:
 
     def _take_id(self) -> int:
         """A zspage id that no zspage has: a freed one, else a new one."""
-        if self._zs_freeids:
-            return self._zs_freeids.pop()
-        z = len(self._zs_class)
+        z = self._zs_freeid
+        if z:
+            self._zs_freeid = self._zs_next[z]
+            return z
+        z = self._zs_end
         if z >= self._max_zspages:
             raise PoolFullError(
                 f"pool is full: all {self._max_zspages - 1} zspage slots are in use")
-        for a in (self._zs_class, self._zs_inuse, self._zs_free, self._zs_bump,
-                  self._zs_next, self._zs_prev, self._zs_group):
-            a.append(0)
+        self._zs_end = z + 1
         return z
 
     def _free_zspage(self, z: int) -> int:
@@ -397,7 +434,8 @@ class Pool:
         """Put id z back on the free stack and give its first ppz pages back."""
         # The id first, so that even a failing fallocate leaves the tables
         # consistent (a reused zspage never reads what its slots held).
-        self._zs_freeids.append(z)
+        self._zs_next[z] = self._zs_freeid
+        self._zs_freeid = z
         # Its pages are consecutive in the arena: one fallocate frees them.
         self._arena.release(z << self._zs_shift, ppz << PAGE_SHIFT)
 
@@ -556,6 +594,8 @@ class Pool:
         self._bytes_used -= size
         if size >= self.huge_class_size:
             self._free_huge(addr)
+            if not self._pages_used:
+                self._shrink_tables()
             return
         hdr = addr - OBJ_HEADER_SIZE
         z = hdr >> self._zs_shift
@@ -571,6 +611,8 @@ class Pool:
             # Its last object: the zspage goes, pages and all.
             self._unlink(c, g, z)
             self._free_zspage(z)
+            if not self._pages_used:
+                self._shrink_tables()
             return
         g2 = self._cgroup[c][inuse]
         if g2 != g:
@@ -599,6 +641,29 @@ class Pool:
             heads[base + g2] = z
             self._cmask[c] = m | (1 << g2)
             self._zs_group[z] = g2
+
+    def _shrink_tables(self) -> None:
+        """The pool holds no object any more: give its tables back (lock held).
+
+        The handle table and the zspage tables only grow while objects come
+        and go (a freed handle or zspage id is kept for reuse), so without
+        this a pool that held 200,000 objects keeps ~2 MiB of tables after
+        all of them are freed.  An empty pool needs none of it: every handle
+        and id is free, so the tables start over from their first entry,
+        their pages are punched out, and the ready zspages go too.
+        """
+        self._release_ready()
+        nz = self._zs_end
+        self._tables.clear({
+            "handles": self._handles_end,
+            "zs_class": nz, "zs_inuse": nz, "zs_group": nz, "zs_free": nz,
+            "zs_bump": nz, "zs_next": nz, "zs_prev": nz})
+        self._hfree = 0
+        self._handles_end = 1
+        self._zs_freeid = 0
+        self._zs_end = 1
+        del self._huge_free[:]
+        self._huge_next = 0
 
     def _free_huge(self, addr: int) -> None:
         self._huge_free.append((addr - self._huge_base) >> PAGE_SHIFT)
@@ -702,14 +767,14 @@ class Pool:
         finally:
             lock.release()
 
-    def store_many(self, payloads, max_pages: int = 0) -> list[int] | int:
+    def store_many(self, payloads, max_pages: int = 0) -> list[int]:
         """store() each of ``payloads`` (bytes-like, 1..4096 bytes each).
 
-        All or nothing: returns the new handles in order, or, when an
+        All or nothing: returns the new handles in order.  When an
         allocation takes ``pages_used`` past ``max_pages`` (0: no such
-        check; zram's "alloced_pages > limit_pages" right after zs_malloc),
-        frees what it stored and returns the ``pages_used`` it reached (an
-        int, not a list).  PoolFullError and ValueError
+        check; zram's "alloced_pages > limit_pages" right after zs_malloc)
+        it frees what it stored and raises PoolLimitError, whose
+        ``pages_used`` is the count reached.  PoolFullError and ValueError
         also leave nothing stored.
         """
         lock = self._lock
@@ -727,9 +792,7 @@ class Pool:
                     mv[addr:addr + len(data)] = data
                     used = self._pages_used
                     if max_pages and used > max_pages:
-                        for h in out:
-                            self._free_locked(h)
-                        return used
+                        raise PoolLimitError(used, max_pages)
             except BaseException:
                 for h in out:
                     self._free_locked(h)

@@ -84,7 +84,7 @@ import threading
 import lz4.block
 import lz4.frame
 
-from allocator import Pool, PoolFullError
+from allocator import Pool, PoolFullError, PoolLimitError
 
 from ._slots import SlotTable, SlotTableTooLargeError
 from .codecs import DEFAULT_ALGORITHM, get_codec
@@ -121,9 +121,6 @@ _ZRAM_COMP_PRIORITY_MASK = 3 << _ZRAM_COMP_PRIORITY_SHIFT
 _HUGE_INFO = _ZRAM_HUGE | PAGE_SIZE
 _ZERO_PAGE = bytes(PAGE_SIZE)
 _WORDS_PER_PAGE = PAGE_SIZE // 8
-# Above this many pages the pool gets no cap (see _pool_max_pages): the
-# allocator's own reservation when uncapped, 1 TiB.
-_POOL_UNCAPPED_PAGES = (1 << 40) >> PAGE_SHIFT
 
 
 class DeviceError(Exception):
@@ -268,9 +265,12 @@ class BlockDevice:
         self._lz4_frames = self._codec.name in ("lz4", "lz4hc")
         self._batch_src = self._batch = None
         self._limit_pages = self._limit_to_pages(mem_limit)
+        # A write holds at most one new object per slot besides the slots'
+        # old ones: at most 2 * nr_pages objects are alive.  The pool sizes
+        # its reservation from that (1 TiB of address space without it).
         self._pool = Pool(
             max_pages_per_zspage=max_pages_per_zspage,
-            max_pages=self._pool_max_pages(disksize >> PAGE_SHIFT, max_pages_per_zspage),
+            max_objects=2 * (disksize >> PAGE_SHIFT),
         )
         self._huge_class_size = self._pool.huge_class_size
 
@@ -312,24 +312,6 @@ class BlockDevice:
         self._notify_free = 0
         self._num_reads = 0
         self._num_writes = 0
-
-    @staticmethod
-    def _pool_max_pages(nr_pages, max_pages_per_zspage):
-        """The most pages the pool can ever need, or None for "no cap".
-
-        The pool reserves (not allocates) address space for its cap, 1 TiB
-        without one, and 128 TiB of address space runs out after ~127 such
-        pools in one process.  The cap is a true bound, never a limit in
-        practice: a write holds at most one new object per slot besides the
-        slots' old ones, so at most 2 * nr_pages objects are alive; the pool
-        frees a zspage when its last object goes, so each zspage holds at
-        least one object and so at most 2 * nr_pages zspages exist, each of
-        max_pages_per_zspage pages or fewer.
-        """
-        if not isinstance(max_pages_per_zspage, int):
-            return None  # let Pool reject it with its own message
-        bound = 2 * nr_pages * max(max_pages_per_zspage, 1)
-        return bound if bound <= _POOL_UNCAPPED_PAGES else None
 
     def close(self):
         """Give the pool's memory back.  The device is unusable afterwards."""
@@ -521,15 +503,15 @@ class BlockDevice:
         except PoolFullError as exc:
             self._failed_writes += 1
             raise MemLimitError(f"write would take the pool past its size: {exc}") from exc
-        if type(new_handles) is int:
+        except PoolLimitError as exc:
             # zram checks right after zs_malloc whether this allocation
             # took the pool past the limit ("alloced_pages > limit_pages");
             # store_many did, and freed what it had stored.
             self._failed_writes += 1
             raise MemLimitError(
-                f"write would take the pool to {new_handles * PAGE_SIZE} bytes, "
+                f"write would take the pool to {exc.pages_used * PAGE_SIZE} bytes, "
                 f"past mem_limit {limit * PAGE_SIZE}"
-            )
+            ) from exc
 
         # The peak is now, with the new and the old objects both in the pool.
         used = pool.pages_used

@@ -5,19 +5,24 @@ import dataclasses
 import pytest
 
 import allocator
-from allocator import ClassStats, Pool, PoolError, PoolFullError, PoolStats
+from allocator import ClassStats, Pool, PoolError, PoolFullError, PoolLimitError, PoolStats
 from allocator._check import check_pool
 from allocator._size_class import PAGE_SIZE, SizeClassTable
 
 
 def test_public_names_are_exported():
-    assert set(allocator.__all__) == {"ClassStats", "Pool", "PoolError", "PoolFullError",
-                                      "PoolStats"}
+    assert set(allocator.__all__) == {"PAGE_SHIFT", "PAGE_SIZE", "ClassStats", "Pool", "PoolError",
+                                      "PoolFullError", "PoolLimitError", "PoolStats"}
     for name in allocator.__all__:
-        assert getattr(allocator, name).__module__.startswith("allocator.")
+        if not name.isupper():
+            assert getattr(allocator, name).__module__.startswith("allocator.")
+    # The kernel's page: what the pool gets from and gives back to it.
+    assert allocator.PAGE_SIZE == 1 << allocator.PAGE_SHIFT == 4096
     assert issubclass(PoolFullError, PoolError)
     assert issubclass(PoolFullError, MemoryError)
     assert PoolFullError.__doc__.startswith("Raised when")
+    assert issubclass(PoolLimitError, PoolError)
+    assert PoolLimitError.__doc__.startswith("Raised when")
 
 
 @pytest.mark.parametrize("chain", [1, 2, 4, 8, 16])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from allocator import Pool, PoolError, PoolFullError
+from allocator import Pool, PoolError, PoolFullError, PoolLimitError
 from allocator._check import check_pool
 
 
@@ -121,6 +121,35 @@ def test_bad_max_pages(cap):
         Pool(max_pages=cap)
 
 
+@pytest.mark.parametrize("cap", [0, -1, 1.5, "8", True])
+def test_bad_max_objects(cap):
+    with pytest.raises(ValueError, match=rf"^max_objects must be None or an int >= 1, got {cap!r}$"):
+        Pool(max_objects=cap)
+
+
+@pytest.mark.parametrize("size", [1, 100, 1670, 4096])
+def test_max_objects_caps_live_objects(size):
+    with Pool(max_objects=20) as pool:
+        objs = {}
+        for i in range(20):
+            objs[pool.store(bytes([i]) * size)] = bytes([i]) * size
+        before = pool.stats()
+        with pytest.raises(PoolFullError, match=r"^pool is full: all 20 handles are in use$"):
+            pool.malloc(size)
+        with pytest.raises(PoolFullError, match=r"^pool is full: all 20 handles are in use$"):
+            pool.malloc(4097 - size)
+        _unchanged(pool, objs, before)
+        # The worst case the reservation must hold: each object alone in a
+        # zspage of its own class, then each in a huge page of its own.
+        pool.free_many(list(objs))
+        stored = pool.store_many([bytes([i]) * (100 + 150 * i) for i in range(20)])
+        assert pool.stats().pages_used == sum(
+            c.pages_per_zspage for c in pool.stats().classes if c.zspages)
+        pool.free_many(stored)
+        pool.store_many([bytes([i]) * 4096 for i in range(20)])
+        check_pool(pool)
+
+
 @pytest.mark.parametrize("size", [100, 1670, 4096])
 def test_pool_full_changes_nothing(size):
     with Pool(max_pages=32) as pool:
@@ -166,3 +195,19 @@ def test_out_of_handles_changes_nothing(monkeypatch, size):
         pool.free(next(iter(objs)))
         pool.malloc(size)
         check_pool(pool)
+
+
+@pytest.mark.parametrize("size", [100, 1670, 4096])
+def test_store_many_past_its_limit_raises_and_stores_nothing(filled, size):
+    pool, objs = filled
+    before = pool.stats()
+    limit = before.pages_used + 3
+    with pytest.raises(PoolLimitError, match=rf"^store would take the pool to \d+ pages, "
+                                             rf"past the limit of {limit}$") as info:
+        pool.store_many([bytes([7]) * size] * 400, limit)
+    assert info.value.pages_used > limit and info.value.max_pages == limit
+    _unchanged(pool, objs, before)
+    # Under the limit the same call stores everything, in order.
+    got = pool.store_many([bytes([i]) * size for i in range(2)], limit)
+    assert [pool.read(h) for h in got] == [bytes([i]) * size for i in range(2)]
+    check_pool(pool)

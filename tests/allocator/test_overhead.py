@@ -74,3 +74,12 @@ def test_capped_pool_reserves_only_what_it_can_use():
     with Pool(max_pages=256) as small, Pool() as big:
         assert small._arena.size < 16 << 20
         assert big._arena.size == 1 << 40
+
+
+def test_pool_sized_by_max_objects_reserves_for_that_many():
+    # 1000 objects: at most 1000 zspages of up to 8 pages and 1000 huge pages.
+    with Pool(max_objects=1000) as small, Pool(max_objects=1 << 40) as big:
+        assert small._arena.size <= 1001 * 8 * 4096 + 1000 * 4096
+        assert small.stats().max_pages is None
+        # Never more than the uncapped reservation.
+        assert big._arena.size == 1 << 40

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from allocator import PoolFullError
+from allocator import Pool, PoolFullError
 from zramfs.codecs import UnknownAlgorithmError, get_codec
 from zramfs.device import (
     PAGE_SIZE,
@@ -450,7 +450,7 @@ def test_populate_ahead_stays_within_mem_limit():
 
 def test_pool_full_is_a_mem_limit_error(monkeypatch):
     # A real pool with a page cap, so that it raises PoolFullError itself.
-    monkeypatch.setattr(BlockDevice, "_pool_max_pages", staticmethod(lambda nr_pages, chain: 16))
+    monkeypatch.setattr("zramfs.device.Pool", lambda **kw: Pool(max_pages=16, **kw))
     dev = BlockDevice(MiB)
     with pytest.raises(MemLimitError, match="^write would take the pool past its size: ") as info:
         for i in range(64):
