@@ -5,7 +5,7 @@
 
 Data is fio-like: every 4 KiB page is 40 % random bytes then 60 % zeros, as
 fio's buffer_compress_percentage=60 with buffer_compress_chunk=4096 and
-refill_buffers makes it (lz4 ratio ~0.41, design.md's 0.408).  Prints
+refill_buffers makes it (lz4 ratio ~0.41).  Prints
 microseconds per 4 KiB page for 4 KiB calls (random order) and 1 MiB calls
 (sequential), both directions, as this thread's CPU time (time.thread_time:
 other processes on a busy machine inflate it less) and as wall time; the

@@ -7,8 +7,58 @@ Where this sits in the data flow::
 
 ``BlockDevice`` turns a byte range into slot indexes (``offset >> 12``) and
 keeps, per slot, what zram keeps in ``struct zram_table_entry``: where the
-block's data is and what kind of data it is.  This module owns that record:
-its layout, its flags and states, and the memory it lives in.
+block's data is and what kind of data it is.  This module owns that record
+(its layout, flags and states), the counters that follow from the states
+(``mm_stat``'s orig_data_size, compr_data_size, same_pages, huge_pages,
+huge_pages_since), and the memory the table lives in.  The device makes
+every change of state through ``BlockDevice._commit_locked``, which calls
+``SlotTable.account`` once per change; nothing else writes a slot or a
+counter.  The device's lock guards all of it (the concurrency rule is in
+``zramfs.device``).
+
+Layout
+------
+Three arrays, indexed by slot, 16 bytes a slot, kernel zram's size:
+
+``handle``: 8 bytes
+    the pool handle of the slot's object, or, for a same-filled slot, the
+    repeated 8-byte word (read little-endian).  Written-back slots will keep
+    their backing-file block number here, as zram keeps it in ``handle``.
+``info``: 4 bytes
+    bits 0-12 (``SIZE_MASK``): the object's size in the pool (1..4096;
+    4096 = 1 << 12 needs 13 bits).  It is non-zero exactly when the slot
+    owns a pool object.
+    bits 13-20: flags, named after zram's ``enum zram_pageflags``: ``SAME``,
+    ``HUGE``, ``IDLE``, ``WB`` (written back), ``INCOMPRESSIBLE``, ``DEDUP``,
+    and two ``COMP_PRIORITY`` bits (non-zero: recompressed with a secondary
+    algorithm).  Only SAME and HUGE are set today; the rest are reserved for
+    idle tracking, writeback, recompression and deduplication.
+    bits 21-31: free.
+``ac_time``: 4 bytes, reserved
+    the last access, seconds since the device was created (zram's
+    ``ac_time``), for idle tracking.  Its address space is reserved with the
+    rest; nothing reads or writes it yet, so it costs no memory.
+
+States
+------
+A slot's state is a function of its info word:
+
+* empty (info 0): never written, or discarded; reads as zeros.  A page of
+  zeros that was written is same-filled, not empty.
+* same-filled (``SAME``): every 8-byte word of the page equal; the word is
+  in ``handle``, nothing in the pool.
+* object (info = size, 1..huge_class_size-1, no flag): the compressed page
+  in a pool object.  ``0 < info < PAGE_SIZE`` tests it in one comparison,
+  which is how the device spots a run of ordinary objects in C
+  (``min``/``max`` over a slice).
+* huge (``HUGE | 4096``): the page, stored raw, because it compressed to
+  ``huge_class_size`` bytes or more.
+
+The reserved flags will add: idle (any stored state, plus ``IDLE``),
+written back (``WB``, no pool object, the backing block in ``handle``),
+recompressed (an object with ``COMP_PRIORITY`` set) and deduplicated
+(``DEDUP``, the object shared).  ``account`` counts a state from its info
+word alone, so each new state is one more case there.
 
 Memory
 ------
@@ -31,22 +81,45 @@ serve before any daemon starts.
 
 import mmap
 
+from allocator import PAGE_SHIFT, PAGE_SIZE
+
 __all__ = [
-    "PAGE_SHIFT",
-    "PAGE_SIZE",
+    "COMP_PRIORITY_MASK",
+    "COMP_PRIORITY_SHIFT",
+    "DEDUP",
+    "HUGE",
+    "HUGE_INFO",
+    "IDLE",
+    "INCOMPRESSIBLE",
+    "SAME",
+    "SIZE_MASK",
     "SLOT_BYTES",
+    "WB",
     "SlotTable",
     "SlotTableTooLargeError",
     "check_reservable",
+    "state_of",
     "table_bytes",
 ]
-
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
 
 #: Bytes of address space a slot reserves: handle (8), info (4) and the
 #: last-access stamp (4), the size of kernel zram's ``zram_table_entry``.
 SLOT_BYTES = 16
+
+# The info word (see Layout above).  13 bits hold sizes up to 4096.
+SIZE_BITS = 13
+SIZE_MASK = (1 << SIZE_BITS) - 1
+SAME = 1 << 13
+HUGE = 1 << 14
+IDLE = 1 << 15  # reserved: idle tracking
+WB = 1 << 16  # reserved: written back to the backing file
+INCOMPRESSIBLE = 1 << 17  # reserved: no secondary algorithm could shrink it
+DEDUP = 1 << 18  # reserved: shares its object with another slot
+COMP_PRIORITY_SHIFT = 19  # reserved: 2 bits, 0 = primary algorithm
+COMP_PRIORITY_MASK = 3 << COMP_PRIORITY_SHIFT
+
+#: A huge slot's info: the raw page, size 4096.
+HUGE_INFO = HUGE | PAGE_SIZE
 
 # How release() frees table pages, tried in order; advice the kernel refuses
 # is dropped for good.  MADV_DONTNEED_LOCKED (24, <asm-generic/mman-common.h>,
@@ -127,14 +200,44 @@ def check_reservable(nr_slots):
         raise _too_large(nr_slots, exc) from None
 
 
+def state_of(info):
+    """The name of the state an info word is in: "empty", "same", "object"
+    or "huge" (for tests and tools; the hot paths test bits)."""
+    if not info:
+        return "empty"
+    if info & SAME:
+        return "same"
+    if info & HUGE:
+        return "huge"
+    return "object"
+
+
+def _tally(infos):
+    """(stored, same, huge, compressed bytes) of slots with these info words."""
+    stored = same = huge = compr = 0
+    for info in infos:
+        if info:
+            stored += 1
+            compr += info & SIZE_MASK
+            if info & SAME:
+                same += 1
+            elif info & HUGE:
+                huge += 1
+    return stored, same, huge, compr
+
+
 class SlotTable:
     """The slots of one device: ``handle`` (memoryview 'Q') and ``info``
-    (memoryview 'I'), indexed by slot; ``info_bytes`` is ``info`` as bytes.
+    (memoryview 'I'), indexed by slot; ``info_bytes`` is ``info`` as bytes;
+    and the counters of their states, kept by ``account``.
 
     Not thread safe on its own: the device guards it with its lock.
     """
 
-    __slots__ = ("nr_slots", "handle", "info", "info_bytes", "_map", "_arrays", "_views")
+    __slots__ = (
+        "nr_slots", "handle", "info", "info_bytes", "_map", "_arrays", "_views",
+        "pages_stored", "compr_data_size", "same_pages", "huge_pages", "huge_pages_since",
+    )
 
     def __init__(self, nr_slots):
         handle_at, info_at, _, length = _layout(nr_slots)
@@ -150,6 +253,41 @@ class SlotTable:
         # (byte offset in the mapping, bytes per slot) of each array release() frees.
         self._arrays = ((handle_at, 8), (info_at, 4))
         self._views = (self.info_bytes, self.info, self.handle, whole)
+        # mm_stat's columns that follow from the slots' states.
+        self.pages_stored = 0  # slots not empty: orig_data_size / 4096
+        self.compr_data_size = 0  # bytes in pool objects (a huge page: 4096)
+        self.same_pages = 0
+        self.huge_pages = 0
+        self.huge_pages_since = 0  # slots that became huge, ever (never falls)
+
+    def account(self, old, new):
+        """Count a change of state: slots whose info words were ``old`` now
+        hold ``new`` (sequences of one length, in any order).  The one place
+        the counters move, called once per change, for one slot or a run.
+
+        When no word on either side has a flag (each slot empty or an
+        ordinary object: every word below PAGE_SIZE, a power of two, so
+        below it or-ed together) only two counters move, by scalar
+        arithmetic for one slot (a 4 KiB write) and by sums run in C for a
+        run (a 1 MiB write).
+        """
+        if len(new) == 1:
+            was = old[0]
+            now = new[0]
+            if was | now < PAGE_SIZE:
+                self.pages_stored += (not was) - (not now)
+                self.compr_data_size += now - was
+                return
+        elif max(old) | max(new) < PAGE_SIZE:
+            self.pages_stored += old.count(0) - new.count(0)
+            self.compr_data_size += sum(new) - sum(old)
+            return
+        was, now = _tally(old), _tally(new)
+        self.pages_stored += now[0] - was[0]
+        self.same_pages += now[1] - was[1]
+        self.huge_pages += now[2] - was[2]
+        self.huge_pages_since += now[2]
+        self.compr_data_size += now[3] - was[3]
 
     def release(self, first, end):
         """Give the kernel back the table pages that hold only slots of

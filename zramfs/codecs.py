@@ -4,13 +4,16 @@ Where this sits in the data flow::
 
     zramfs.fuse -> zramfs.fs -> zramfs.device (BlockDevice) -> allocator (Pool)
                                       |
+                                      +-> zramfs._codec_batch (many pages a call)
                                       +-> zramfs.codecs (this module)
 
-``BlockDevice`` hands every 4 KiB page that is not same-filled to its codec's
-``compress`` before the result goes into the pool, and hands what it reads
-back from the pool to ``decompress``.  Codecs know nothing of slots, pools or
-locks: they are pure functions of a page, like the kernel's
-``crypto_comp``/``zcomp`` backends that zram calls through ``zcomp_compress``.
+``BlockDevice`` is given a ``Codec`` (``get_codec(name)``, or one a caller
+built) and hands every 4 KiB page to its ``compress`` before the result goes
+into the pool, and what it reads back from the pool to ``decompress``;
+``zramfs._codec_batch`` runs the same functions over many pages a call.
+Codecs know nothing of slots, pools or locks: they are pure functions of a
+page, like the kernel's ``crypto_comp``/``zcomp`` backends that zram calls
+through ``zcomp_compress``.
 
 The names are the kernel's (``comp_algorithm`` lists ``lz4 lz4hc zstd
 deflate``), so a person who knows zram picks the same word here.
@@ -37,6 +40,8 @@ from typing import Callable
 import lz4.block
 import zstandard
 
+from allocator import PAGE_SIZE
+
 __all__ = [
     "CODECS",
     "DEFAULT_ALGORITHM",
@@ -47,12 +52,12 @@ __all__ = [
     "get_codec",
 ]
 
-# Codecs compress one page at a time, as zram does; decompress knows the size
-# it must give back, so no codec stores it in its output.
-PAGE_SIZE = 4096
+# Codecs compress one PAGE_SIZE page at a time, as zram does; decompress
+# knows the size it must give back, so no codec stores it in its output.
 
-# zram's default since Linux 6.x is lzo-rle; lz4 is the one design.md measured
-# (3.7 us per page compress, 3.3 us decompress, ratio 0.408 on fio data).
+# zram's default since Linux 6.x is lzo-rle, which Python has no binding
+# for; lz4 is the fastest here (measured on fio-like data: 3.7 us per page
+# compress, 3.3 us decompress, ratio 0.408).
 DEFAULT_ALGORITHM = "lz4"
 
 
@@ -88,32 +93,38 @@ class Codec:
 # (compress, decompress).
 
 
+# lz4 at its default level, and the decoder of every raw lz4 block (lz4 and
+# lz4hc store the same format).  Defined once, so that zramfs._codec_batch
+# can tell a codec that uses them (and may call the library in bulk, or
+# decode a run of objects as one lz4 frame) by identity.  Called
+# positionally: keyword arguments build a dict per call (4 KiB page:
+# compress 1.36 -> 1.14 us, decompress 2.03 -> 1.88 us).  Positions:
+# (source, mode, store_size) and (source, uncompressed_size).
+def lz4_compress_page(page, _c=lz4.block.compress):
+    return _c(page, "default", False)
+
+
+def lz4_decompress_page(data, _d=lz4.block.decompress, _n=PAGE_SIZE):
+    return _d(data, _n)
+
+
 def _lz4(level):
     # level is lz4's acceleration: 1 is the default ratio, higher is faster
     # and compresses less (the kernel's lz4 backend reads its level the same way).
-    # Called positionally on the default path: keyword arguments build a
-    # dict per call (4 KiB page: compress 1.36 -> 1.14 us, decompress
-    # 2.03 -> 1.88 us).  Positions: (source, mode, store_size) and
-    # (source, uncompressed_size).
     if level is None or level == 1:
-        def compress(page, _c=lz4.block.compress):
-            return _c(page, "default", False)
-    else:
-        def compress(page, _c=lz4.block.compress, _a=level):
-            return _c(page, mode="fast", acceleration=_a, store_size=False)
+        return lz4_compress_page, lz4_decompress_page
 
-    def decompress(data, _d=lz4.block.decompress, _n=PAGE_SIZE):
-        return _d(data, _n)
+    def compress(page, _c=lz4.block.compress, _a=level):
+        return _c(page, mode="fast", acceleration=_a, store_size=False)
 
-    return compress, decompress
+    return compress, lz4_decompress_page
 
 
 def _lz4hc(level):
     def compress(page, _c=lz4.block.compress, _l=level):
         return _c(page, mode="high_compression", compression=_l, store_size=False)
 
-    _, decompress = _lz4(None)
-    return compress, decompress
+    return compress, lz4_decompress_page
 
 
 def _zstd(level):

@@ -1,9 +1,10 @@
-"""BlockDevice: zram's slot table over a zsmalloc-style pool.
+"""BlockDevice: zram's block device over a slot table and a zsmalloc-style pool.
 
 Where this sits in the data flow::
 
     kernel FUSE -> zramfs.fuse -> zramfs.fs -> zramfs.device (this module)
-                                                  |-> zramfs.codecs (lz4, zstd, ...)
+                                                  |-> zramfs._slots (the slot table)
+                                                  |-> zramfs._codec_batch -> zramfs.codecs
                                                   '-> allocator.Pool (zs_malloc & co.)
 
 ``zramfs.fs`` turns reads, writes and hole punches on the ``disk`` file into
@@ -25,35 +26,13 @@ module cuts them into 4 KiB blocks ("pages", one slot each) and does what
 Writes and reads that do not cover whole blocks read-modify-write the edge
 blocks, so the device takes any offset and length inside ``disksize``.
 
-Slot table
-----------
-No Python object exists per slot.  The table (``zramfs._slots.SlotTable``:
-an anonymous mapping reserved whole, which costs memory only where written)
-holds two flat arrays, 12 bytes a slot, indexed by block number
-(``offset // 4096``):
-
-``_handle``: ``memoryview('Q')``, 8 bytes
-    the pool handle of the slot's object, or, for a same-filled slot, the
-    repeated 8-byte word (read little-endian).  Written-back slots will keep
-    their backing-file block number here, as zram keeps it in ``handle``.
-``_info``: ``memoryview('I')``, 4 bytes
-    bits 0-12: the object's size in the pool (1..4096; 4096 = 1 << 12 needs
-    13 bits).  It is non-zero exactly when the slot owns a pool object, so
-    freeing a slot is "if size: pool.free(handle)".
-    bits 13-21: flags, named after zram's ``enum zram_pageflags``:
-    SAME, HUGE, IDLE, WB (written back), INCOMPRESSIBLE, DEDUP, and two
-    COMP_PRIORITY bits (non-zero = recompressed with a secondary algorithm).
-    Only SAME and HUGE are set today; the rest are reserved for idle
-    tracking, writeback, recompression and deduplication.
-    bits 22-31: free.
-    A slot is empty (never written, or discarded) exactly when its info is 0:
-    a zero-filled page is SAME with word 0, so its info is not 0.
-
-Reserved: a third array of 4 bytes a slot, for the last-access stamp
-(seconds since the device was created, zram's ``ac_time``) once idle
-tracking needs it.  That brings a slot to 16 bytes, kernel zram's size
-(``struct zram_table_entry``: handle, flags, ac_time).  Its address space
-is reserved with the rest and costs nothing until written.
+The slot table's layout, flags and states are ``zramfs._slots``'s.  Every
+change of a slot's state -- a write of one block or of 256, a partial
+block's read-modify-write, a discard -- goes through one method,
+``_commit_locked``: it stores the new objects (all or none, checked against
+``mem_limit``), points the slots at them, frees the old objects and has the
+table count the change (``SlotTable.account``).  Only reads take other
+paths, and they change no slot.
 
 Concurrency rule
 ----------------
@@ -64,29 +43,27 @@ device lock, then the pool's own lock (taken inside each ``Pool`` call); the
 pool never calls back up.  Compressing and decompressing -- the expensive
 part -- happen outside the lock: a write compresses its whole blocks before it
 takes the lock, and a read copies the compressed bytes out of the pool under
-the lock (``pool.read``) and decompresses them after releasing it.  The one
-exception is the (at most two) partial edge blocks of an unaligned write or
-discard: their read-modify-write runs entirely under the lock, so that two
-unaligned writes into different bytes of one block cannot lose each other.
-A discard takes the lock once per 4096 whole blocks, so an fstrim of a large
-device does not stall other I/O; ``compact()`` takes only the pool's lock
-(compaction moves objects but keeps handles valid).  Nothing under the lock
-waits on I/O, sleeps, or calls back into fs or fuse.  Concurrent writes to the
-same block land in some order, each block whole, as on any block device.
+the lock (``pool.read``, ``pool.gather``) and decompresses them after
+releasing it.  The one exception is the (at most two) partial edge blocks of
+an unaligned write or discard: their read-modify-write runs entirely under
+the lock, so that two unaligned writes into different bytes of one block
+cannot lose each other.  A discard takes the lock once per 4096 whole
+blocks, so an fstrim of a large device does not stall other I/O;
+``compact()`` takes only the pool's lock (compaction moves objects but keeps
+handles valid).  Nothing under the lock waits on I/O, sleeps, or calls back
+into fs or fuse.  Concurrent writes to the same block land in some order,
+each block whole, as on any block device.
 """
 
 from array import array
 from dataclasses import dataclass
-from itertools import repeat
 import operator
 import threading
 
-import lz4.block
-import lz4.frame
+from allocator import PAGE_SHIFT, PAGE_SIZE, Pool, PoolFullError, PoolLimitError
 
-from allocator import Pool, PoolFullError, PoolLimitError
-
-from ._slots import SlotTable, SlotTableTooLargeError
+from ._codec_batch import BatchCodec
+from ._slots import HUGE, HUGE_INFO, SAME, SIZE_MASK, SlotTable, SlotTableTooLargeError
 from .codecs import DEFAULT_ALGORITHM, get_codec
 
 __all__ = [
@@ -101,24 +78,7 @@ __all__ = [
     "OutOfRangeError",
 ]
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
 _PAGE_MASK = PAGE_SIZE - 1
-
-# Slot info layout (see the module docstring).  13 bits hold sizes up to 4096.
-_SIZE_BITS = 13
-_SIZE_MASK = (1 << _SIZE_BITS) - 1
-_ZRAM_SAME = 1 << 13
-_ZRAM_HUGE = 1 << 14
-_ZRAM_IDLE = 1 << 15  # reserved: idle tracking
-_ZRAM_WB = 1 << 16  # reserved: written back to the backing file
-_ZRAM_INCOMPRESSIBLE = 1 << 17  # reserved: no secondary algorithm could shrink it
-_ZRAM_DEDUP = 1 << 18  # reserved: shares its object with another slot
-_ZRAM_COMP_PRIORITY_SHIFT = 19  # reserved: 2 bits, 0 = primary algorithm
-_ZRAM_COMP_PRIORITY_MASK = 3 << _ZRAM_COMP_PRIORITY_SHIFT
-
-# A huge slot's info: raw page, size 4096.
-_HUGE_INFO = _ZRAM_HUGE | PAGE_SIZE
 _ZERO_PAGE = bytes(PAGE_SIZE)
 _WORDS_PER_PAGE = PAGE_SIZE // 8
 
@@ -154,66 +114,12 @@ class CorruptedSlotError(DeviceError):
     partial write's read-modify-write).  It means a bug or memory corruption."""
 
 
-def _batch_codec(codec, native):
-    """(compress_many, decompress_many) for ``codec``: a list of pages in, a
-    list out, the loop run by map in C.
-
-    For lz4 at its default level the library is called directly, with the
-    positional arguments the codec's own functions use: that skips one
-    Python call per page.  Measured, scripts/bench_device.py 1 MiB
-    overwrite: 3.96 us per page direct, 4.21 through the codec's function
-    (and, before the codec called lz4 positionally, the keyword dict cost
-    365 -> 287 us per MiB compressing, 532 -> 476 decompressing).  ``native``: the
-    codec is the one get_codec built (not one with its functions replaced).
-    """
-    if native and codec.name == "lz4" and codec.level in (None, 1):
-        compress, decompress = lz4.block.compress, lz4.block.decompress
-
-        def compress_many(pages):
-            n = len(pages)
-            return list(map(compress, pages, repeat("default", n), repeat(False, n)))
-
-        def decompress_many(objs):
-            return list(map(decompress, objs, repeat(PAGE_SIZE, len(objs))))
-
-        return compress_many, decompress_many
-    compress, decompress = codec.compress, codec.decompress
-    return (lambda pages: list(map(compress, pages))), (lambda objs: list(map(decompress, objs)))
+def _undecodable(exc):
+    return CorruptedSlotError(f"a stored object failed to decompress: {exc}")
 
 
-# An lz4 frame (lz4's doc/lz4_Frame_format.md) is a header, then blocks, each
-# a 4-byte little-endian size and a raw lz4 block, then a zero word.  Every
-# object lz4 stores here is a raw block of one page, so a run of them with
-# those sizes between is a frame whose content is the pages in order, and
-# lz4.frame.decompress turns it into one buffer in one call that holds the
-# GIL only to start and end.  The header says independent blocks of at most
-# 64 KiB, no checksums, and the content size, so the output is allocated
-# once and a block that decompresses to anything but 4096 bytes fails the
-# frame (ERROR_frameSize_wrong).  The pool builds the frame in its one copy
-# out of the arena (Pool.gather).  Measured, 256 fio-like pages: one call
-# per page 507 us, the frame 482 us, and the GIL is released once per
-# request instead of 256 times, so the session's two reader threads decode
-# two requests at once (see _session.py).
-_FRAME_HEADER_SIZE = 15  # magic, FLG, BD, 8-byte content size, header checksum
-_LE32 = [n.to_bytes(4, "little") for n in range(PAGE_SIZE + 1)]
-_FRAME_END = bytes(4)
-_frame_headers = {}
-
-
-def _frame_header(count):
-    """The lz4 frame header for ``count`` pages (lz4 writes it, checksum and
-    all, once per count)."""
-    header = _frame_headers.get(count)
-    if header is None:
-        header = lz4.frame.compress(
-            bytes(count * PAGE_SIZE),
-            block_size=lz4.frame.BLOCKSIZE_MAX64KB,
-            block_linked=False,
-            content_checksum=False,
-            store_size=True,
-        )[:_FRAME_HEADER_SIZE]
-        _frame_headers[count] = header
-    return header
+def _wrong_length(page):
+    return CorruptedSlotError(f"a stored object decompressed to {len(page)} bytes, not {PAGE_SIZE}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,12 +151,15 @@ class DeviceStats:
 class BlockDevice:
     """A zram device of ``disksize`` bytes, in memory, compressed.
 
-    ``algorithm`` is one of ``zramfs.codecs.CODECS``; ``mem_limit`` (bytes,
-    0 = none) caps the pool like zram's ``mem_limit``; ``max_pages_per_zspage``
-    is passed to the pool (zsmalloc's chain size).
+    ``algorithm`` is one of ``zramfs.codecs.CODECS``, or ``codec`` a
+    ``zramfs.codecs.Codec`` to use instead (another level, or one a caller
+    built); ``mem_limit`` (bytes, 0 = none) caps the pool like zram's
+    ``mem_limit``; ``max_pages_per_zspage`` is passed to the pool (zsmalloc's
+    chain size).
     """
 
-    def __init__(self, disksize, algorithm=DEFAULT_ALGORITHM, mem_limit=0, max_pages_per_zspage=8):
+    def __init__(self, disksize, algorithm=DEFAULT_ALGORITHM, mem_limit=0, max_pages_per_zspage=8,
+                 codec=None):
         if isinstance(disksize, bool) or not isinstance(disksize, int):
             raise InvalidDiskSizeError(f"disksize must be an int, not {disksize!r}")
         if disksize <= 0:
@@ -259,49 +168,36 @@ class BlockDevice:
             raise InvalidDiskSizeError(
                 f"disksize {disksize} is not a multiple of {PAGE_SIZE} bytes (the page size)"
             )
-        self._codec = get_codec(algorithm)
-        self._native_codec = self._codec
-        # lz4 and lz4hc both store raw lz4 blocks: longer reads decode as frames.
-        self._lz4_frames = self._codec.name in ("lz4", "lz4hc")
-        self._batch_src = self._batch = None
+        self._codec = codec if codec is not None else get_codec(algorithm)
+        self._batch = BatchCodec(self._codec)
         self._limit_pages = self._limit_to_pages(mem_limit)
+        nr_pages = disksize >> PAGE_SHIFT
         # A write holds at most one new object per slot besides the slots'
         # old ones: at most 2 * nr_pages objects are alive.  The pool sizes
         # its reservation from that (1 TiB of address space without it).
-        self._pool = Pool(
-            max_pages_per_zspage=max_pages_per_zspage,
-            max_objects=2 * (disksize >> PAGE_SHIFT),
-        )
+        self._pool = Pool(max_pages_per_zspage=max_pages_per_zspage, max_objects=2 * nr_pages)
         self._huge_class_size = self._pool.huge_class_size
-
-        self.disksize = disksize
-        self.algorithm = self._codec.name
-        nr_pages = disksize >> PAGE_SHIFT
         try:
             self._table = SlotTable(nr_pages)
         except SlotTableTooLargeError as exc:
             self._pool.close()
             raise InvalidDiskSizeError(str(exc)) from None
-        self._handle = self._table.handle
-        self._info = self._table.info
+
+        self.disksize = disksize
+        self.algorithm = self._codec.name
         self._lock = threading.Lock()
         # Only a page whose compressed form is this short can be same-filled
         # (a repeated 8-byte word compresses to a few dozen bytes with every
-        # codec), so _encode_many checks just those pages word by word
-        # instead of every page.  Twice the longest of a few same-filled
-        # pages, for margin; a same-filled page that still compressed longer
-        # would only be stored compressed, not lost.
+        # codec), so _classify checks just those pages word by word instead
+        # of every page.  Twice the longest of a few same-filled pages, for
+        # margin; a same-filled page that still compressed longer would only
+        # be stored compressed, not lost.
         self._same_max = 2 * max(
             len(self._codec.compress(word * _WORDS_PER_PAGE))
             for word in (bytes(8), b"\xff" * 8, bytes(range(1, 9)), b"\x9e\x37\x79\xb9\x7f\x4a\x7c\x15")
         )
 
-        # Counters, all guarded by _lock.
-        self._pages_stored = 0
-        self._compr_data_size = 0
-        self._same_pages = 0
-        self._huge_pages = 0
-        self._huge_pages_since = 0
+        # Counters besides the slot table's own, all guarded by _lock.
         self._max_used_pages = 0
         # Counted here, not read from pool.stats() (250 us: it builds a
         # record per size class); only compact() below compacts this pool.
@@ -314,7 +210,8 @@ class BlockDevice:
         self._num_writes = 0
 
     def close(self):
-        """Give the pool's memory back.  The device is unusable afterwards."""
+        """Give the pool's and the slot table's memory back.  The device is
+        unusable afterwards."""
         with self._lock:
             self._pool.close()
             self._table.close()
@@ -371,308 +268,212 @@ class BlockDevice:
             f"(disksize {self.disksize})"
         )
 
-    # --- pages ----------------------------------------------------------------
+    # --- pages: encode outside the lock, decode after it -----------------------
 
-    def _encode(self, page):
-        """Turn one 4096-byte page into (info, payload), outside the lock.
-
+    def _classify(self, data, page):
+        """The (info, payload) of ``page``, given its compressed form ``data``:
         payload is the same-filled word (int), the compressed bytes, or the
-        page itself for a huge slot.
-        """
-        # Most pages differ in their first and last words; comparing those
-        # (0.15 us on a memoryview) spares building and comparing a 4 KiB
-        # pattern.  Only then compare whole bytes: memcmp is 0.25 us for a
-        # page, while == between two memoryviews goes element by element (7 us).
-        if page[:8] == page[PAGE_SIZE - 8 :]:
+        page itself for a huge slot."""
+        size = len(data)
+        if size <= self._same_max:
+            # memcmp on bytes (0.25 us a page); == between memoryviews
+            # would go element by element (7 us).
             raw = bytes(page)
             if raw == raw[:8] * _WORDS_PER_PAGE:
-                return _ZRAM_SAME, int.from_bytes(raw[:8], "little")
-        data = self._codec.compress(page)
-        if len(data) >= self._huge_class_size:
-            return _HUGE_INFO, page
-        return len(data), data
+                return SAME, int.from_bytes(raw[:8], "little")
+        if size >= self._huge_class_size:
+            return HUGE_INFO, page
+        return size, data
 
-    def _codec_batch(self):
-        """_batch_codec(self._codec), rebuilt if the codec was replaced."""
-        codec = self._codec
-        if codec is not self._batch_src:
-            self._batch = _batch_codec(codec, codec is self._native_codec)
-            self._batch_src = codec
-        return self._batch
+    def _encode(self, page):
+        """(info, payload) of one 4096-byte page."""
+        return self._classify(self._codec.compress(page), page)
 
-    def _encode_many(self, pages):
-        """[_encode(page) for page in pages], with the compression loop run
-        by map, and the same-filled check only for pages that compressed
-        very short.
+    def _encode_many(self, compressed, pages):
+        """([info], [payload]) of ``pages``, given their compressed forms.
 
-        Not split across two threads: a helper thread compressing half of
-        each 1 MiB request measured slower (fio seq write through loop, 549
-        -> 357 MB/s; seq read 811 -> 661 MB/s): every lz4 call releases and
-        retakes the GIL, so the two threads hand it over ~256 times per
-        request, each a futex wake-up on a busy 2-core machine."""
-        return self._classify(self._codec_batch()[0](pages), pages)
-
-    def _classify(self, compressed, pages):
-        """The (info, payload) of each page, given its compressed form."""
-        same_max = self._same_max
-        huge = self._huge_class_size
-        encoded = []
-        append = encoded.append
+        Pages are compressed by one BatchCodec call, in one thread: a helper
+        thread compressing half of each 1 MiB request measured slower (fio
+        seq write through loop, 549 -> 357 MB/s; seq read 811 -> 661 MB/s):
+        every lz4 call releases and retakes the GIL, so the two threads hand
+        it over ~256 times per request, each a futex wake-up on a busy
+        2-core machine."""
+        infos = []
+        payloads = []
+        classify = self._classify
         for data, page in zip(compressed, pages):
-            size = len(data)
-            if size <= same_max:
-                raw = bytes(page)
-                if raw == raw[:8] * _WORDS_PER_PAGE:
-                    append((_ZRAM_SAME, int.from_bytes(raw[:8], "little")))
-                    continue
-            if size >= huge:
-                append((_HUGE_INFO, page))
-            else:
-                append((size, data))
-        return encoded
+            info, payload = classify(data, page)
+            infos.append(info)
+            payloads.append(payload)
+        return infos, payloads
 
     def _decode(self, info, payload):
         """The page a slot holds, from its info and what _snapshot copied."""
-        if info & _SIZE_MASK:
-            if info & _ZRAM_HUGE:
+        if info & SIZE_MASK:
+            if info & HUGE:
                 return payload
-            try:
-                page = self._codec.decompress(payload)
-            except Exception as exc:  # each library has its own error type
-                raise CorruptedSlotError(f"a stored object failed to decompress: {exc}") from exc
-            if len(page) != PAGE_SIZE:
-                raise CorruptedSlotError(
-                    f"a stored object decompressed to {len(page)} bytes, not {PAGE_SIZE}"
-                )
-            return page
-        if info:
+            return self._decompress(payload)
+        if info & SAME:
             return payload.to_bytes(8, "little") * _WORDS_PER_PAGE
         return _ZERO_PAGE
+
+    def _decompress(self, obj):
+        """One object's page; CorruptedSlotError if it is not one."""
+        try:
+            page = self._codec.decompress(obj)
+        except Exception as exc:  # each library has its own error type
+            raise _undecodable(exc) from exc
+        if len(page) != PAGE_SIZE:
+            raise _wrong_length(page)
+        return page
+
+    def _decompress_many(self, objs):
+        """The pages of ``objs``, the loop run by map (lz4 reads of more
+        than a page go as frames instead: read_parts)."""
+        try:
+            pages = self._batch.decompress_many(objs)
+        except Exception as exc:  # each library has its own error type
+            raise _undecodable(exc) from exc
+        if sum(map(len, pages)) != len(pages) * PAGE_SIZE:
+            raise _wrong_length(next(page for page in pages if len(page) != PAGE_SIZE))
+        return pages
 
     def _snapshot(self, first, end):
         """Under the lock: (info, payload) of slots [first, end), with the
         pool objects copied out so the caller may decompress after unlocking."""
         read = self._pool.read
-        infos = self._info[first:end]
-        handles = self._handle[first:end]
+        table = self._table
         return [
-            (info, read(handle) if info & _SIZE_MASK else handle)
-            for info, handle in zip(infos, handles)
+            (info, read(handle) if info & SIZE_MASK else handle)
+            for info, handle in zip(table.info[first:end], table.handle[first:end])
         ]
 
-    def _load_locked(self, index):
-        """Under the lock: the current page of slot ``index``."""
-        info = self._info[index]
-        handle = self._handle[index]
-        payload = self._pool.read(handle) if info & _SIZE_MASK else handle
-        return self._decode(info, payload)
-
     def _rmw_locked(self, index, start, data):
-        """Under the lock: the encoded page of slot ``index`` with bytes
-        [start, start + len(data)) replaced by ``data``."""
-        page = bytearray(self._load_locked(index))
+        """Under the lock: the (info, payload) of slot ``index``'s page with
+        bytes [start, start + len(data)) replaced by ``data``."""
+        ((info, payload),) = self._snapshot(index, index + 1)
+        page = bytearray(self._decode(info, payload))
         page[start : start + len(data)] = data
         return self._encode(page)
 
-    # --- the write path ---------------------------------------------------------
+    # --- the one change of state --------------------------------------------------
 
-    def _commit_locked(self, first, encoded):
-        """Under the lock: store ``encoded``, a list of (info, payload) from
-        _encode, into slots first, first + 1, ...
+    def _commit_locked(self, first, infos, payloads):
+        """Under the lock: slots first, first + 1, ... take the info words
+        ``infos`` (from _classify, or 0 to empty them) with ``payloads``
+        (an object's bytes, a same-filled slot's word; ignored for empty).
 
-        All new objects are allocated and written before any slot changes.
-        If the pool would pass mem_limit (or is full) they are freed again and
-        MemLimitError is raised, so a write lands whole or not at all.  The
-        cost: for the length of one call the pool holds a write's new and old
-        objects together (at most 1 MiB more), as zram holds both for a page.
+        The only way a slot changes.  New objects are stored first, all or
+        none; if the pool would pass mem_limit (or is full) MemLimitError is
+        raised and nothing changed, so a write lands whole or not at all.
+        Then the slots point at them, the old objects are freed, and
+        SlotTable.account counts the change.  The cost: for the length of
+        one call the pool holds a write's new and old objects together (at
+        most 1 MiB more), as zram holds both for a page.
+
+        When every new slot is an ordinary object, or every one empty, the
+        slots are written as slices, with no Python loop per slot (1 MiB
+        overwrite: install 250 -> 30 us); ``infos`` is then best an
+        array('I'), as the write path's is.
         """
-        objs = [payload for info, payload in encoded if info & _SIZE_MASK]
-        new_handles = self._store_objs_locked(objs) if objs else []
-        self._install_locked(first, encoded, new_handles)
+        table = self._table
+        slot_infos = table.info
+        handles = table.handle
+        count = len(infos)
+        end = first + count
+        # What the slots hold now (a copy: they change below), and the
+        # largest info word on each side: below PAGE_SIZE means no flag.
+        if count == 1:  # a 4 KiB write or an edge: no min/max over one item
+            top = infos[0]
+            old = (slot_infos[first],)
+            old_top = old[0]
+            uniform = top < PAGE_SIZE
+        else:
+            top = max(infos)
+            old = slot_infos[first:end].tolist()
+            old_top = max(old)
+            uniform = top < PAGE_SIZE and (not top or min(infos))
+        # uniform: every new slot an ordinary object (0 < info < PAGE_SIZE),
+        # or every one empty; written as slices below.
+        pool = self._pool
+        if count == 1 and uniform and top and 0 < old_top < PAGE_SIZE:
+            # One block rewritten with a compressed size of the same class
+            # (most rewrites of a 4 KiB block): the object keeps its slot, no
+            # free and no malloc (4 KiB rewrite 6.56 -> 4.50 us per page).  A
+            # pool already past mem_limit takes the path below and fails
+            # there, as zram's write does whatever the old object frees.
+            limit = self._limit_pages
+            if (not limit or pool.pages_used <= limit) and pool.replace(handles[first], payloads[0]):
+                slot_infos[first] = top
+                table.account(old, infos)
+                return
+        if not top:
+            objs = ()
+        elif uniform:
+            objs = payloads
+        else:
+            objs = [payload for info, payload in zip(infos, payloads) if info & SIZE_MASK]
+        new_handles = self._store_locked(objs) if objs else ()
 
-    def _store_objs_locked(self, objs):
-        """Under the lock: the new pool objects of a commit, all or none
-        (MemLimitError, counted in failed_writes); updates mem_used_max."""
+        if not old_top:
+            dead = ()
+        elif old_top < PAGE_SIZE and (count == 1 or min(old)):  # all ordinary objects
+            dead = handles[first:end].tolist()
+        else:
+            dead = [handle for info, handle in zip(old, handles[first:end]) if info & SIZE_MASK]
+        if not uniform:
+            new = iter(new_handles)
+            for index, info, payload in zip(range(first, end), infos, payloads):
+                slot_infos[index] = info
+                # An object's handle, a same-filled slot's word, or 0.
+                handles[index] = next(new) if info & SIZE_MASK else payload if info & SAME else 0
+        elif count == 1:
+            slot_infos[first] = top
+            handles[first] = new_handles[0] if top else 0
+        else:
+            slot_infos[first:end] = infos if type(infos) is array else array("I", infos)
+            handles[first:end] = array("Q", new_handles) if top else array("Q", bytes(8 * count))
+        if dead:
+            pool.free_many(dead)
+        table.account(old, infos)
+
+    def _store_locked(self, objs):
+        """Under the lock: new pool objects for ``objs``, all or none, in one
+        pool lock round (1 MiB overwrite of fio-like data: 1800 -> 1540 us
+        against two or three rounds per block); updates mem_used_max.
+        MemLimitError, counted in failed_writes, past mem_limit or a full pool."""
         pool = self._pool
         limit = self._limit_pages
-        # One lock round in the pool for the whole request (store_many,
-        # free_many), not two or three per block: 1 MiB overwrite of fio-like
-        # data, 1800 -> 1540 us.
         try:
-            new_handles = pool.store_many(objs, limit) if objs else []
+            if limit or len(objs) > 1:
+                new_handles = pool.store_many(objs, limit)
+            else:
+                # One object and no limit to check (a 4 KiB write with
+                # mem_limit 0): store skips store_many's list and check,
+                # 0.36 us of a 6.5 us write.
+                new_handles = (pool.store(objs[0]),)
         except PoolFullError as exc:
-            self._failed_writes += 1
-            raise MemLimitError(f"write would take the pool past its size: {exc}") from exc
+            raise self._limit_error(f"write would take the pool past its size: {exc}") from exc
         except PoolLimitError as exc:
-            # zram checks right after zs_malloc whether this allocation
-            # took the pool past the limit ("alloced_pages > limit_pages");
+            # zram checks right after zs_malloc whether this allocation took
+            # the pool past the limit ("alloced_pages > limit_pages");
             # store_many did, and freed what it had stored.
-            self._failed_writes += 1
-            raise MemLimitError(
+            raise self._limit_error(
                 f"write would take the pool to {exc.pages_used * PAGE_SIZE} bytes, "
                 f"past mem_limit {limit * PAGE_SIZE}"
             ) from exc
-
         # The peak is now, with the new and the old objects both in the pool.
         used = pool.pages_used
         if used > self._max_used_pages:
             self._max_used_pages = used
         return new_handles
 
-    def _install_locked(self, first, encoded, new_handles):
-        """Under the lock: point slots first, first + 1, ... at ``encoded``
-        (new_handles: the pool objects of its non-same slots, in order) and
-        free the objects they held."""
-        infos = self._info
-        handles = self._handle
-        old_objs = []
-        new_objs = iter(new_handles)
-        stored = same = huge = compr = 0
-        index = first
-        for info, payload in encoded:
-            old = infos[index]
-            if old:
-                size = old & _SIZE_MASK
-                if size:
-                    old_objs.append(handles[index])
-                    compr -= size
-                    if old & _ZRAM_HUGE:
-                        huge -= 1
-                elif old & _ZRAM_SAME:
-                    same -= 1
-            else:
-                stored += 1
-            infos[index] = info
-            size = info & _SIZE_MASK
-            if size:
-                handles[index] = next(new_objs)
-                compr += size
-                if info & _ZRAM_HUGE:
-                    huge += 1
-                    self._huge_pages_since += 1
-            else:
-                handles[index] = payload  # the same-filled word
-                same += 1
-            index += 1
-        if old_objs:
-            self._pool.free_many(old_objs)
-        self._pages_stored += stored
-        self._same_pages += same
-        self._huge_pages += huge
-        self._compr_data_size += compr
+    def _limit_error(self, message):
+        """Under the lock: a write refused for memory, counted in failed_writes."""
+        self._failed_writes += 1
+        return MemLimitError(message)
 
-    def _commit_plain_locked(self, first, sizes, objs):
-        """Under the lock: _commit_locked for slots that all get an ordinary
-        compressed object (``sizes``: array('I') of their sizes, none
-        same-filled or huge): the common 1 MiB write, done with array
-        slices instead of a Python loop per slot when the old slots are all
-        empty or ordinary too (1 MiB overwrite: install 250 -> 30 us)."""
-        new_handles = self._store_objs_locked(objs)
-        end = first + len(sizes)
-        infos = self._info
-        old = infos[first:end].tolist()  # a copy: the slots change below
-        if max(old) >= PAGE_SIZE:  # some old slot is same-filled or huge
-            self._install_locked(first, list(zip(sizes, objs)), new_handles)
-            return
-        handles = self._handle
-        old_handles = handles[first:end].tolist()
-        infos[first:end] = sizes
-        handles[first:end] = array("Q", new_handles)
-        empty = old.count(0)
-        if empty:
-            old_handles = [h for i, h in zip(old, old_handles) if i]
-        if old_handles:
-            self._pool.free_many(old_handles)
-        self._pages_stored += empty
-        self._compr_data_size += sum(sizes) - sum(old)
-
-    def _store_locked(self, index, info, payload):
-        """Under the lock: _commit_locked for one slot, without the lists.
-        (The same steps in the same order; the model test runs both.)"""
-        pool = self._pool
-        size = info & _SIZE_MASK
-        infos = self._info
-        old = infos[index]
-        limit = self._limit_pages
-        if (
-            size
-            and old & _SIZE_MASK
-            and not (old | info) & _ZRAM_HUGE
-            and (not limit or pool.pages_used <= limit)
-        ):
-            # Rewritten with a compressed size of the same class (most
-            # rewrites of a 4 KiB block): the object keeps its slot, no free
-            # and no malloc (4 KiB rewrite 5.8 -> 4.0 us, BENCHMARKS.md).
-            # A pool already past mem_limit takes the path below and fails
-            # there, as zram's write does whatever the old object frees.
-            if pool.replace(self._handle[index], payload):
-                infos[index] = info
-                self._compr_data_size += size - (old & _SIZE_MASK)
-                return
-        if size:
-            try:
-                handle = pool.store(payload)  # malloc + write, one lock round
-            except PoolFullError as exc:
-                self._failed_writes += 1
-                raise MemLimitError(f"write would take the pool past its size: {exc}") from exc
-            used = pool.pages_used
-            if limit and used > limit:
-                pool.free(handle)
-                self._failed_writes += 1
-                raise MemLimitError(
-                    f"write would take the pool to {used * PAGE_SIZE} bytes, "
-                    f"past mem_limit {limit * PAGE_SIZE}"
-                )
-            if used > self._max_used_pages:
-                self._max_used_pages = used
-            self._compr_data_size += size
-            if info & _ZRAM_HUGE:
-                self._huge_pages += 1
-                self._huge_pages_since += 1
-        else:
-            handle = payload
-            self._same_pages += 1
-        handles = self._handle
-        old_handle = handles[index]
-        infos[index] = info
-        handles[index] = handle
-        if old:
-            size = old & _SIZE_MASK
-            if size:
-                pool.free(old_handle)
-                self._compr_data_size -= size
-                if old & _ZRAM_HUGE:
-                    self._huge_pages -= 1
-            elif old & _ZRAM_SAME:
-                self._same_pages -= 1
-        else:
-            self._pages_stored += 1
-
-    def _free_locked(self, first, end):
-        """Under the lock: empty slots [first, end), freeing their objects."""
-        infos = self._info
-        handles = self._handle
-        free = self._pool.free
-        stored = same = huge = compr = 0
-        for index in range(first, end):
-            old = infos[index]
-            if not old:
-                continue
-            stored += 1
-            size = old & _SIZE_MASK
-            if size:
-                free(handles[index])
-                compr += size
-                if old & _ZRAM_HUGE:
-                    huge += 1
-            elif old & _ZRAM_SAME:
-                same += 1
-            infos[index] = 0
-            handles[index] = 0
-        self._pages_stored -= stored
-        self._same_pages -= same
-        self._huge_pages -= huge
-        self._compr_data_size -= compr
+    # --- the write path ---------------------------------------------------------
 
     def write(self, offset, data):
         """Store ``data`` (any bytes-like object) at byte ``offset``.
@@ -690,7 +491,7 @@ class BlockDevice:
             info, payload = self._encode(view)
             with self._lock:
                 self._num_writes += 1
-                self._store_locked(offset >> PAGE_SHIFT, info, payload)
+                self._commit_locked(offset >> PAGE_SHIFT, (info,), (payload,))
             return
         if not length:
             return
@@ -702,13 +503,14 @@ class BlockDevice:
         partial = first == last and (head or tail)
         # Whole blocks are encoded here, outside the lock, from memoryview
         # slices of the caller's buffer (no copy).
-        encoded = []
+        infos = []
+        payloads = []
         if not partial:
             pos = (-offset) & _PAGE_MASK  # where the first whole block starts in data
             stop = length - tail
             if pos < stop:
                 pages = [view[p : p + PAGE_SIZE] for p in range(pos, stop, PAGE_SIZE)]
-                compressed = self._codec_batch()[0](pages)
+                compressed = self._batch.compress_many(pages)
                 sizes = array("I", map(len, compressed))
                 if (
                     not head
@@ -720,24 +522,29 @@ class BlockDevice:
                     # same-filled or huge page): no per-page Python loop.
                     with self._lock:
                         self._num_writes += len(sizes)
-                        self._commit_plain_locked(first, sizes, compressed)
+                        self._commit_locked(first, sizes, compressed)
                     return
-                encoded = self._classify(compressed, pages)
+                infos, payloads = self._encode_many(compressed, pages)
 
         with self._lock:
             self._num_writes += last - first + 1
             try:
                 if partial:
-                    encoded.append(self._rmw_locked(first, head, view))
+                    edges = ((0, first, head, view),)
                 else:
+                    edges = []
                     if head:
-                        encoded.insert(0, self._rmw_locked(first, head, view[: PAGE_SIZE - head]))
+                        edges.append((0, first, head, view[: PAGE_SIZE - head]))
                     if tail:
-                        encoded.append(self._rmw_locked(last, 0, view[length - tail :]))
+                        edges.append((len(infos) + bool(head), last, 0, view[length - tail :]))
+                for at, index, start, piece in edges:
+                    info, payload = self._rmw_locked(index, start, piece)
+                    infos.insert(at, info)
+                    payloads.insert(at, payload)
             except CorruptedSlotError:
                 self._failed_writes += 1
                 raise
-            self._commit_locked(first, encoded)
+            self._commit_locked(first, infos, payloads)
 
     # --- the read path ----------------------------------------------------------
 
@@ -749,11 +556,12 @@ class BlockDevice:
             # One aligned block: what swap and a 4 KiB-sector loop device
             # send.  The same steps as below, without the lists.
             index = offset >> PAGE_SHIFT
+            table = self._table
             with self._lock:
                 self._num_reads += 1
-                info = self._info[index]
-                payload = self._handle[index]
-                if info & _SIZE_MASK:
+                info = table.info[index]
+                payload = table.handle[index]
+                if info & SIZE_MASK:
                     payload = self._pool.read(payload)
             try:
                 return self._decode(info, payload)
@@ -783,17 +591,18 @@ class BlockDevice:
         last = (end - 1) >> PAGE_SHIFT
         count = last - first + 1
         objs = frame = None
-        lz4_frames = self._lz4_frames and self._codec is self._native_codec
+        table = self._table
+        batch = self._batch
         with self._lock:
             self._num_reads += count
-            infos = self._info[first : last + 1]
+            infos = table.info[first : last + 1]
             # Every slot an ordinary compressed object (0 < info < 4096: a
             # size, no flag): the common case, done in C (lz4 frames, or
             # read_many and map).
             if min(infos) and max(infos) < PAGE_SIZE:
-                handles = self._handle[first : last + 1]
-                if lz4_frames and count > 1:
-                    frame = self._pool.gather(handles, _LE32, _frame_header(count), _FRAME_END)
+                handles = table.handle[first : last + 1]
+                if batch.frames and count > 1:
+                    frame = batch.gather_frame(self._pool.gather, handles)
                 else:
                     objs = self._pool.read_many(handles)
             else:
@@ -801,9 +610,10 @@ class BlockDevice:
         try:
             pages = None
             if frame is not None:
-                try:
-                    pages = [lz4.frame.decompress(frame)]
-                except RuntimeError:
+                page_run = batch.decode_frame(frame)
+                if page_run is not None:
+                    pages = [page_run]
+                else:
                     # Some object is bad: the per-page path below names it.
                     with self._lock:
                         slots = self._snapshot(first, last + 1)
@@ -832,21 +642,6 @@ class BlockDevice:
                     pages[-1] = memoryview(piece)[: len(piece) - cut]
         return pages
 
-    def _decompress_many(self, objs):
-        """Decompress compressed objects to pages, the loop run by map (lz4
-        reads of more than a page go as frames instead: read_parts)."""
-        try:
-            pages = self._codec_batch()[1](objs)
-        except Exception as exc:  # each library has its own error type
-            raise CorruptedSlotError(f"a stored object failed to decompress: {exc}") from exc
-        if sum(map(len, pages)) != len(pages) * PAGE_SIZE:
-            for page in pages:
-                if len(page) != PAGE_SIZE:
-                    raise CorruptedSlotError(
-                        f"a stored object decompressed to {len(page)} bytes, not {PAGE_SIZE}"
-                    )
-        return pages
-
     # --- discard ----------------------------------------------------------------
 
     # Discard frees whole blocks this many at a time, letting go of the lock in
@@ -861,7 +656,8 @@ class BlockDevice:
         not it held data -- zram's zram_bio_discard counts the same way.
         The whole blocks are freed first, so the edges' new objects can use
         the memory they gave back; if an edge then fails (MemLimitError), the
-        whole blocks stay discarded.
+        whole blocks stay discarded.  The slot table's pages that held only
+        discarded slots go back to the kernel (SlotTable.release).
         """
         self._check_range(offset, length, "discard")
         if not length:
@@ -881,26 +677,28 @@ class BlockDevice:
                 edges.append((last, 0, tail))
             whole_first = first + 1 if head else first
             whole_end = last if tail else last + 1
-            info_bytes = self._table.info_bytes
+            table = self._table
+            info_bytes = table.info_bytes
             for start in range(whole_first, whole_end, self._DISCARD_BATCH):
                 stop = min(start + self._DISCARD_BATCH, whole_end)
+                zeros = bytes(4 * (stop - start))
                 with self._lock:
                     # Skip a batch of empty slots at memcmp speed (== between
                     # memoryviews would compare element by element).
-                    if info_bytes[start * 4 : stop * 4].tobytes() != bytes((stop - start) * 4):
-                        self._free_locked(start, stop)
-                        self._table.release(start, stop)
+                    if info_bytes[start * 4 : stop * 4].tobytes() != zeros:
+                        self._commit_locked(start, array("I", zeros), None)
+                        table.release(start, stop)
                     self._notify_free += stop - start
         for index, start, size in edges:
             with self._lock:
-                if not self._info[index]:
+                if not self._table.info[index]:
                     continue  # an empty slot already reads as zeros
                 try:
-                    encoded = [self._rmw_locked(index, start, bytes(size))]
+                    info, payload = self._rmw_locked(index, start, bytes(size))
                 except CorruptedSlotError:
                     self._failed_writes += 1
                     raise
-                self._commit_locked(index, encoded)
+                self._commit_locked(index, (info,), (payload,))
 
     # --- maintenance and stats ----------------------------------------------------
 
@@ -935,16 +733,17 @@ class BlockDevice:
         every getattr)."""
         with self._lock:
             used = self._pool.pages_used
+            table = self._table
             return DeviceStats(
-                orig_data_size=self._pages_stored << PAGE_SHIFT,
-                compr_data_size=self._compr_data_size,
+                orig_data_size=table.pages_stored << PAGE_SHIFT,
+                compr_data_size=table.compr_data_size,
                 mem_used_total=used << PAGE_SHIFT,
                 mem_limit=self._limit_pages << PAGE_SHIFT,
                 mem_used_max=max(self._max_used_pages, used) << PAGE_SHIFT,
-                same_pages=self._same_pages,
+                same_pages=table.same_pages,
                 pages_compacted=self._pages_compacted,
-                huge_pages=self._huge_pages,
-                huge_pages_since=self._huge_pages_since,
+                huge_pages=table.huge_pages,
+                huge_pages_since=table.huge_pages_since,
                 failed_reads=self._failed_reads,
                 failed_writes=self._failed_writes,
                 invalid_io=self._invalid_io,

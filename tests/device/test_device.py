@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from allocator import Pool, PoolFullError
-from zramfs.codecs import UnknownAlgorithmError, get_codec
+from zramfs.codecs import Codec, UnknownAlgorithmError, get_codec
 from zramfs.device import (
     PAGE_SIZE,
     BlockDevice,
@@ -465,25 +465,43 @@ def test_pool_full_is_a_mem_limit_error(monkeypatch):
 # --- corruption -----------------------------------------------------------------------
 
 
-def test_corrupted_object_counts_failed_reads(monkeypatch):
-    dev = BlockDevice(MiB)
-    dev.write(0, fio_page() * 2)
+def _codec_decompressing_with(decompress):
+    """lz4, but decompressing with ``decompress``: a codec passed to the device."""
+    lz4 = get_codec("lz4")
+    return Codec("lz4", lz4.level, lz4.compress, decompress)
 
+
+def test_corrupted_object_counts_failed_reads():
     def bad(data):
         raise ValueError("bad block")
 
-    monkeypatch.setattr(dev, "_codec", dataclasses.replace(dev._codec, decompress=bad))
+    dev = BlockDevice(MiB, codec=_codec_decompressing_with(bad))
+    dev.write(0, fio_page() * 2)
     with pytest.raises(CorruptedSlotError, match="^a stored object failed to decompress: bad block$"):
         dev.read(0, PAGE_SIZE)
-    with pytest.raises(CorruptedSlotError):
+    with pytest.raises(CorruptedSlotError, match="^a stored object failed to decompress: bad block$"):
         dev.read(0, 2 * PAGE_SIZE)
     with pytest.raises(CorruptedSlotError):
         dev.write(10, b"x")  # read-modify-write
     s = dev.stats()
     assert (s.failed_reads, s.failed_writes) == (2, 1)
-    monkeypatch.setattr(dev, "_codec", dataclasses.replace(dev._codec, decompress=lambda data: b"short"))
-    with pytest.raises(CorruptedSlotError, match="^a stored object decompressed to 5 bytes, not 4096$"):
-        dev.read(PAGE_SIZE, 10)
+    short = BlockDevice(MiB, codec=_codec_decompressing_with(lambda data: b"short"))
+    short.write(0, fio_page() * 2)
+    for length in (10, 2 * PAGE_SIZE):
+        with pytest.raises(CorruptedSlotError, match="^a stored object decompressed to 5 bytes, not 4096$"):
+            short.read(PAGE_SIZE - 5, length - 5)
+    assert short.stats().failed_reads == 2
+
+
+def test_a_codec_passed_in_is_the_one_used():
+    # zstd at level 19 is not get_codec("zstd")'s default level 3.
+    codec = get_codec("zstd", level=19)
+    with BlockDevice(MiB, algorithm="lz4", codec=codec) as dev:
+        assert dev.algorithm == "zstd"
+        page = fio_page()
+        dev.write(0, page * 3)
+        assert dev.stats().compr_data_size == 3 * len(codec.compress(page))
+        assert dev.read(0, 3 * PAGE_SIZE) == page * 3
 
 
 @pytest.mark.parametrize("pages", [2, 63, 128, 256])
@@ -508,7 +526,7 @@ def test_a_corrupted_object_inside_a_long_read_is_named():
         data = b"".join(fio_page() for _ in range(256))
         dev.write(0, data)
         # Scribble over the stored bytes of block 200, as a memory error would.
-        with dev._pool.map(dev._handle[200], "w") as view:
+        with dev._pool.map(dev._table.handle[200], "w") as view:
             view[:] = b"\xff" * len(view)
         with pytest.raises(CorruptedSlotError, match="^a stored object failed to decompress"):
             dev.read(0, len(data))

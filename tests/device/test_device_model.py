@@ -5,15 +5,19 @@ same-filled, compressible and incompressible data) run against both; after
 every step the stats must match what the model says zram would count.  The
 device's choices are deterministic in a page's content (same-filled? does it
 compress below huge_class_size?), so the model computes every mm_stat column
-except the pool's own (mem_used_total, pages_compacted) exactly.
+except the pool's own (mem_used_total, pages_compacted) exactly, and the
+state each slot must be in (empty, same, object, huge).  Every change of
+state is reported as a hypothesis event ("slot object -> huge"), so
+``pytest --hypothesis-show-statistics`` shows which transitions ran.
 """
 
 import random
 
 import hypothesis.strategies as st
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from zramfs._slots import state_of
 from zramfs.codecs import get_codec
 from zramfs.device import PAGE_SIZE, BlockDevice, MemLimitError
 
@@ -79,12 +83,22 @@ class DeviceModel(RuleBasedStateMachine):
         self.notify_free = 0
         self.huge_since = 0
         self.limit_failures = 0
+        self.states = ["empty"] * NR_PAGES
 
     def _page(self, index):
         return bytes(self.model[index * PAGE_SIZE : (index + 1) * PAGE_SIZE])
 
     def _is_huge(self, page):
         return page != page[:8] * 512 and len(self.codec.compress(page)) >= self.huge_class_size
+
+    def _state(self, index):
+        """The state slot ``index`` must be in, from the model alone."""
+        if not self.stored[index]:
+            return "empty"
+        page = self._page(index)
+        if page == page[:8] * 512:
+            return "same"
+        return "huge" if self._is_huge(page) else "object"
 
     @rule(r=io_range(), kind=st.sampled_from(KINDS), seed=st.integers(0, 1 << 30))
     def write(self, r, kind, seed):
@@ -97,6 +111,18 @@ class DeviceModel(RuleBasedStateMachine):
                 self.stored[index] = True
                 if self._is_huge(self._page(index)):
                     self.huge_since += 1
+
+    @rule(
+        index=st.integers(0, NR_PAGES - 1),
+        count=st.integers(1, 3),
+        kind=st.sampled_from(("zeros", "word", "fio", "random")),
+        seed=st.integers(0, 1 << 30),
+    )
+    def write_whole_pages(self, index, count, kind, seed):
+        # Whole aligned pages of one kind: each slot goes straight to the
+        # state the kind makes (same, object, huge), from whatever it was.
+        count = min(count, NR_PAGES - index)
+        self.write((index * PAGE_SIZE, count * PAGE_SIZE), kind, seed)
 
     @rule(r=io_range())
     def read(self, r):
@@ -146,6 +172,15 @@ class DeviceModel(RuleBasedStateMachine):
         finally:
             self.dev.mem_limit = 0
         assert self.dev.stats().failed_writes == self.limit_failures
+
+    @invariant()
+    def slots_are_in_their_states(self):
+        states = [state_of(info) for info in self.dev._table.info]
+        assert states == [self._state(i) for i in range(NR_PAGES)]
+        for was, now in zip(self.states, states):
+            if was != now:
+                event(f"slot {was} -> {now}")
+        self.states = states
 
     @invariant()
     def stats_add_up(self):
