@@ -76,7 +76,9 @@ costs a few pages, where kernel zram allocates its whole table up front.
 default overcommit policy; under ``vm.overcommit_memory=2`` the kernel
 charges it, and may refuse it.  ``check_reservable`` makes the same
 reservation and drops it, so the CLI refuses a size the machine cannot
-serve before any daemon starts.
+serve before any daemon starts.  A discard hands back the table pages whose
+slots it emptied, all of them (``release``), so an fstrim of a used device
+gives its table memory back as well as its pool memory.
 """
 
 import mmap
