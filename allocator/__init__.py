@@ -58,10 +58,16 @@ write need one table load; a free entry has size 0 and links to the next
 free handle.  Compaction rewrites entries, never handles.
 
 Where state lives.  No Python object exists per object or per zspage.
-zspages are ids into flat arrays (class, inuse, free-list head, bump
+zspages are ids into flat tables (class, inuse, free-slot head, bump
 offset, fullness list links, fullness group); an object's zspage and offset
-are its address's high and low bits.  Per class there are plain lists:
-fullness list heads, a bitmask of non-empty groups, a zspage count.
+are its address's high and low bits.  The handle table and the zspage
+tables are sparse ranges of a second memfd, sized for every handle and id
+the pool can have and punched when the pool holds no object any more, so
+an emptied pool gives its metadata back as it gives its pages.  Freed
+handles and zspage ids are reused, linked through their own entries.  Per
+class there are plain lists: fullness list heads, a bitmask of non-empty
+groups, a zspage count.  The numbers that fix the layout are all in
+``_layout``.
 
 Fullness groups.  A zspage with some slots used is in one of ten groups by
 fill level (0-9 %, ..., 90-99 %), each an intrusive doubly linked list; full
@@ -86,8 +92,8 @@ RAM, which the daemon has locked).
 """
 
 from ._errors import PoolError, PoolFullError, PoolLimitError
+from ._layout import PAGE_SHIFT, PAGE_SIZE
 from ._pool import Pool
-from ._size_class import PAGE_SHIFT, PAGE_SIZE
 from ._stats import ClassStats, PoolStats
 
 __all__ = ["PAGE_SHIFT", "PAGE_SIZE", "ClassStats", "Pool", "PoolError", "PoolFullError",

@@ -26,13 +26,7 @@ import mmap
 import os
 import weakref
 
-from ._size_class import PAGE_SHIFT
-
-#: Largest reservation, and the one an uncapped pool makes: 1 TiB of file
-#: size and address space.  Neither is memory (the memfd is sparse, the
-#: mapping populated on fault), but x86-64 gives a process 128 TiB of address
-#: space, so at most ~127 uncapped pools can be alive in one process.
-RESERVATION_BYTES = 1 << 40
+from ._layout import PAGE_SHIFT
 
 #: fallocate mode bits from <linux/falloc.h>: free the range, keep i_size.
 FALLOC_FL_KEEP_SIZE = 0x01

@@ -20,7 +20,7 @@ array does (measured within 15 ns either way).
 from __future__ import annotations
 
 from ._arena import Arena
-from ._size_class import PAGE_SIZE
+from ._layout import PAGE_SIZE
 
 
 class Tables:

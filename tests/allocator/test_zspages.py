@@ -6,7 +6,7 @@ import pytest
 
 from allocator import Pool
 from allocator._check import check_pool
-from allocator._size_class import PAGE_SIZE
+from allocator import PAGE_SIZE
 
 
 def _crosses(pool, h):
