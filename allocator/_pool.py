@@ -147,16 +147,21 @@ class Pool(Compaction, ConsistencyCheck):
         # get their own region after the zspages, one page each, so they
         # stay densely packed (one page-table page maps 512 of them) rather
         # than each taking a zspage slot.  A bounded pool reserves only what
-        # it can use (at most min(cap, max_objects) zspages and as many huge
-        # pages), so many small pools fit one process's address space.
+        # it can use, so many small pools fit one process's address space:
+        # at most cap zspages (each has a page), or max_objects of them
+        # holding objects (each holds one) plus READY_MAX ready ones; at
+        # most cap, or max_objects, huge pages.
         self._zs_shift = shift = PAGE_SHIFT + (max_pages_per_zspage - 1).bit_length()
         self._zs_mask = (1 << shift) - 1
-        most = cap if max_objects is None else min(cap, max_objects)
-        if ((most + 1) << shift) + (most << PAGE_SHIFT) > RESERVATION_BYTES:
+        zspages = huge = cap
+        if max_objects is not None:
+            zspages = min(cap, max_objects + READY_MAX)
+            huge = min(cap, max_objects)
+        if ((zspages + 1) << shift) + (huge << PAGE_SHIFT) > RESERVATION_BYTES:
             zs_bytes = huge_bytes = RESERVATION_BYTES // 2
         else:
-            zs_bytes = (most + 1) << shift      # +1: zspage id 0 is never used
-            huge_bytes = most << PAGE_SHIFT
+            zs_bytes = (zspages + 1) << shift   # +1: zspage id 0 is never used
+            huge_bytes = huge << PAGE_SHIFT
         self._max_zspages = zs_bytes >> shift
         self._huge_base = zs_bytes
         self._huge_slots = huge_bytes >> PAGE_SHIFT
@@ -200,12 +205,12 @@ class Pool(Compaction, ConsistencyCheck):
         # owns no memory.  Ids from zs_end up have never been used.
         self._zs_class = views["zs_class"]
         self._zs_inuse = views["zs_inuse"]
-        self._zs_freeobj = views["zs_freeobj"]    # first free slot's offset + 1 (0: none)
-        self._zs_bump = views["zs_bump"]    # offset of the first never-used slot
-        self._zs_next = views["zs_next"]    # fullness list links; free-id list link
+        self._zs_freeobj = views["zs_freeobj"]  # first free slot's offset + 1 (0: none)
+        self._zs_bump = views["zs_bump"]        # offset of the first never-used slot
+        self._zs_next = views["zs_next"]        # fullness list links; free-id list link
         self._zs_prev = views["zs_prev"]
         self._zs_group = views["zs_group"]
-        self._zs_freed = 0                 # first freed id, linked through zs_next
+        self._zs_freed = 0                      # first freed id, linked through zs_next
         self._zs_end = 1
         # Huge pages: slot i is the page at huge_base + (i << PAGE_SHIFT).
         self._huge_free = array("I")
