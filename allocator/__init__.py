@@ -52,8 +52,8 @@ crosses a page.  Objects of ``huge_class_size`` bytes or more (they would
 land in the top class: one object per page) get a page of a separate huge
 region to themselves and no header; they never move.
 
-Handles.  A handle is an index into the handle table (``array('Q')``, handle
-0 never used).  A live entry is ``data address << 13 | size``, so read and
+Handles.  A handle is an index into the handle table (64-bit entries,
+handle 0 never used).  A live entry is ``data address << 13 | size``, so read and
 write need one table load; a free entry has size 0 and links to the next
 free handle.  Compaction rewrites entries, never handles.
 
@@ -89,6 +89,14 @@ the object under the view; code inside a ``with pool.map(...)`` block must
 not call the pool or wait for anything that does, or it deadlocks.  Nothing
 in the pool waits on I/O while holding the lock (page faults on the arena are
 RAM, which the daemon has locked).
+
+Modules.  ``_pool`` is Pool: allocation, free, access, batches, populating
+ahead.  Compaction (``_compact``) and the self-check the tests run
+(``_check``) are Pool's methods too, in base classes of their own modules.
+``_size_class`` builds the class table, ``_arena`` and ``_tables`` own the
+two memfds, ``_stats`` and ``_errors`` are what callers get back, and
+``_layout`` holds every layout constant.  Imports run one way, from
+``_pool`` down to ``_layout``; nothing imports ``_pool`` but this file.
 """
 
 from ._errors import PoolError, PoolFullError, PoolLimitError
