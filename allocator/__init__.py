@@ -7,9 +7,10 @@ block with ``Pool.malloc`` + ``Pool.write`` and gets an opaque *handle* back;
 
 Memory.  All object bytes live in one arena: a memfd mapped MAP_SHARED and
 reserved whole (sparse: 1 TiB when uncapped, what ``max_pages`` or
-``max_objects`` lets the pool use when either is given).  The kernel allocates a 4 KiB page when it is first written, and
-the pool gives it back with ``fallocate(PUNCH_HOLE)`` when it frees it,
-which works even under ``mlockall`` (where ``MADV_DONTNEED`` does not).
+``max_objects`` lets the pool use when either is given).  The kernel
+allocates a 4 KiB page when it is first written, and the pool gives it back
+with ``fallocate(PUNCH_HOLE)`` when it frees it, which works even under
+``mlockall`` (where ``MADV_DONTNEED`` does not).
 
 Populating ahead.  A first write to an arena page costs a shmem page fault
 (2-4 us here, depending on the host; zsmalloc takes an unzeroed page from

@@ -46,10 +46,11 @@ class Arena:
     own: the pool calls it under the pool lock.
     """
 
-    __slots__ = ("fd", "map", "mv", "mv32", "size", "_close_fd", "__weakref__")
+    __slots__ = ("fd", "map", "mv", "mv32", "size", "closed", "_close_fd", "__weakref__")
 
     def __init__(self, size: int, name: str = "zramfs-pool"):
         self.size = size
+        self.closed = False
         self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
         try:
             os.ftruncate(self.fd, size)
@@ -79,10 +80,10 @@ class Arena:
 
     def close(self) -> None:
         """Unmap and close.  Views handed out must have been released."""
-        if self.map is None:
+        if self.closed:
             return
         self.mv32.release()
         self.mv.release()
         self.map.close()
         self._close_fd()
-        self.map = None
+        self.closed = True

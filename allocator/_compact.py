@@ -2,8 +2,8 @@
 
 Data flow: the device calls ``Pool.compact()`` when someone writes to its
 ``compact`` attribute file, and the daemon may call it from its maintenance
-task; it runs ``_compact_class`` for every non-huge class with the pool lock
-held.
+task; it runs ``_compact_class``, here, for every non-huge class with the
+pool lock held.
 
 Why a base class of Pool, not functions given a pool: compaction works on
 the whole of the pool's state (fullness lists, zspage tables, handle table,
@@ -29,28 +29,44 @@ class is done.
 
 from __future__ import annotations
 
+import mmap
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from ._layout import FULL, NR_GROUPS, OBJ_HEADER_SIZE, SIZE_BITS, SIZE_MASK
 
 
 class Compaction:
-    """Pool's compaction methods (zs_compact).  Pool is the only subclass."""
+    """Pool's compaction method (zs_compact's per-class loop).  Pool is the only subclass."""
 
     __slots__ = ()
 
-    def compact(self) -> int:
-        """Move objects out of sparse zspages, free the emptied ones; return pages freed.
+    # What compaction uses of the pool, and nothing else: Pool's fields
+    # (``Pool.__init__`` says what each holds) and the helpers it shares
+    # with malloc and free.
+    _lock: threading.Lock
+    _map: mmap.mmap
+    _mv32: memoryview
+    _zs_shift: int
+    _handles: memoryview
+    _class_size: list[int]
+    _objs_per_zspage: list[int]
+    _group_of: list[list[int]]
+    _group_heads: list[int]
+    _group_mask: list[int]
+    _huge_class: int
+    _zs_bump: memoryview
+    _zs_freeobj: memoryview
+    _zs_group: memoryview
+    _zs_inuse: memoryview
 
-        Handles stay valid.  Holds the pool lock for the whole run.
-        """
-        with self._lock:
-            freed = 0
-            for c in range(self._huge_class):
-                freed += self._compact_class(c)
-            self._pages_compacted += freed
-            # Compaction is how memory is asked back: ready zspages too
-            # (not counted in the pages returned: they were never in use).
-            self._release_ready()
-            return freed
+    if TYPE_CHECKING:
+        def _partial(self, c: int) -> Iterator[int]: ...
+        def _unlink(self, c: int, g: int, z: int) -> None: ...
+        def _push(self, c: int, g: int, z: int) -> None: ...
+        def _take_slot(self, c: int, z: int) -> int: ...
+        def _free_zspage(self, z: int) -> int: ...
 
     def _compact_class(self, c: int) -> int:
         """Compact class c (lock held); return the pages freed."""

@@ -23,6 +23,7 @@ import errno
 import operator
 import threading
 from array import array
+from typing import Literal
 
 from ._arena import Arena
 from ._check import ConsistencyCheck
@@ -63,7 +64,7 @@ class _Mapping:
         self._pool = pool
         self._handle = handle
         self._mode = mode
-        self._view = None
+        self._view: memoryview | None = None
 
     def __enter__(self) -> memoryview:
         pool = self._pool
@@ -82,11 +83,12 @@ class _Mapping:
         self._view = view
         return view
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> Literal[False]:
         try:
             # Released, the view can no longer reach the arena after the
             # lock is dropped and compaction may move the object.
-            self._view.release()
+            if self._view is not None:
+                self._view.release()
         finally:
             self._pool._lock.release()
         return False
@@ -224,7 +226,7 @@ class Pool(Compaction, ConsistencyCheck):
         self._ready_pages = 0
         # Chain lengths to make ready, one per zspage made since; None once
         # the kernel refused MADV_POPULATE_WRITE (older than 5.14).
-        self._want = array("B")
+        self._want: array | None = array("B")
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -240,7 +242,7 @@ class Pool(Compaction, ConsistencyCheck):
     def __enter__(self) -> Pool:
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> Literal[False]:
         self.close()
         return False
 
@@ -750,7 +752,8 @@ class Pool(Compaction, ConsistencyCheck):
             if old >= huge or not 0 < size < huge:
                 return False
             class_of = self._class_of
-            if class_of[(size + OBJ_HEADER_SIZE + 15) >> 4] != class_of[(old + OBJ_HEADER_SIZE + 15) >> 4]:
+            if (class_of[(size + OBJ_HEADER_SIZE + 15) >> 4]
+                    != class_of[(old + OBJ_HEADER_SIZE + 15) >> 4]):
                 return False
             self._mv[addr:addr + size] = data
             self._handles[handle] = (addr << SIZE_BITS) | size
@@ -775,7 +778,7 @@ class Pool(Compaction, ConsistencyCheck):
             malloc = self._malloc_locked
             handles = self._handles
             mv = self._mv
-            out = []
+            out: list[int] = []
             try:
                 for data in payloads:
                     h = malloc(len(data))
@@ -812,7 +815,7 @@ class Pool(Compaction, ConsistencyCheck):
         try:
             m = self._map
             lookup = self._lookup
-            out = []
+            out: list[bytes] = []
             append = out.append
             for handle in handles:
                 addr, size = lookup(handle, "read of ")
@@ -862,7 +865,22 @@ class Pool(Compaction, ConsistencyCheck):
             raise ValueError(f"map mode must be one of {MAP_MODES}, got {mode!r}")
         return _Mapping(self, handle, mode)
 
-    # -- zs_compact: ``compact`` and its helper are in _compact.Compaction --
+    # -- zs_compact: the per-class loop is _compact.Compaction's ----------
+
+    def compact(self) -> int:
+        """Move objects out of sparse zspages, free the emptied ones; return pages freed.
+
+        Handles stay valid.  Holds the pool lock for the whole run.
+        """
+        with self._lock:
+            freed = 0
+            for c in range(self._huge_class):
+                freed += self._compact_class(c)
+            self._pages_compacted += freed
+            # Compaction is how memory is asked back: ready zspages too
+            # (not counted in the pages returned: they were never in use).
+            self._release_ready()
+            return freed
 
     # -- stats ---------------------------------------------------------------
 

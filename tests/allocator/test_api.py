@@ -5,9 +5,16 @@ import dataclasses
 import pytest
 
 import allocator
-from allocator import ClassStats, Pool, PoolError, PoolFullError, PoolLimitError, PoolStats
+from allocator import (
+    PAGE_SIZE,
+    ClassStats,
+    Pool,
+    PoolError,
+    PoolFullError,
+    PoolLimitError,
+    PoolStats,
+)
 from allocator._check import check_pool
-from allocator import PAGE_SIZE
 from allocator._size_class import SizeClassTable
 
 

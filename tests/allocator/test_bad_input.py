@@ -123,7 +123,8 @@ def test_bad_max_pages(cap):
 
 @pytest.mark.parametrize("cap", [0, -1, 1.5, "8", True])
 def test_bad_max_objects(cap):
-    with pytest.raises(ValueError, match=rf"^max_objects must be None or an int >= 1, got {cap!r}$"):
+    with pytest.raises(ValueError,
+                       match=rf"^max_objects must be None or an int >= 1, got {cap!r}$"):
         Pool(max_objects=cap)
 
 
