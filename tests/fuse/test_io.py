@@ -282,8 +282,8 @@ def test_two_reader_threads_under_concurrent_io(start):
 
 
 def test_memory_goes_back_to_the_kernel_under_mlockall(backend, zram, disk_fd):
-    # Decision 3: the daemon runs mlockall()ed, and a discard must still
-    # shrink its RSS (MADV_DONTNEED alone would refuse locked pages).
+    # The daemon runs mlockall()ed (docs/architecture.md, "Memory"), and a
+    # discard must still shrink its RSS (MADV_DONTNEED would refuse locked pages).
     pid = zram.proc.pid
     assert proc_status_kib(pid, "VmLck") > 0
     before = proc_status_kib(pid, "VmRSS")

@@ -84,7 +84,7 @@ FALLOCATE_ERRNO = errno.EOPNOTSUPP
 
 # Reads and writes of at least this many bytes run in a worker thread so one
 # request's compression overlaps reading the next.  A thread hop costs tens of
-# µs, more than a 4 KiB block's work (lz4: ~3.5 µs, design.md).
+# µs, more than a 4 KiB block's work (lz4 takes 1-4 µs a page here).
 _THREAD_MIN_BYTES = 64 * 1024
 
 # pyfuse3 starts another task whenever none is waiting for a request, up to
