@@ -25,17 +25,22 @@ GIL.  zstd keeps one compression context per thread, because a
 per page costs about three times the compression itself (measured: 12 us
 against 4 us per 4 KiB page).
 
-Parameters: each algorithm takes one optional ``level`` -- zram's
-``algorithm_params level=N``.  What it means is the library's knob: lz4's
-acceleration, lz4hc's and zstd's compression level, deflate's zlib level.
-Further parameters (zstd dictionaries) would be new keyword arguments of
-``get_codec``, carried on the ``Codec``.
+Parameters are zram's ``algorithm_params`` (``parse_algorithm_params``
+reads the kernel's syntax): ``level`` reaches every algorithm, as the
+library's knob -- lz4's acceleration (the kernel's lz4 backend reads its
+level the same way), lz4hc's and zstd's compression level, deflate's zlib
+level.  ``dict`` is a pre-trained dictionary (``zstd --train``, or any
+sample data): zstd and lz4/lz4hc take one (python-lz4's block API has a
+``dict`` argument, LZ4_loadDict underneath, as the kernel's lz4 backend
+uses); deflate refuses one, as the kernel's deflate backend does not use it.
+A dictionary only pays when pages are alike and small to compress: it is
+part of every page's compression and decompression.
 """
 
 import threading
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import lz4.block
 import zstandard
@@ -46,10 +51,13 @@ __all__ = [
     "CODECS",
     "DEFAULT_ALGORITHM",
     "PAGE_SIZE",
+    "AlgorithmParams",
+    "AlgorithmParamsRequest",
     "Codec",
     "InvalidCodecParamsError",
     "UnknownAlgorithmError",
     "get_codec",
+    "parse_algorithm_params",
 ]
 
 # Codecs compress one PAGE_SIZE page at a time, as zram does; decompress
@@ -66,7 +74,9 @@ class UnknownAlgorithmError(ValueError):
 
 
 class InvalidCodecParamsError(ValueError):
-    """Raised when a codec parameter (such as ``level``) is out of its range."""
+    """Raised when codec parameters are refused: a ``level`` out of the
+    algorithm's range, a dictionary the algorithm cannot use or a file that
+    cannot be read, or ``algorithm_params`` text that does not parse."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,7 @@ class Codec:
     level: int | None
     compress: Callable[[object], bytes] = field(repr=False, compare=False)
     decompress: Callable[[object], bytes] = field(repr=False, compare=False)
+    dictionary: bytes | None = field(default=None, repr=False)
 
 
 # --- the algorithms ---------------------------------------------------------
@@ -108,9 +119,21 @@ def lz4_decompress_page(data, _d=lz4.block.decompress, _n=PAGE_SIZE):
     return _d(data, _n)
 
 
-def _lz4(level):
+def _lz4_dict_decompress(dictionary):
+    def decompress(data, _d=lz4.block.decompress, _n=PAGE_SIZE, _dict=dictionary):
+        return _d(data, _n, dict=_dict)
+
+    return decompress
+
+
+def _lz4(level, dictionary):
     # level is lz4's acceleration: 1 is the default ratio, higher is faster
     # and compresses less (the kernel's lz4 backend reads its level the same way).
+    if dictionary is not None:
+        def compress(page, _c=lz4.block.compress, _a=level or 1, _dict=dictionary):
+            return _c(page, mode="fast", acceleration=_a, store_size=False, dict=_dict)
+
+        return compress, _lz4_dict_decompress(dictionary)
     if level is None or level == 1:
         return lz4_compress_page, lz4_decompress_page
 
@@ -120,39 +143,48 @@ def _lz4(level):
     return compress, lz4_decompress_page
 
 
-def _lz4hc(level):
+def _lz4hc(level, dictionary):
+    if dictionary is not None:
+        def compress(page, _c=lz4.block.compress, _l=level, _dict=dictionary):
+            return _c(page, mode="high_compression", compression=_l, store_size=False, dict=_dict)
+
+        return compress, _lz4_dict_decompress(dictionary)
+
     def compress(page, _c=lz4.block.compress, _l=level):
         return _c(page, mode="high_compression", compression=_l, store_size=False)
 
     return compress, lz4_decompress_page
 
 
-def _zstd(level):
+def _zstd(level, dictionary):
     # One compression context per thread (see the module docstring).  The
     # frame keeps its content size, so decompress needs no size hint; the
     # checksum stays off because the page never leaves this process's memory.
+    # A dictionary is digested once (ZstdCompressionDict), shared read-only.
     local = threading.local()
+    zdict = zstandard.ZstdCompressionDict(dictionary) if dictionary is not None else None
 
     def compress(page):
         try:
             cctx = local.cctx
         except AttributeError:
-            cctx = local.cctx = zstandard.ZstdCompressor(level=level)
+            cctx = local.cctx = zstandard.ZstdCompressor(level=level, dict_data=zdict)
         return cctx.compress(page)
 
     def decompress(data):
         try:
             dctx = local.dctx
         except AttributeError:
-            dctx = local.dctx = zstandard.ZstdDecompressor()
+            dctx = local.dctx = zstandard.ZstdDecompressor(dict_data=zdict)
         return dctx.decompress(data, max_output_size=PAGE_SIZE)
 
     return compress, decompress
 
 
-def _deflate(level):
+def _deflate(level, dictionary):
     # Raw deflate (wbits=-15): no zlib header or adler32, as the kernel's
-    # deflate backend stores it.
+    # deflate backend stores it.  No dictionary: get_codec refuses one
+    # (_Algorithm.takes_dict).
     def compress(page, _c=zlib.compress, _l=level):
         return _c(page, _l, wbits=-15)
 
@@ -168,31 +200,43 @@ class _Algorithm:
     default_level: int | None
     min_level: int
     max_level: int
+    takes_dict: bool
 
 
 # In the order comp_algorithm lists them.  Level ranges are the libraries'.
 _ALGORITHMS = {
-    "lz4": _Algorithm(_lz4, None, 1, 65537),
-    "lz4hc": _Algorithm(_lz4hc, 9, 1, 12),
-    "zstd": _Algorithm(_zstd, 3, 1, 22),
-    "deflate": _Algorithm(_deflate, 6, 0, 9),
+    "lz4": _Algorithm(_lz4, None, 1, 65537, True),
+    "lz4hc": _Algorithm(_lz4hc, 9, 1, 12, True),
+    "zstd": _Algorithm(_zstd, 3, 1, 22, True),
+    "deflate": _Algorithm(_deflate, 6, 0, 9, False),
 }
 
 CODECS = tuple(_ALGORITHMS)
 
 
-def get_codec(name, *, level=None):
-    """Return a ``Codec`` for the kernel algorithm ``name``.
-
-    ``level`` (optional) is zram's ``algorithm_params level=``; ``None`` means
-    the algorithm's default.
-    """
+def _algorithm(name):
     try:
-        algorithm = _ALGORITHMS[name]
+        return _ALGORITHMS[name]
     except (KeyError, TypeError):
         raise UnknownAlgorithmError(
             f"unknown compression algorithm {name!r}; known: {' '.join(CODECS)}"
         ) from None
+
+
+def get_codec(name, *, level=None, dictionary=None):
+    """Return a ``Codec`` for the kernel algorithm ``name``.
+
+    ``level`` (optional) is zram's ``algorithm_params level=``; ``None`` means
+    the algorithm's default.  ``dictionary`` (bytes, optional) is the content
+    of ``algorithm_params dict=``.
+    """
+    algorithm = _algorithm(name)
+    if dictionary is not None:
+        if not algorithm.takes_dict:
+            raise InvalidCodecParamsError(f"{name} takes no dictionary (zstd, lz4 and lz4hc do)")
+        dictionary = bytes(dictionary)
+        if not dictionary:
+            raise InvalidCodecParamsError("the dictionary is empty")
     if level is not None:
         if isinstance(level, bool) or not isinstance(level, int):
             raise InvalidCodecParamsError(f"{name} level must be an int, not {level!r}")
@@ -203,5 +247,117 @@ def get_codec(name, *, level=None):
             )
     else:
         level = algorithm.default_level
-    compress, decompress = algorithm.builder(level)
-    return Codec(name, level, compress, decompress)
+    try:
+        compress, decompress = algorithm.builder(level, dictionary)
+    except zstandard.ZstdError as exc:  # a dictionary zstd cannot digest
+        raise InvalidCodecParamsError(f"{name} refused the dictionary: {exc}") from None
+    return Codec(name, level, compress, decompress, dictionary)
+
+
+# --- algorithm_params ---------------------------------------------------------
+
+
+class AlgorithmParams(NamedTuple):
+    """What ``algorithm_params`` set for the primary algorithm: ``level``
+    (None: the algorithm's default) and the dictionary's bytes (or None)."""
+
+    level: int | None = None
+    dictionary: bytes | None = None
+
+
+class AlgorithmParamsRequest(NamedTuple):
+    """One ``algorithm_params`` write, parsed: which algorithm it names
+    (``algo=``, or None), ``priority``, ``level`` and ``dict`` (a path)."""
+
+    algo: str | None
+    priority: int
+    level: int | None
+    dict_path: str | None
+
+    def resolve(self, selected):
+        """The AlgorithmParams this request sets on a device whose algorithm
+        is ``selected``: checks algo and priority against it (zram looks
+        ``algo`` up among the device's algorithms, and zramfs has only the
+        primary, priority 0), the level against the algorithm's range, and
+        reads the dictionary file."""
+        if self.algo is not None and self.algo != selected:
+            raise InvalidCodecParamsError(
+                f"algo={self.algo} is not this device's algorithm ({selected}); write comp_algorithm first"
+            )
+        if self.priority != 0:
+            raise InvalidCodecParamsError(
+                f"priority={self.priority}: zramfs has only the primary algorithm (priority 0), "
+                "no recompression algorithms"
+            )
+        dictionary = None
+        if self.dict_path is not None:
+            try:
+                with open(self.dict_path, "rb") as f:
+                    dictionary = f.read()
+            except OSError as exc:
+                raise InvalidCodecParamsError(f"dict={self.dict_path}: {exc.strerror}") from None
+        # Checked now, so the write fails rather than the later disksize.
+        get_codec(selected, level=self.level, dictionary=dictionary)
+        return AlgorithmParams(self.level, dictionary)
+
+
+def _kstrtoint(key, value):
+    # kstrtoint(val, 10): an optional sign, decimal digits; a 32-bit int.
+    body = value[1:] if value[:1] in "+-" else value
+    if not body.isascii() or not body.isdigit():
+        raise InvalidCodecParamsError(f"{key}={value}: not a decimal number")
+    number = int(value, 10)
+    if not -(1 << 31) <= number < 1 << 31:
+        raise InvalidCodecParamsError(f"{key}={value}: out of range")
+    return number
+
+
+def parse_algorithm_params(text):
+    """Parse zram's ``algorithm_params`` syntax into an AlgorithmParamsRequest.
+
+    Whitespace-separated ``key=value`` pairs (a value may be in double
+    quotes, as the kernel's next_arg() allows): ``algo=NAME`` or
+    ``priority=N`` says which algorithm, then ``level=N`` and
+    ``dict=PATH``.  As zram, a pair without a value is refused; unlike zram,
+    which skips keys it does not know, an unknown key is refused too, so a
+    typo cannot pass silently.  zram-generator's ``zstd(level=3)`` is
+    ``algo=zstd level=3`` here.
+    """
+    fields = {"algo": None, "priority": 0, "level": None, "dict": None}
+    for token in _split_args(text):
+        key, sep, value = token.partition("=")
+        if not sep or not value:
+            raise InvalidCodecParamsError(f"{token!r} has no value (algorithm_params takes key=value)")
+        if key in ("priority", "level"):
+            fields[key] = _kstrtoint(key, value)
+        elif key in ("algo", "dict"):
+            fields[key] = value
+        else:
+            raise InvalidCodecParamsError(f"unknown algorithm parameter {key!r} (known: algo, priority, level, dict)")
+    return AlgorithmParamsRequest(fields["algo"], fields["priority"], fields["level"], fields["dict"])
+
+
+def _split_args(text):
+    """The kernel's next_arg(): split at whitespace outside double quotes,
+    dropping the quotes."""
+    tokens = []
+    current = []
+    quoted = False
+    started = False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+            started = True
+        elif ch.isspace() and not quoted:
+            if started:
+                tokens.append("".join(current))
+                current = []
+                started = False
+        else:
+            current.append(ch)
+            started = True
+    if quoted:
+        raise InvalidCodecParamsError("algorithm_params has an unclosed double quote")
+    if started:
+        tokens.append("".join(current))
+    return tokens

@@ -76,6 +76,8 @@ __all__ = [
     "InvalidMemLimitError",
     "MemLimitError",
     "OutOfRangeError",
+    "io_stat_line",
+    "mm_stat_line",
 ]
 
 _PAGE_MASK = PAGE_SIZE - 1
@@ -753,28 +755,36 @@ class BlockDevice:
             )
 
     def mm_stat(self):
-        """zram's ``mm_stat`` line: nine columns, as mm_stat_show prints them
-        ("%8llu %8llu %8llu %8lu %8ld %8llu %8lu %8llu %8llu\\n")."""
-        s = self.stats()
-        return "%8d %8d %8d %8d %8d %8d %8d %8d %8d\n" % (
-            s.orig_data_size,
-            s.compr_data_size,
-            s.mem_used_total,
-            s.mem_limit,
-            s.mem_used_max,
-            s.same_pages,
-            s.pages_compacted,
-            s.huge_pages,
-            s.huge_pages_since,
-        )
+        """zram's ``mm_stat`` line (``mm_stat_line``)."""
+        return mm_stat_line(self.stats())
 
     def io_stat(self):
-        """zram's ``io_stat`` line: failed_reads failed_writes invalid_io
-        notify_free ("%8llu %8llu %8llu %8llu\\n")."""
-        s = self.stats()
-        return "%8d %8d %8d %8d\n" % (
-            s.failed_reads,
-            s.failed_writes,
-            s.invalid_io,
-            s.notify_free,
-        )
+        """zram's ``io_stat`` line (``io_stat_line``)."""
+        return io_stat_line(self.stats())
+
+
+def mm_stat_line(s):
+    """zram's ``mm_stat`` line of DeviceStats ``s``: nine columns, as
+    mm_stat_show prints them ("%8llu %8llu %8llu %8lu %8ld %8llu %8lu %8llu %8llu\\n")."""
+    return "%8d %8d %8d %8d %8d %8d %8d %8d %8d\n" % (
+        s.orig_data_size,
+        s.compr_data_size,
+        s.mem_used_total,
+        s.mem_limit,
+        s.mem_used_max,
+        s.same_pages,
+        s.pages_compacted,
+        s.huge_pages,
+        s.huge_pages_since,
+    )
+
+
+def io_stat_line(s):
+    """zram's ``io_stat`` line of DeviceStats ``s``: failed_reads
+    failed_writes invalid_io notify_free ("%8llu %8llu %8llu %8llu\\n")."""
+    return "%8d %8d %8d %8d\n" % (
+        s.failed_reads,
+        s.failed_writes,
+        s.invalid_io,
+        s.notify_free,
+    )

@@ -13,6 +13,16 @@ The tree is fixed, like a zram device's sysfs directory::
     /disk             (ino 2)  the block device's data, size = disksize
     /disksize ...              zram's attribute files, same names and formats
 
+The device has zram's lifecycle.  Uninitialised (``device`` None,
+``initstate`` 0), `disk` has size 0: reads find its end and writes get
+ENOSPC, as on a block device of size 0; ``comp_algorithm``,
+``algorithm_params`` and ``mem_limit`` take their settings.  Writing
+``disksize`` builds the BlockDevice with them; from then on the first two
+and ``disksize`` answer EBUSY.  Writing ``reset`` closes the device (EBUSY
+while `disk` is open: a loop device holds it open) and puts every setting
+back to its default.  After either, the backend's ``on_resize`` hook tells
+the kernel to drop its cached size of `disk`.
+
 Attribute files report size 4096 (as sysfs does) and are opened direct_io by
 the backends so every read renders fresh text.  The hot path (READ/WRITE on
 `disk`) may bypass this class and call ``fs.device`` directly; `read` and
@@ -26,8 +36,12 @@ how open(O_TRUNC) arrives, and a block device ignores O_TRUNC), any other
 size is refused.
 
 Concurrency: the table is a handful of inodes.  `_lock` guards changes to
-them (setattr); lookups read the dict without it (single dict reads are
-atomic).  No method here waits on anything that might need swap I/O.
+them (setattr), the device's lifecycle (init, reset, the settings before
+init) and the count of `disk`'s opens, so an open never races a reset;
+lookups and ``fs.device`` are read without it (single reads are atomic).
+The device is closed only by a reset, which needs `disk` closed, so no
+request is on the device then.  No method here waits on anything that
+might need swap I/O.
 """
 
 import os
@@ -37,8 +51,23 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
-from zramfs.codecs import CODECS
-from zramfs.device import PAGE_SIZE, OutOfRangeError
+from zramfs.codecs import (
+    CODECS,
+    DEFAULT_ALGORITHM,
+    AlgorithmParams,
+    InvalidCodecParamsError,
+    get_codec,
+    parse_algorithm_params,
+)
+from zramfs.device import (
+    PAGE_SIZE,
+    BlockDevice,
+    DeviceStats,
+    InvalidDiskSizeError,
+    OutOfRangeError,
+    io_stat_line,
+    mm_stat_line,
+)
 
 ROOT_INO = 1
 DISK_INO = 2
@@ -75,6 +104,27 @@ class ReadOnlyError(FsError):
 
 class InvalidValueError(FsError):
     """Raised when a value written to an attribute file does not parse or is refused (EINVAL)."""
+
+
+class BusyError(FsError):
+    """Raised when the device's state forbids a change now: disksize,
+    comp_algorithm or algorithm_params after init, reset while disk is open
+    (EBUSY, as zram answers)."""
+
+
+class ValueRangeError(FsError):
+    """Raised when a number written is out of its type's range, e.g. reset
+    past 16 bits (ERANGE, from the kernel's kstrtou16)."""
+
+
+class ArgumentTooLongError(FsError):
+    """Raised when a value written is longer than zram accepts, e.g. an
+    algorithm name of 128 bytes or more (E2BIG)."""
+
+
+class OutOfMemoryError(FsError):
+    """Raised when writing disksize cannot get the memory (here: the address
+    space) for the device's tables (ENOMEM, as zram's zram_meta_alloc)."""
 
 
 class NotSupportedError(FsError):
@@ -149,6 +199,11 @@ def memparse(text):
 # unsigned long the kernel keeps it in.  The kernel's memparse() wraps
 # silently past 64 bits (99999999T would become a small limit); we refuse.
 _MEM_LIMIT_MAX = (1 << 64) - PAGE_SIZE
+# disksize is a u64 in zram; the same refusal past 64 bits.
+_DISKSIZE_MAX = (1 << 64) - PAGE_SIZE
+# zram's ZRAM_MAX_ALGO_NAME_SZ: comp_algorithm refuses a name this long or
+# longer with E2BIG before it looks the name up.
+_MAX_ALGO_NAME = 128
 
 
 def _decode(data):
@@ -160,7 +215,27 @@ def _decode(data):
 
 def _text(store):
     """A store that takes the written bytes as ASCII text."""
-    return lambda device, data: store(device, _decode(data))
+    return lambda fs, data: store(fs, _decode(data))
+
+
+def _strip_newline(text):
+    # sysfs hands a store what was written; zram drops one trailing newline
+    # (echo adds it) and nothing else.
+    return text[:-1] if text.endswith("\n") else text
+
+
+def _kstrtou16(text):
+    """The kernel's kstrtou16(text, 10): decimal digits, an optional leading
+    '+', one optional trailing newline.  EINVAL if not that, ERANGE past 65535."""
+    body = _strip_newline(text)
+    if body.startswith("+"):
+        body = body[1:]
+    if not body or not body.isascii() or not body.isdigit():
+        raise InvalidValueError(f"not a decimal number: {text.strip()!r}")
+    value = int(body, 10)
+    if value > 0xFFFF:
+        raise ValueRangeError(f"{value} does not fit 16 bits")
+    return value
 
 
 class _AttrFile:
@@ -171,52 +246,53 @@ class _AttrFile:
     def __init__(self, name, perm, show=None, store=None):
         self.name = name
         self.perm = perm
-        self.show = show  # (device) -> str, or None if write-only
-        self.store = store  # (device, bytes) -> None, or None if read-only
+        self.show = show  # (fs) -> str, or None if write-only
+        self.store = store  # (fs, bytes) -> None, or None if read-only
 
 
-def _store_mem_limit(device, text):
-    limit = memparse(text)
-    if limit > _MEM_LIMIT_MAX:
-        raise InvalidValueError(f"mem_limit {text.strip()!r} does not fit 64 bits")
-    try:
-        device.mem_limit = limit
-    except ValueError as e:  # the device's own range check
-        raise InvalidValueError(str(e)) from None
+def _show_comp_algorithm(fs):
+    # zcomp_available_show: every name followed by a space, the selected one
+    # in brackets, then a newline ("[lzo-rle] lzo lz4 \n" on the kernel).
+    return "".join(f"[{c}] " if c == fs.algorithm else f"{c} " for c in CODECS) + "\n"
 
 
-def _store_mem_used_max(device, text):
-    # zram: anything but 0 is -EINVAL.
+def _store_mem_used_max(fs, text):
+    # zram: anything but 0 is -EINVAL; on an uninitialised device, nothing to do.
     try:
         value = int(text.strip(), 10)
     except ValueError:
         raise InvalidValueError(f"mem_used_max takes 0, not {text.strip()!r}") from None
     if value != 0:
         raise InvalidValueError(f"mem_used_max takes 0, not {value}")
-    device.reset_mem_used_max()
+    device = fs.device
+    if device is not None:
+        device.reset_mem_used_max()
 
 
-def _store_compact(device, _data):
-    # Kernel zram's compact_store never looks at what was written.
+def _store_compact(fs, _data):
+    # Kernel zram's compact_store never looks at what was written; it
+    # refuses an uninitialised device (-EINVAL).
+    device = fs.device
+    if device is None:
+        raise InvalidValueError("compact: the device is not initialised (write disksize first)")
     device.compact()
 
 
-def _show_comp_algorithm(device):
-    return " ".join(f"[{c}]" if c == device.algorithm else c for c in CODECS) + "\n"
-
-
 _ATTR_FILES = (
-    _AttrFile("disksize", 0o444, show=lambda d: f"{d.disksize}\n"),
-    _AttrFile("comp_algorithm", 0o444, show=_show_comp_algorithm),
-    _AttrFile("mem_limit", 0o644, show=lambda d: f"{d.mem_limit}\n", store=_text(_store_mem_limit)),
+    _AttrFile("disksize", 0o644, show=lambda fs: f"{fs.disksize}\n", store=_text(lambda fs, t: fs.init(t))),
+    _AttrFile("initstate", 0o444, show=lambda fs: f"{int(fs.device is not None)}\n"),
+    _AttrFile("reset", 0o200, store=_text(lambda fs, t: fs.reset(t))),
+    _AttrFile("comp_algorithm", 0o644, show=_show_comp_algorithm, store=_text(lambda fs, t: fs.set_algorithm(t))),
+    _AttrFile("algorithm_params", 0o200, store=_text(lambda fs, t: fs.set_algorithm_params(t))),
+    _AttrFile("mem_limit", 0o644, show=lambda fs: f"{fs.mem_limit}\n", store=_text(lambda fs, t: fs.set_mem_limit(t))),
     _AttrFile(
         "mem_used_max",
         0o644,
-        show=lambda d: f"{d.stats().mem_used_max}\n",
+        show=lambda fs: f"{fs.stats().mem_used_max}\n",
         store=_text(_store_mem_used_max),
     ),
-    _AttrFile("mm_stat", 0o444, show=lambda d: d.mm_stat()),
-    _AttrFile("io_stat", 0o444, show=lambda d: d.io_stat()),
+    _AttrFile("mm_stat", 0o444, show=lambda fs: mm_stat_line(fs.stats())),
+    _AttrFile("io_stat", 0o444, show=lambda fs: io_stat_line(fs.stats())),
     _AttrFile("compact", 0o200, store=_store_compact),
 )
 # Attribute files take the inode numbers after `disk`, in the order above.
@@ -224,12 +300,25 @@ _FIRST_ATTR_INO = DISK_INO + 1
 
 
 class Filesystem:
-    """The inode table over one BlockDevice (see the module docstring)."""
+    """The inode table over one zram device (see the module docstring).
 
-    def __init__(self, device):
-        self.device = device
-        self._disksize = device.disksize
+    ``device`` is a BlockDevice to serve at once (the daemon's ``--size``),
+    or None for an uninitialised device, which a write to ``disksize``
+    initialises.  ``fs.device`` is the BlockDevice now, or None.
+    """
+
+    def __init__(self, device=None):
         self._lock = threading.Lock()
+        # What the next initialisation will use; kept in step with the
+        # device while there is one.
+        self.algorithm = device.algorithm if device is not None else DEFAULT_ALGORITHM
+        self._params = AlgorithmParams()
+        self._mem_limit = device.mem_limit if device is not None else 0
+        self._disk_openers = 0
+        # Called (no arguments) after disk's size changed, so a FUSE backend
+        # can tell the kernel to drop its cached size of disk.
+        self.on_resize = None
+        self.device = device
         now = time.time_ns()
         uid, gid = os.getuid(), os.getgid()
 
@@ -238,7 +327,7 @@ class Filesystem:
 
         self._attrs = {
             ROOT_INO: make(ROOT_INO, stat.S_IFDIR | 0o755, 2, 0),
-            DISK_INO: make(DISK_INO, stat.S_IFREG | 0o600, 1, self._disksize),
+            DISK_INO: make(DISK_INO, stat.S_IFREG | 0o600, 1, 0),
         }
         self._names = {b"disk": DISK_INO}
         self._attr_files = {}
@@ -247,6 +336,113 @@ class Filesystem:
             self._attrs[ino] = make(ino, stat.S_IFREG | af.perm, 1, ATTR_FILE_SIZE)
             self._names[af.name.encode()] = ino
             self._attr_files[ino] = af
+
+    # -- the device's lifecycle (zram's disksize, reset, comp_algorithm, ...) --
+    # Each takes what was written to the attribute file, checks it as zram's
+    # store function does (the same errno for the same input), and changes
+    # state under _lock, so an open of disk never races an init or a reset.
+
+    @property
+    def disksize(self):
+        device = self.device
+        return device.disksize if device is not None else 0
+
+    @property
+    def mem_limit(self):
+        device = self.device
+        return device.mem_limit if device is not None else self._mem_limit
+
+    def stats(self):
+        """The device's DeviceStats, or an uninitialised device's: all zero
+        but mem_limit (zram shows the limit set before init)."""
+        device = self.device
+        if device is not None:
+            return device.stats()
+        return DeviceStats(*(0,) * 3, self._mem_limit, *(0,) * 11)
+
+    def init(self, text):
+        """disksize_store: size in memparse syntax, rounded up to a page."""
+        size = memparse(text)
+        if size == 0:
+            raise InvalidValueError("disksize must be more than 0")
+        if size > _DISKSIZE_MAX:
+            raise InvalidValueError(f"disksize {text.strip()!r} does not fit 64 bits")
+        size = (size + PAGE_SIZE - 1) & -PAGE_SIZE
+        with self._lock:
+            if self.device is not None:
+                raise BusyError("disksize cannot change on an initialised device (write reset first)")
+            try:
+                codec = get_codec(self.algorithm, level=self._params.level, dictionary=self._params.dictionary)
+            except InvalidCodecParamsError as exc:
+                raise InvalidValueError(str(exc)) from None
+            try:
+                self.device = BlockDevice(size, codec=codec, mem_limit=self._mem_limit)
+            except InvalidDiskSizeError as exc:  # the slot table cannot be reserved
+                raise OutOfMemoryError(str(exc)) from None
+        self._resized()
+
+    def reset(self, text):
+        """reset_store: any non-zero u16 frees everything and returns to
+        uninitialised (size 0, default algorithm and parameters, no limit,
+        statistics cleared); EBUSY while disk is open."""
+        if not _kstrtou16(text):
+            raise InvalidValueError("reset takes a non-zero number")
+        with self._lock:
+            if self._disk_openers:
+                raise BusyError(f"disk is open ({self._disk_openers} opens, e.g. by a loop device)")
+            device, self.device = self.device, None
+            self.algorithm = DEFAULT_ALGORITHM
+            self._params = AlgorithmParams()
+            self._mem_limit = 0
+        if device is not None:
+            device.close()
+            self._resized()
+
+    def set_algorithm(self, text):
+        """comp_algorithm_store: E2BIG, then EINVAL for a name this build
+        lacks, then EBUSY once initialised."""
+        name = _strip_newline(text)
+        if len(name) >= _MAX_ALGO_NAME:
+            raise ArgumentTooLongError(f"algorithm name of {len(name)} bytes is too long")
+        if name not in CODECS:
+            raise InvalidValueError(f"unknown compression algorithm {name!r}; this build has: {' '.join(CODECS)}")
+        with self._lock:
+            if self.device is not None:
+                raise BusyError("the algorithm cannot change on an initialised device (write reset first)")
+            self.algorithm = name
+
+    def set_algorithm_params(self, text):
+        """algorithm_params_store (see codecs.parse_algorithm_params)."""
+        try:
+            request = parse_algorithm_params(text)
+        except InvalidCodecParamsError as exc:
+            raise InvalidValueError(str(exc)) from None
+        with self._lock:
+            if self.device is not None:
+                raise BusyError("algorithm parameters cannot change on an initialised device (write reset first)")
+            try:
+                self._params = request.resolve(self.algorithm)
+            except InvalidCodecParamsError as exc:
+                raise InvalidValueError(str(exc)) from None
+
+    def set_mem_limit(self, text):
+        """mem_limit_store: memparse syntax, any time."""
+        limit = memparse(text)
+        if limit > _MEM_LIMIT_MAX:
+            raise InvalidValueError(f"mem_limit {text.strip()!r} does not fit 64 bits")
+        with self._lock:
+            device = self.device
+            try:
+                if device is not None:
+                    device.mem_limit = limit
+            except ValueError as e:  # the device's own range check
+                raise InvalidValueError(str(e)) from None
+            self._mem_limit = limit
+
+    def _resized(self):
+        hook = self.on_resize
+        if hook is not None:
+            hook()
 
     # -- lookups and attributes ---------------------------------------------
 
@@ -271,14 +467,17 @@ class Filesystem:
     def getattr(self, ino):
         a = self._attr(ino)
         if ino == DISK_INO:
-            # What the data really costs in RAM, so `du disk` means something.
-            a = replace(a, blocks=self.device.stats().mem_used_total // _ST_BLOCK)
+            # disk's size is disksize (0 before init); its blocks what the
+            # data really costs in RAM, so `du disk` means something.
+            device = self.device
+            if device is not None:
+                a = replace(a, size=device.disksize, blocks=device.stats().mem_used_total // _ST_BLOCK)
         return a
 
     def setattr(self, ino, size=None, mode=None, uid=None, gid=None, atime_ns=None, mtime_ns=None):
         with self._lock:
             a = self._attr(ino)
-            if size is not None and size != a.size:
+            if size is not None and size != (self.disksize if ino == DISK_INO else a.size):
                 if ino == ROOT_INO:
                     raise IsADirectoryError("cannot truncate the root directory")
                 # open(O_TRUNC) arrives as size=0 (`dd of=disk`, `echo 1 >
@@ -290,7 +489,7 @@ class Filesystem:
                 # short until the size is fetched again.)
                 if size != 0:
                     if ino == DISK_INO:
-                        raise NotPermittedError(f"disk size is fixed at {self._disksize}")
+                        raise NotPermittedError(f"disk size is fixed at {self.disksize} (write disksize instead)")
                     raise NotPermittedError("attribute files cannot be resized")
             if (mode is not None or uid is not None or gid is not None) and ino in (ROOT_INO, DISK_INO):
                 # Only root may read disk, which holds other processes'
@@ -318,6 +517,12 @@ class Filesystem:
         a = self._attr(ino)
         if ino == ROOT_INO:
             raise IsADirectoryError("the root is a directory")
+        if ino == DISK_INO:
+            # Counted, as the kernel counts a block device's openers: reset
+            # is refused while any open of disk (a loop device's) is alive.
+            with self._lock:
+                self._disk_openers += 1
+            return
         af = self._attr_files.get(ino)
         if af is not None:
             # Like kernfs: an attribute without a show (store) op cannot be
@@ -329,33 +534,46 @@ class Filesystem:
                 raise ReadOnlyError(f"{af.name} is write-only")
         del a
 
+    def release(self, ino):
+        """The last close of an open file (FUSE RELEASE)."""
+        if ino == DISK_INO:
+            with self._lock:
+                self._disk_openers -= 1
+
     def opendir(self, ino):
         if self._attr(ino).ino != ROOT_INO:
             raise NotADirectoryError(f"inode {ino} is not a directory")
 
     def read(self, ino, offset, size):
         if ino == DISK_INO:
-            if offset >= self._disksize:
+            # Like a block device: reads at or past the end (every read of an
+            # uninitialised device) find end of file.
+            device = self.device
+            disksize = device.disksize if device is not None else 0
+            if offset >= disksize:
                 return b""
-            return self.device.read(offset, min(size, self._disksize - offset))
+            return device.read(offset, min(size, disksize - offset))
         af = self._attr_files.get(ino)
         if af is None:
             self._attr(ino)
             raise IsADirectoryError("the root is a directory")
         if af.show is None:
             raise ReadOnlyError(f"{af.name} is write-only")
-        text = af.show(self.device).encode("ascii")
+        text = af.show(self).encode("ascii")
         return text[offset : offset + size]
 
     def write(self, ino, offset, data):
         if ino == DISK_INO:
-            if offset >= self._disksize:
+            device = self.device
+            disksize = device.disksize if device is not None else 0
+            if offset >= disksize:
                 if len(data) == 0:
                     return 0
-                raise OutOfRangeError(f"write at {offset} is past the end of disk ({self._disksize})")
+                # ENOSPC, as a block device answers a write at its end.
+                raise OutOfRangeError(f"write at {offset} is past the end of disk ({disksize})")
             # A write that straddles the end is cut short, as on a block device.
-            n = min(len(data), self._disksize - offset)
-            self.device.write(offset, data if n == len(data) else memoryview(data)[:n])
+            n = min(len(data), disksize - offset)
+            device.write(offset, data if n == len(data) else memoryview(data)[:n])
             return n
         af = self._attr_files.get(ino)
         if af is None:
@@ -363,7 +581,7 @@ class Filesystem:
             raise IsADirectoryError("the root is a directory")
         if af.store is None:
             raise ReadOnlyError(f"{af.name} is read-only")
-        af.store(self.device, data)
+        af.store(self, data)
         return len(data)
 
     def fallocate(self, ino, mode, offset, length):
@@ -373,23 +591,25 @@ class Filesystem:
         if offset < 0 or length <= 0:
             raise InvalidValueError("fallocate needs offset >= 0 and length > 0")
         end = offset + length
+        device = self.device
+        disksize = device.disksize if device is not None else 0
         if mode in (0, FALLOC_FL_KEEP_SIZE):
             # Preallocation: every block of disk already "exists".
-            if end > self._disksize and not mode & FALLOC_FL_KEEP_SIZE:
-                raise NotPermittedError(f"disk size is fixed at {self._disksize}")
+            if end > disksize and not mode & FALLOC_FL_KEEP_SIZE:
+                raise NotPermittedError(f"disk size is fixed at {disksize}")
             return
         if mode in (
             FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
             FALLOC_FL_ZERO_RANGE,
             FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
         ):
-            if end > self._disksize and not mode & FALLOC_FL_KEEP_SIZE:
-                raise NotPermittedError(f"disk size is fixed at {self._disksize}")
-            end = min(end, self._disksize)
+            if end > disksize and not mode & FALLOC_FL_KEEP_SIZE:
+                raise NotPermittedError(f"disk size is fixed at {disksize}")
+            end = min(end, disksize)
             if offset < end:
                 # Discard frees whole blocks and zeroes partial edges: exactly
                 # what both a punched hole and a zeroed range must read back as.
-                self.device.discard(offset, end - offset)
+                device.discard(offset, end - offset)
             return
         raise NotSupportedError(f"fallocate mode {mode:#x} is not supported")
 
@@ -419,13 +639,15 @@ class Filesystem:
         self.opendir(ino)
         root = self._attrs[ROOT_INO]
         entries = [(b".", root), (b"..", root)]
-        entries.extend((name, self._attrs[i]) for name, i in self._names.items())
+        # getattr, not the table: a backend may hand these to the kernel as
+        # its attributes (READDIRPLUS), and disk's size is the device's.
+        entries.extend((name, self.getattr(i)) for name, i in self._names.items())
         return entries
 
     def statfs(self):
-        blocks = self._disksize // PAGE_SIZE
+        blocks = self.disksize // PAGE_SIZE
         # "Free" is what is not stored: blocks never written or discarded.
-        used = min(blocks, self.device.stats().orig_data_size // PAGE_SIZE)
+        used = min(blocks, self.stats().orig_data_size // PAGE_SIZE)
         return StatFs(
             bsize=PAGE_SIZE,
             frsize=PAGE_SIZE,

@@ -58,3 +58,14 @@ def start(tmp_path, backend):
 def zram(start):
     """One running daemon with a DISKSIZE disk."""
     return start()
+
+
+@pytest.fixture
+def uninitialised(start):
+    """One running daemon whose device is uninitialised (initstate 0, disk
+    of size 0), as zram's is after a reset: mounted with a size, then reset
+    through its `reset` file."""
+    d = start()
+    d.store("reset", "1\n")
+    d.disksize = 0
+    return d

@@ -290,7 +290,10 @@ def test_readdir_in_pieces(client):
             offset = off
             pos += _abi.dirent_size(namelen)
     assert names[:3] == [".", "..", "disk"]
-    assert set(names[3:]) == {"disksize", "comp_algorithm", "mem_limit", "mem_used_max", "mm_stat", "io_stat", "compact"}
+    assert set(names[3:]) == {
+        "disksize", "initstate", "reset", "comp_algorithm", "algorithm_params",
+        "mem_limit", "mem_used_max", "mm_stat", "io_stat", "compact",
+    }
     assert client.call(_abi.READDIR, DISK_INO, read_in(0, 4096))[0] == -errno.ENOTDIR
 
 

@@ -110,6 +110,10 @@ IN_HEADER_SIZE = in_header.size  # 40
 in_header_io = struct.Struct(in_header.format + "QQI")
 out_header = struct.Struct("<IiQ")  # len error unique
 OUT_HEADER_SIZE = out_header.size  # 16
+# A notification is an out_header with unique 0 and the notify code
+# (enum fuse_notify_code) where the error goes.
+NOTIFY_INVAL_INODE = 2
+notify_inval_inode_out = struct.Struct("<Qqq")  # ino off len (off < 0: attributes only)
 
 init_in = struct.Struct("<IIIII")  # major minor max_readahead flags flags2 (+ unused[11])
 init_out = struct.Struct("<IIIIHHIIHHI28x")  # ... flags2, unused[7]

@@ -55,6 +55,7 @@ import threading
 import trio
 
 from zramfs.device import PAGE_SIZE
+from zramfs.fs import DISK_INO
 from zramfs.fuse._errors import errno_for
 from zramfs.fuse._mount import (
     DEFAULT_THREADS,
@@ -219,7 +220,8 @@ class _Operations(pyfuse3.Operations if pyfuse3 is not None else object):
         pass
 
     async def release(self, fh):
-        pass
+        # fh is the inode (see open): disk's opens are counted for reset.
+        self._call(self._fs.release, fh)
 
     async def opendir(self, inode, ctx):
         self._call(self._fs.opendir, inode)
@@ -297,6 +299,7 @@ class Pyfuse3Session(MountedSession):
     def __init__(self, fs, mountpoint, fsname="zram0", threads=DEFAULT_THREADS):
         super().__init__(fs, mountpoint, fsname, threads)
         self._ops = _Operations(fs)
+        fs.on_resize = self._disk_resized
         # Guards the three fields below: serve() runs on its own thread while
         # stop(), abort() and close() come from the daemon's.
         self._state_lock = threading.Lock()
@@ -312,6 +315,15 @@ class Pyfuse3Session(MountedSession):
     @property
     def last_error(self):
         return self._ops.last_error
+
+    def _disk_resized(self):
+        # As DevSession._disk_resized: drop the kernel's cached size of disk
+        # (attributes only: no page cache, no inode lock, safe in a handler).
+        try:
+            pyfuse3.invalidate_inode(DISK_INO, attr_only=True)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENODEV):
+                raise
 
     # -- lifecycle ----------------------------------------------------------
 

@@ -158,12 +158,9 @@ class DevSession(MountedSession):
         self._more = None
         self._stopping = False
         self._handlers = self._build_dispatch()
-        self._disksize = fs.device.disksize
-        # Bound once: the hot path calls these per request.
-        self._dev_read = fs.device.read
-        self._dev_read_parts = fs.device.read_parts
-        self._dev_write = fs.device.write
-        self._dev_populate = fs.device.populate_ahead
+        # disk's size changes when the device is initialised or reset
+        # through the attribute files: the kernel must not keep its old size.
+        fs.on_resize = self._disk_resized
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -256,12 +253,12 @@ class DevSession(MountedSession):
         header_size = _abi.IN_HEADER_SIZE
         io_min = _abi.WRITE_DATA_OFFSET
         data_at = _abi.WRITE_DATA_OFFSET
-        disksize = self._disksize
-        dev_read = self._dev_read
-        dev_read_parts = self._dev_read_parts
-        dev_write = self._dev_write
-        device = self.fs.device
-        populate = self._dev_populate
+        fs = self.fs
+        # The device the locals below are bound to; None before init.
+        # Bound once per device: the hot path calls these per request.
+        device = None
+        disksize = 0
+        dev_read = dev_read_parts = dev_write = populate = None
         # Is a request waiting?  (Any event counts: POLLERR or POLLHUP on a
         # dead connection sends us back to readv, which ends the loop.)
         poller = select.poll()
@@ -294,7 +291,16 @@ class DevSession(MountedSession):
             if lead and opcode == READ and n >= io_min and size >= HELP_MIN_BYTES:
                 more.set()
             try:
-                if nodeid == DISK_INO and n >= io_min:
+                if nodeid == DISK_INO and n >= io_min and fs.device is not None:
+                    if fs.device is not device:
+                        # First I/O since the device was initialised (reset
+                        # needs disk closed, so no I/O crosses a reset).
+                        device = fs.device
+                        disksize = device.disksize
+                        dev_read = device.read
+                        dev_read_parts = device.read_parts
+                        dev_write = device.write
+                        populate = device.populate_ahead
                     # The hot path: block I/O on disk, straight to the device.
                     if opcode == READ:
                         # The reply goes out as the header plus the device's
@@ -383,8 +389,9 @@ class DevSession(MountedSession):
         table[_abi.READDIR] = self._readdir
         table[_abi.STATFS] = self._statfs
         table[_abi.FALLOCATE] = self._fallocate
-        for op in (_abi.FLUSH, _abi.FSYNC, _abi.RELEASE, _abi.RELEASEDIR):
+        for op in (_abi.FLUSH, _abi.FSYNC, _abi.RELEASEDIR):
             table[op] = self._ok
+        table[_abi.RELEASE] = self._release
         table[_abi.CREATE] = self._create
         table[_abi.MKNOD] = self._mknod
         # The header's nodeid is a directory in each: the parent (LINK: the new one).
@@ -501,19 +508,13 @@ class DevSession(MountedSession):
         self.fs.opendir(nodeid)
         self._reply(unique, _abi.open_out.pack(0, 0, 0))
 
+    # READ and WRITE of disk come here only when _reader's hot path did not
+    # take them (no device yet, a write across the end, a malformed request);
+    # the fs clamps at the end of disk.
+
     def _read(self, unique, nodeid, mv, n):
         _fh, offset, size, _, _, _, _ = _abi.read_in.unpack_from(mv, _abi.IN_HEADER_SIZE)
-        if nodeid == DISK_INO:
-            # Hot path: straight to the device, clamped at the end of disk.
-            disksize = self._disksize
-            if offset >= disksize:
-                data = b""
-            else:
-                if size > disksize - offset:
-                    size = disksize - offset
-                data = self._dev_read(offset, size)
-        else:
-            data = self.fs.read(nodeid, offset, size)
+        data = self.fs.read(nodeid, offset, size)
         self._send((_abi.out_header.pack(16 + len(data), 0, unique), data))
 
     def _write(self, unique, nodeid, mv, n):
@@ -521,13 +522,31 @@ class DevSession(MountedSession):
         data = mv[_abi.WRITE_DATA_OFFSET : _abi.WRITE_DATA_OFFSET + size]
         if len(data) != size:
             raise MalformedRequestError(f"WRITE of {size} bytes carries {len(data)}")
-        if nodeid == DISK_INO and offset + size <= self._disksize:
-            # Hot path: straight to the device.
-            self._dev_write(offset, data)
-            written = size
-        else:
-            written = self.fs.write(nodeid, offset, data)
+        written = self.fs.write(nodeid, offset, data)
         self._send((_abi.out_header.pack(24, 0, unique), _abi.write_out.pack(written, 0)))
+
+    def _release(self, unique, nodeid, mv, n):
+        self.fs.release(nodeid)
+        self._reply(unique)
+
+    def _disk_resized(self):
+        """Tell the kernel to drop its cached attributes of disk
+        (FUSE_NOTIFY_INVAL_INODE, offset -1: attributes only), so the next
+        stat, open or `losetup -c` sees the new size at once, not after
+        ATTR_VALID_S.  Attribute-only invalidation takes no inode lock, so
+        it is safe from inside a request; ENOENT means the kernel has no
+        inode for disk cached, and nothing to drop."""
+        if self.fd < 0:
+            return
+        try:
+            os.writev(
+                self.fd,
+                (_abi.out_header.pack(16 + _abi.notify_inval_inode_out.size, _abi.NOTIFY_INVAL_INODE, 0),
+                 _abi.notify_inval_inode_out.pack(DISK_INO, -1, 0)),
+            )
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENODEV):
+                raise
 
     def _readdir(self, unique, nodeid, mv, n):
         _fh, offset, size, _, _, _, _ = _abi.read_in.unpack_from(mv, _abi.IN_HEADER_SIZE)
