@@ -2,16 +2,22 @@
 
 import os
 import threading
+import zlib
 
+import lz4.block
 import pytest
+import zstandard
 
 from zramfs.codecs import (
     CODECS,
     DEFAULT_ALGORITHM,
     PAGE_SIZE,
+    AlgorithmParams,
+    AlgorithmParamsRequest,
     InvalidCodecParamsError,
     UnknownAlgorithmError,
     get_codec,
+    parse_algorithm_params,
 )
 
 
@@ -119,3 +125,114 @@ def test_threads_share_a_codec(name):
     for t in threads:
         t.join()
     assert errors == []
+
+
+# --- algorithm_params ---------------------------------------------------------
+
+
+def _library(name, level, page):
+    """What the library itself makes of ``page`` at ``level``."""
+    if name == "lz4":
+        return lz4.block.compress(page, mode="fast", acceleration=level, store_size=False)
+    if name == "lz4hc":
+        return lz4.block.compress(page, mode="high_compression", compression=level, store_size=False)
+    if name == "zstd":
+        return zstandard.ZstdCompressor(level=level).compress(page)
+    return zlib.compress(page, level, wbits=-15)
+
+
+@pytest.mark.parametrize(
+    ("name", "levels"), [("lz4", (1, 64)), ("lz4hc", (1, 12)), ("zstd", (1, 19)), ("deflate", (0, 9))]
+)
+def test_level_reaches_the_library(name, levels):
+    # Byte for byte what the library makes at that level, and the two ends
+    # of the range differ: the level is not dropped on the way.
+    page = b"".join(b"%05d the quick brown fox %s\n" % (i, os.urandom(6).hex().encode()) for i in range(120))[:PAGE_SIZE]
+    outputs = []
+    for level in levels:
+        codec = get_codec(name, level=level)
+        outputs.append(codec.compress(page))
+        assert outputs[-1] == _library(name, level, page)
+        assert codec.decompress(outputs[-1]) == page
+    assert outputs[0] != outputs[1]
+
+
+@pytest.mark.parametrize("name", ["zstd", "lz4", "lz4hc"])
+def test_dictionary_round_trips_and_helps_alike_pages(name):
+    sample = b"".join(b"%06d zramfs log line: request served in 12 us\n" % i for i in range(2000))
+    dictionary = sample[:32768]
+    page = sample[50000 : 50000 + PAGE_SIZE]
+    with_dict = get_codec(name, dictionary=dictionary)
+    plain = get_codec(name)
+    assert with_dict.dictionary == dictionary
+    assert with_dict.decompress(with_dict.compress(page)) == page
+    assert len(with_dict.compress(page)) < len(plain.compress(page))
+
+
+def test_deflate_takes_no_dictionary():
+    with pytest.raises(InvalidCodecParamsError, match=r"^deflate takes no dictionary \(zstd, lz4 and lz4hc do\)$"):
+        get_codec("deflate", dictionary=b"abc")
+
+
+def test_empty_dictionary():
+    with pytest.raises(InvalidCodecParamsError, match="^the dictionary is empty$"):
+        get_codec("zstd", dictionary=b"")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("level=3", AlgorithmParamsRequest(None, 0, 3, None)),
+        ("algo=zstd level=-5\n", AlgorithmParamsRequest("zstd", 0, -5, None)),
+        ("  priority=0   dict=/a/b  ", AlgorithmParamsRequest(None, 0, None, "/a/b")),
+        ('dict="/with space/d" level=+7', AlgorithmParamsRequest(None, 0, 7, "/with space/d")),
+        ("", AlgorithmParamsRequest(None, 0, None, None)),
+    ],
+)
+def test_parse_algorithm_params(text, expected):
+    assert parse_algorithm_params(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("level", r"'level' has no value \(algorithm_params takes key=value\)"),
+        ("level=", r"'level=' has no value"),
+        ("level=3x", "level=3x: not a decimal number"),
+        ("level=99999999999", "level=99999999999: out of range"),
+        ("winbits=3", r"unknown algorithm parameter 'winbits' \(known: algo, priority, level, dict\)"),
+        ('dict="/a', "algorithm_params has an unclosed double quote"),
+    ],
+)
+def test_parse_algorithm_params_refuses(text, message):
+    with pytest.raises(InvalidCodecParamsError, match=f"^{message}"):
+        parse_algorithm_params(text)
+
+
+def test_resolve_checks_against_the_selected_algorithm(tmp_path):
+    dict_file = tmp_path / "d"
+    dict_file.write_bytes(b"zramfs " * 1000)
+    params = parse_algorithm_params(f"algo=zstd level=7 dict={dict_file}").resolve("zstd")
+    assert params == AlgorithmParams(7, b"zramfs " * 1000)
+    with pytest.raises(InvalidCodecParamsError, match=r"^algo=zstd is not this device's algorithm \(lz4\)"):
+        parse_algorithm_params("algo=zstd").resolve("lz4")
+    with pytest.raises(InvalidCodecParamsError, match=r"^priority=1: zramfs has only the primary algorithm"):
+        parse_algorithm_params("priority=1").resolve("lz4")
+    with pytest.raises(InvalidCodecParamsError, match="^lz4hc level must be between 1 and 12, not 13$"):
+        parse_algorithm_params("level=13").resolve("lz4hc")
+    with pytest.raises(InvalidCodecParamsError, match="^dict=/nonexistent: No such file or directory$"):
+        parse_algorithm_params("dict=/nonexistent").resolve("zstd")
+    with pytest.raises(InvalidCodecParamsError, match="^deflate takes no dictionary"):
+        parse_algorithm_params(f"dict={dict_file}").resolve("deflate")
+
+
+@pytest.mark.parametrize("name", ["zstd", "lz4", "lz4hc"])
+def test_a_device_with_a_dictionary_codec(name):
+    from zramfs.device import BlockDevice
+
+    sample = b"".join(b"%06d zramfs log line\n" % i for i in range(3000))
+    with BlockDevice(1 << 20, codec=get_codec(name, dictionary=sample[:16384])) as dev:
+        data = sample[: 64 * PAGE_SIZE]
+        dev.write(0, data)
+        assert dev.read(0, len(data)) == data
+        assert dev.stats().compr_data_size < len(data) // 4
