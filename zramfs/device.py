@@ -63,7 +63,18 @@ import threading
 from allocator import PAGE_SHIFT, PAGE_SIZE, Pool, PoolFullError, PoolLimitError
 
 from ._codec_batch import BatchCodec
-from ._slots import HUGE, HUGE_INFO, SAME, SIZE_MASK, SlotTable, SlotTableTooLargeError
+from ._slots import (
+    COMP_PRIORITY_MASK,
+    HUGE,
+    HUGE_INFO,
+    IDLE,
+    INCOMPRESSIBLE,
+    SAME,
+    SIZE_MASK,
+    WB,
+    SlotTable,
+    SlotTableTooLargeError,
+)
 from .codecs import DEFAULT_ALGORITHM, get_codec
 
 __all__ = [
@@ -76,6 +87,8 @@ __all__ = [
     "InvalidMemLimitError",
     "MemLimitError",
     "OutOfRangeError",
+    "classes_table",
+    "debug_stat_text",
     "io_stat_line",
     "mm_stat_line",
 ]
@@ -754,6 +767,33 @@ class BlockDevice:
                 num_writes=self._num_writes,
             )
 
+    # block_state copies this many slots' info words per hold of the lock,
+    # and formats them after letting go: a dump of a 4 GiB device (a million
+    # slots) never keeps a read of disk waiting for more than one batch.
+    _DUMP_BATCH = 4096
+
+    def block_state(self):
+        """zram's debugfs ``block_state``, as a list of text pieces: one line
+        per slot that holds data, "%12zd %12u.%06d %c%c%c%c%c%c\\n" --
+        index, last access (seconds.microseconds), and the flags s (same),
+        w (written back), h (huge), i (idle), r (recompressed), n
+        (incompressible), '.' where unset.  zramfs does not track access
+        times yet: the column reads 0.000000."""
+        pieces = []
+        rest = _block_state_rest
+        for start in range(0, self._table.nr_slots, self._DUMP_BATCH):
+            stop = min(start + self._DUMP_BATCH, self._table.nr_slots)
+            with self._lock:
+                infos = self._table.info[start:stop].tolist()
+            pieces.append(
+                "".join(["%12d%s" % (index, rest(info)) for index, info in enumerate(infos, start) if info])
+            )
+        return pieces
+
+    def pool_stats(self):
+        """The pool's PoolStats (``classes_table`` renders them)."""
+        return self._pool.stats()
+
     def mm_stat(self):
         """zram's ``mm_stat`` line (``mm_stat_line``)."""
         return mm_stat_line(self.stats())
@@ -761,6 +801,63 @@ class BlockDevice:
     def io_stat(self):
         """zram's ``io_stat`` line (``io_stat_line``)."""
         return io_stat_line(self.stats())
+
+
+# block_state's flag letters, in zram's order, for the info word's flag bits.
+_BLOCK_FLAGS = ((SAME, "s"), (WB, "w"), (HUGE, "h"), (IDLE, "i"), (COMP_PRIORITY_MASK, "r"), (INCOMPRESSIBLE, "n"))
+_FLAG_BITS = SAME | WB | HUGE | IDLE | COMP_PRIORITY_MASK | INCOMPRESSIBLE
+_rest_of_line = {}
+
+
+def _block_state_rest(info):
+    """A block_state line after its index: the access time (not tracked: 0)
+    and the flags; one string per combination of flags, made once."""
+    flags = info & _FLAG_BITS
+    try:
+        return _rest_of_line[flags]
+    except KeyError:
+        text = "".join(c if flags & bit else "." for bit, c in _BLOCK_FLAGS)
+        rest = _rest_of_line[flags] = " %12d.%06d %s\n" % (0, 0, text)
+        return rest
+
+
+def debug_stat_text():
+    """zram's ``debug_stat``: "version: 1", then "0 <miss_free>".  zramfs
+    never misses a slot free (zram counts the frees it skipped because the
+    slot was locked), so miss_free is 0."""
+    return "version: %d\n0 %8d\n" % (1, 0)
+
+
+# zsmalloc's size classes are numbered by size: ZS_MIN_ALLOC_SIZE 32, one
+# class every ZS_SIZE_CLASS_DELTA (PAGE_SIZE >> 8 = 16) bytes.
+_ZS_MIN_ALLOC_SIZE = 32
+_ZS_SIZE_CLASS_DELTA = PAGE_SIZE >> 8
+
+
+def classes_table(pool_stats):
+    """zsmalloc's debugfs ``classes`` (zs_stats_size_show), column for column,
+    from ``Pool.stats()``.  The fullness columns (how many zspages are 10 %,
+    20 %, ... 100 % used) are "-": the pool's stats do not report them yet.
+    freeable is zs_can_compact's estimate: the pages whole unused zspages'
+    worth of free slots would give back."""
+    head = " %5s %5s " + "%9s " * 11 + "%13s %10s %10s %16s %8s\n"
+    out = [head % ("class", "size", "10%", "20%", "30%", "40%", "50%", "60%", "70%", "80%", "90%", "99%",
+                   "100%", "obj_allocated", "obj_used", "pages_used", "pages_per_zspage", "freeable")]
+    groups = "%9s " * 11 % (("-",) * 11)
+    total_objs = total_used = total_pages = total_freeable = 0
+    for c in pool_stats.classes:
+        index = max(0, -(-(c.size - _ZS_MIN_ALLOC_SIZE) // _ZS_SIZE_CLASS_DELTA))
+        freeable = (c.objs_allocated - c.objs_used) // c.objs_per_zspage * c.pages_per_zspage
+        out.append(" %5d %5d %s%13d %10d %10d %16d %8d\n" % (
+            index, c.size, groups, c.objs_allocated, c.objs_used, c.pages_used, c.pages_per_zspage, freeable))
+        total_objs += c.objs_allocated
+        total_used += c.objs_used
+        total_pages += c.pages_used
+        total_freeable += freeable
+    out.append("\n")
+    out.append(" %5s %5s %s%13d %10d %10d %16s %8d\n" % (
+        "Total", "", groups, total_objs, total_used, total_pages, "", total_freeable))
+    return "".join(out)
 
 
 def mm_stat_line(s):

@@ -51,6 +51,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
+from allocator import Pool
 from zramfs.codecs import (
     CODECS,
     DEFAULT_ALGORITHM,
@@ -65,6 +66,8 @@ from zramfs.device import (
     DeviceStats,
     InvalidDiskSizeError,
     OutOfRangeError,
+    classes_table,
+    debug_stat_text,
     io_stat_line,
     mm_stat_line,
 )
@@ -241,13 +244,16 @@ def _kstrtou16(text):
 class _AttrFile:
     """One zram-style attribute file: how it renders and how it takes a write."""
 
-    __slots__ = ("name", "perm", "show", "store")
+    __slots__ = ("name", "perm", "show", "store", "dump")
 
-    def __init__(self, name, perm, show=None, store=None):
+    def __init__(self, name, perm, show=None, store=None, dump=False):
         self.name = name
         self.perm = perm
         self.show = show  # (fs) -> str, or None if write-only
         self.store = store  # (fs, bytes) -> None, or None if read-only
+        # A dump is rendered once per open and read from that copy (the
+        # debugfs files, too large to render again for each read).
+        self.dump = dump
 
 
 def _show_comp_algorithm(fs):
@@ -267,6 +273,13 @@ def _store_mem_used_max(fs, text):
     device = fs.device
     if device is not None:
         device.reset_mem_used_max()
+
+
+def _show_block_state(fs):
+    device = fs.device
+    if device is None:  # zram's read_block_state: -EINVAL before init
+        raise InvalidValueError("block_state: the device is not initialised")
+    return "".join(device.block_state())
 
 
 def _store_compact(fs, _data):
@@ -294,9 +307,26 @@ _ATTR_FILES = (
     _AttrFile("mm_stat", 0o444, show=lambda fs: mm_stat_line(fs.stats())),
     _AttrFile("io_stat", 0o444, show=lambda fs: io_stat_line(fs.stats())),
     _AttrFile("compact", 0o200, store=_store_compact),
+    _AttrFile("debug_stat", 0o444, show=lambda fs: debug_stat_text()),
+    # zram's debugfs file (/sys/kernel/debug/zram/zramN/block_state, 0400).
+    _AttrFile("block_state", 0o400, show=_show_block_state, dump=True),
+    # zsmalloc's debugfs file (/sys/kernel/debug/zsmalloc/zramN/classes).
+    _AttrFile("classes", 0o444, show=lambda fs: classes_table(fs.pool_stats())),
 )
 # Attribute files take the inode numbers after `disk`, in the order above.
 _FIRST_ATTR_INO = DISK_INO + 1
+# File handles of open dumps; open returns the inode number as the handle
+# of every other file, so these never collide with one.
+_FIRST_DUMP_FH = 1 << 32
+
+
+def _empty_pool_stats():
+    """What an empty pool reports: the classes table of an uninitialised device."""
+    pool = Pool(max_objects=1)
+    try:
+        return pool.stats()
+    finally:
+        pool.close()
 
 
 class Filesystem:
@@ -315,6 +345,9 @@ class Filesystem:
         self._params = AlgorithmParams()
         self._mem_limit = device.mem_limit if device is not None else 0
         self._disk_openers = 0
+        # Open dumps: file handle -> the text rendered at open.
+        self._dumps = {}
+        self._next_fh = _FIRST_DUMP_FH
         # Called (no arguments) after disk's size changed, so a FUSE backend
         # can tell the kernel to drop its cached size of disk.
         self.on_resize = None
@@ -351,6 +384,13 @@ class Filesystem:
     def mem_limit(self):
         device = self.device
         return device.mem_limit if device is not None else self._mem_limit
+
+    def pool_stats(self):
+        """The pool's PoolStats (an empty pool's before init)."""
+        device = self.device
+        if device is not None:
+            return device.pool_stats()
+        return _empty_pool_stats()
 
     def stats(self):
         """The device's DeviceStats, or an uninitialised device's: all zero
@@ -522,7 +562,7 @@ class Filesystem:
             # is refused while any open of disk (a loop device's) is alive.
             with self._lock:
                 self._disk_openers += 1
-            return
+            return ino
         af = self._attr_files.get(ino)
         if af is not None:
             # Like kernfs: an attribute without a show (store) op cannot be
@@ -532,19 +572,34 @@ class Filesystem:
                 raise ReadOnlyError(f"{af.name} is read-only")
             if acc in (os.O_RDONLY, os.O_RDWR) and af.show is None:
                 raise ReadOnlyError(f"{af.name} is write-only")
+            if af.dump:
+                # Rendered without _lock (the device locks per batch).
+                text = af.show(self).encode("ascii")
+                with self._lock:
+                    fh = self._next_fh
+                    self._next_fh += 1
+                    self._dumps[fh] = text
+                return fh
         del a
+        return ino
 
-    def release(self, ino):
-        """The last close of an open file (FUSE RELEASE)."""
+    def release(self, ino, fh=None):
+        """The last close of an open file (FUSE RELEASE); ``fh`` is what
+        open returned."""
         if ino == DISK_INO:
             with self._lock:
                 self._disk_openers -= 1
+        elif fh is not None:
+            self._dumps.pop(fh, None)
 
     def opendir(self, ino):
         if self._attr(ino).ino != ROOT_INO:
             raise NotADirectoryError(f"inode {ino} is not a directory")
 
-    def read(self, ino, offset, size):
+    def read(self, ino, offset, size, fh=None):
+        dump = self._dumps.get(fh)
+        if dump is not None:
+            return dump[offset : offset + size]
         if ino == DISK_INO:
             # Like a block device: reads at or past the end (every read of an
             # uninitialised device) find end of file.

@@ -771,3 +771,40 @@ def test_public_names():
             assert hasattr(module, name), (module.__name__, name)
     for exc in (DeviceError, MemLimitError, OutOfRangeError, CorruptedSlotError, InvalidDiskSizeError):
         assert exc.__doc__.startswith("Raised when") or exc is DeviceError
+
+
+def test_block_state_dump_lets_reads_through():
+    # The dump takes the device lock per batch of slots, so a reader
+    # running alongside is never held up for the length of the dump.
+    import threading
+    import time
+
+    dev = BlockDevice(256 << 20)
+    page = os.urandom(2048) + bytes(2048)
+    for off in range(0, 256 << 20, 1 << 20):
+        dev.write(off, page * 256)
+    waits = []
+    stop = threading.Event()
+
+    def reader():
+        offset = 0
+        while not stop.is_set():
+            start = time.perf_counter()
+            dev.read(offset, 4096)
+            waits.append(time.perf_counter() - start)
+            offset = (offset + (1 << 20) + 4096) % (256 << 20)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    time.sleep(0.05)
+    before = len(waits)
+    start = time.perf_counter()
+    text = "".join(dev.block_state())
+    took = time.perf_counter() - start
+    during = len(waits) - before
+    stop.set()
+    thread.join()
+    assert text.count("\n") == (256 << 20) // 4096
+    assert during > 100
+    assert max(waits) < took / 2
+    dev.close()

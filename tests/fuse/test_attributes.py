@@ -23,6 +23,9 @@ ATTR_MODES = {
     "mem_limit": 0o644,
     "mem_used_max": 0o644,
     "compact": 0o200,
+    "debug_stat": 0o444,
+    "block_state": 0o400,
+    "classes": 0o444,
 }
 
 

@@ -293,6 +293,7 @@ def test_readdir_in_pieces(client):
     assert set(names[3:]) == {
         "disksize", "initstate", "reset", "comp_algorithm", "algorithm_params",
         "mem_limit", "mem_used_max", "mm_stat", "io_stat", "compact",
+        "debug_stat", "block_state", "classes",
     }
     assert client.call(_abi.READDIR, DISK_INO, read_in(0, 4096))[0] == -errno.ENOTDIR
 

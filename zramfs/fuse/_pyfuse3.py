@@ -134,7 +134,9 @@ class _Operations(pyfuse3.Operations if pyfuse3 is not None else object):
     pyfuse3.main() and leaves the kernel's request unanswered.  So every
     handler maps every Exception through errno_for (unknown ones: EIO, and
     counted in `errors`, as the default backend counts them).  File handles
-    are inode numbers: Filesystem keeps no per-open state.  Handlers not
+    are what Filesystem.open returns: the inode number, or for a dump
+    (block_state) a handle of its own above 2**32 that read and release
+    pass back in the inode's place.  Handlers not
     defined here (xattrs, fallocate...) answer ENOSYS, as in the default
     backend.
     """
@@ -190,16 +192,16 @@ class _Operations(pyfuse3.Operations if pyfuse3 is not None else object):
             raise self._fuse_error(exc) from None
 
     async def open(self, inode, flags, ctx):
-        self._call(self._fs.open, inode, flags)
+        fh = self._call(self._fs.open, inode, flags)
         # direct_io: no uncompressed copy of `disk` in the page cache, and
         # attribute files render fresh text on every read.
-        return pyfuse3.FileInfo(fh=inode, direct_io=True, keep_cache=False)
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
     async def read(self, fh, off, size):
         try:
             if size >= _THREAD_MIN_BYTES:
-                return await trio.to_thread.run_sync(self._fs.read, fh, off, size, limiter=self.limiter)
-            return self._fs.read(fh, off, size)
+                return await trio.to_thread.run_sync(self._fs.read, fh, off, size, fh, limiter=self.limiter)
+            return self._fs.read(fh, off, size, fh)
         except Exception as exc:
             raise self._fuse_error(exc) from None
 
@@ -220,8 +222,9 @@ class _Operations(pyfuse3.Operations if pyfuse3 is not None else object):
         pass
 
     async def release(self, fh):
-        # fh is the inode (see open): disk's opens are counted for reset.
-        self._call(self._fs.release, fh)
+        # fh is the inode, or a dump's handle (see Filesystem.open): disk's
+        # opens are counted for reset, a dump's copy is dropped.
+        self._call(self._fs.release, fh, fh)
 
     async def opendir(self, inode, ctx):
         self._call(self._fs.opendir, inode)

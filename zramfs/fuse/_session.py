@@ -494,7 +494,7 @@ class DevSession(MountedSession):
 
     def _open(self, unique, nodeid, mv, n):
         flags, _ = _abi.open_in.unpack_from(mv, _abi.IN_HEADER_SIZE)
-        self.fs.open(nodeid, flags)
+        fh = self.fs.open(nodeid, flags)
         # direct_io for everything: no uncompressed copy of disk in the page
         # cache, and attribute files render fresh on every read.  Parallel
         # direct writes: the device locks per block itself, so the inode lock
@@ -502,7 +502,7 @@ class DevSession(MountedSession):
         open_flags = _abi.FOPEN_DIRECT_IO
         if nodeid == DISK_INO:
             open_flags |= _abi.FOPEN_PARALLEL_DIRECT_WRITES
-        self._reply(unique, _abi.open_out.pack(0, open_flags, 0))
+        self._reply(unique, _abi.open_out.pack(fh, open_flags, 0))
 
     def _opendir(self, unique, nodeid, mv, n):
         self.fs.opendir(nodeid)
@@ -513,8 +513,8 @@ class DevSession(MountedSession):
     # the fs clamps at the end of disk.
 
     def _read(self, unique, nodeid, mv, n):
-        _fh, offset, size, _, _, _, _ = _abi.read_in.unpack_from(mv, _abi.IN_HEADER_SIZE)
-        data = self.fs.read(nodeid, offset, size)
+        fh, offset, size, _, _, _, _ = _abi.read_in.unpack_from(mv, _abi.IN_HEADER_SIZE)
+        data = self.fs.read(nodeid, offset, size, fh)
         self._send((_abi.out_header.pack(16 + len(data), 0, unique), data))
 
     def _write(self, unique, nodeid, mv, n):
@@ -526,7 +526,8 @@ class DevSession(MountedSession):
         self._send((_abi.out_header.pack(24, 0, unique), _abi.write_out.pack(written, 0)))
 
     def _release(self, unique, nodeid, mv, n):
-        self.fs.release(nodeid)
+        (fh,) = _abi.release_in_fh.unpack_from(mv, _abi.IN_HEADER_SIZE)
+        self.fs.release(nodeid, fh)
         self._reply(unique)
 
     def _disk_resized(self):
