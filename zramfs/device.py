@@ -878,10 +878,12 @@ def mm_stat_line(s):
 
 def io_stat_line(s):
     """zram's ``io_stat`` line of DeviceStats ``s``: failed_reads
-    failed_writes invalid_io notify_free ("%8llu %8llu %8llu %8llu\\n")."""
-    return "%8d %8d %8d %8d\n" % (
+    failed_writes 0 notify_free ("%8llu %8llu 0 %8llu\\n").  The third
+    column was invalid_io; zram stopped counting it and prints a bare 0
+    (Linux 6.18), and so does this line.  ``DeviceStats.invalid_io`` still
+    counts out-of-range requests, for ``zramfs status --json``."""
+    return "%8d %8d 0 %8d\n" % (
         s.failed_reads,
         s.failed_writes,
-        s.invalid_io,
         s.notify_free,
     )

@@ -160,7 +160,8 @@ def test_out_of_range(offset, length):
     after = dev.stats()
     assert after.invalid_io == before.invalid_io + (3 if length >= 0 else 2)
     assert dataclasses.replace(after, invalid_io=before.invalid_io) == before
-    assert dev.io_stat().split()[2] == str(after.invalid_io)
+    # zram 6.18 prints a bare 0 where invalid_io was.
+    assert dev.io_stat().split()[2] == "0"
 
 
 def test_edges_of_the_device_are_in_range():
@@ -333,7 +334,7 @@ def test_discard_counts_every_whole_block_like_zram():
     dev = BlockDevice(MiB)
     dev.discard(0, MiB)
     assert dev.stats().notify_free == 256
-    assert dev.io_stat() == "       0        0        0      256\n"
+    assert dev.io_stat() == "       0        0 0      256\n"
 
 
 def test_discard_zeroes_partial_edges():
@@ -559,7 +560,7 @@ def test_stats_add_up_and_text_formats():
     assert mm == " ".join("%8d" % getattr(s, f) for f in MM_STAT_FIELDS) + "\n"
     assert [int(v) for v in mm.split()] == [getattr(s, f) for f in MM_STAT_FIELDS]
     io = dev.io_stat()
-    assert io == "       0        0        0        0\n"
+    assert io == "       0        0 0        0\n"  # zram 6.18's "%8llu %8llu 0 %8llu\n"
     assert [int(v) for v in io.split()] == [getattr(s, f) for f in IO_STAT_FIELDS]
     # Columns wider than 8 digits push on, as printf's %8llu does.
     big = BlockDevice(1 << 30)
