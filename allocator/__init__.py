@@ -7,9 +7,10 @@ block with ``Pool.malloc`` + ``Pool.write`` and gets an opaque *handle* back;
 
 Memory.  All object bytes live in one arena: a memfd mapped MAP_SHARED and
 reserved whole (sparse: 1 TiB when uncapped, what ``max_pages`` or
-``max_objects`` lets the pool use when either is given).  The kernel allocates a 4 KiB page when it is first written, and
-the pool gives it back with ``fallocate(PUNCH_HOLE)`` when it frees it,
-which works even under ``mlockall`` (where ``MADV_DONTNEED`` does not).
+``max_objects`` lets the pool use when either is given).  The kernel
+allocates a 4 KiB page when it is first written, and the pool gives it back
+with ``fallocate(PUNCH_HOLE)`` when it frees it, which works even under
+``mlockall`` (where ``MADV_DONTNEED`` does not).
 
 Populating ahead.  A first write to an arena page costs a shmem page fault
 (2-4 us here, depending on the host; zsmalloc takes an unzeroed page from
@@ -52,16 +53,22 @@ crosses a page.  Objects of ``huge_class_size`` bytes or more (they would
 land in the top class: one object per page) get a page of a separate huge
 region to themselves and no header; they never move.
 
-Handles.  A handle is an index into the handle table (``array('Q')``, handle
-0 never used).  A live entry is ``data address << 13 | size``, so read and
+Handles.  A handle is an index into the handle table (64-bit entries,
+handle 0 never used).  A live entry is ``data address << 13 | size``, so read and
 write need one table load; a free entry has size 0 and links to the next
 free handle.  Compaction rewrites entries, never handles.
 
 Where state lives.  No Python object exists per object or per zspage.
-zspages are ids into flat arrays (class, inuse, free-list head, bump
+zspages are ids into flat tables (class, inuse, free-slot head, bump
 offset, fullness list links, fullness group); an object's zspage and offset
-are its address's high and low bits.  Per class there are plain lists:
-fullness list heads, a bitmask of non-empty groups, a zspage count.
+are its address's high and low bits.  The handle table and the zspage
+tables are sparse ranges of a second memfd, sized for every handle and id
+the pool can have and punched when the pool holds no object any more, so
+an emptied pool gives its metadata back as it gives its pages.  Freed
+handles and zspage ids are reused, linked through their own entries.  Per
+class there are plain lists: fullness list heads, a bitmask of non-empty
+groups, a zspage count.  The numbers that fix the layout are all in
+``_layout``.
 
 Fullness groups.  A zspage with some slots used is in one of ten groups by
 fill level (0-9 %, ..., 90-99 %), each an intrusive doubly linked list; full
@@ -83,11 +90,19 @@ the object under the view; code inside a ``with pool.map(...)`` block must
 not call the pool or wait for anything that does, or it deadlocks.  Nothing
 in the pool waits on I/O while holding the lock (page faults on the arena are
 RAM, which the daemon has locked).
+
+Modules.  ``_pool`` is Pool: allocation, free, access, batches, populating
+ahead.  Compaction (``_compact``) and the self-check the tests run
+(``_check``) are Pool's methods too, in base classes of their own modules.
+``_size_class`` builds the class table, ``_arena`` and ``_tables`` own the
+two memfds, ``_stats`` and ``_errors`` are what callers get back, and
+``_layout`` holds every layout constant.  Imports run one way, from
+``_pool`` down to ``_layout``; nothing imports ``_pool`` but this file.
 """
 
 from ._errors import PoolError, PoolFullError, PoolLimitError
+from ._layout import PAGE_SHIFT, PAGE_SIZE
 from ._pool import Pool
-from ._size_class import PAGE_SHIFT, PAGE_SIZE
 from ._stats import ClassStats, PoolStats
 
 __all__ = ["PAGE_SHIFT", "PAGE_SIZE", "ClassStats", "Pool", "PoolError", "PoolFullError",

@@ -26,13 +26,7 @@ import mmap
 import os
 import weakref
 
-from ._size_class import PAGE_SHIFT
-
-#: Largest reservation, and the one an uncapped pool makes: 1 TiB of file
-#: size and address space.  Neither is memory (the memfd is sparse, the
-#: mapping populated on fault), but x86-64 gives a process 128 TiB of address
-#: space, so at most ~127 uncapped pools can be alive in one process.
-RESERVATION_BYTES = 1 << 40
+from ._layout import PAGE_SHIFT
 
 #: fallocate mode bits from <linux/falloc.h>: free the range, keep i_size.
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -52,10 +46,11 @@ class Arena:
     own: the pool calls it under the pool lock.
     """
 
-    __slots__ = ("fd", "map", "mv", "mv32", "size", "_close_fd", "__weakref__")
+    __slots__ = ("fd", "map", "mv", "mv32", "size", "closed", "_close_fd", "__weakref__")
 
     def __init__(self, size: int, name: str = "zramfs-pool"):
         self.size = size
+        self.closed = False
         self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
         try:
             os.ftruncate(self.fd, size)
@@ -85,10 +80,10 @@ class Arena:
 
     def close(self) -> None:
         """Unmap and close.  Views handed out must have been released."""
-        if self.map is None:
+        if self.closed:
             return
         self.mv32.release()
         self.mv.release()
         self.map.close()
         self._close_fd()
-        self.map = None
+        self.closed = True

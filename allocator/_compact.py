@@ -1,9 +1,20 @@
 """Compaction (zs_compact): empty the sparsest zspages into the fullest.
 
-Data flow: ``Pool.compact()`` calls ``compact_class`` for every non-huge
-class with the pool lock held.  The device calls ``Pool.compact()`` when
-someone writes to its ``compact`` attribute file, and the daemon may call it
-from its maintenance task.
+Data flow: the device calls ``Pool.compact()`` when someone writes to its
+``compact`` attribute file, and the daemon may call it from its maintenance
+task; it runs ``_compact_class``, here, for every non-huge class with the
+pool lock held.
+
+Why a base class of Pool, not functions given a pool: compaction works on
+the whole of the pool's state (fullness lists, zspage tables, handle table,
+arena) and moves objects one by one; an interface narrow enough to hide
+that state would cost a method call per table access of every object
+moved.  So these are Pool's own methods, written in a module of their own
+so that ``_pool.py`` holds the allocation paths, and this module imports
+only the layout constants: ``_pool`` imports it, never the reverse.  The
+fields it uses are Pool's, described in ``Pool.__init__``; the helpers it
+shares with malloc and free (``_unlink``, ``_push``, ``_take_slot``,
+``_free_zspage``, ``_partial``) are Pool's too.
 
 Per class, while the free slots of the partial zspages add up to at least
 one whole zspage (the kernel's ``zs_can_compact``: with fewer, moving
@@ -18,61 +29,97 @@ class is done.
 
 from __future__ import annotations
 
-from ._pool import FULL, NR_GROUPS, SIZE_BITS, SIZE_MASK, Pool
-from ._size_class import OBJ_HEADER_SIZE
+import mmap
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from ._layout import FULL, NR_GROUPS, OBJ_HEADER_SIZE, SIZE_BITS, SIZE_MASK
 
 
-def compact_class(pool: Pool, c: int) -> int:
-    """Compact class c of pool (lock held); return the pages freed."""
-    objs = pool._copz[c]
-    size = pool._csize[c]
-    heads = pool._heads
-    cmask = pool._cmask
-    handles = pool._handles
-    mv32 = pool._mv32
-    move = pool._map.move
-    zs_free = pool._zs_free
-    zs_inuse = pool._zs_inuse
-    shift = pool._zs_shift
-    # Free slots in partial zspages (full ones have none).  Moving an object
-    # leaves the sum unchanged; freeing an emptied source takes objs off.
-    wasted = sum(objs - zs_inuse[z] for z in pool._partial(c))
-    freed = 0
-    while wasted >= objs:
-        m = cmask[c]
-        gs = (m & -m).bit_length() - 1
-        src = heads[c * NR_GROUPS + gs]
-        pool._unlink(c, gs, src)
-        base = src << shift
-        for off in range(0, pool._zs_bump[src], size):
-            if not zs_inuse[src]:
-                break
-            word = mv32[(base | off) >> 2]
-            if not word & 1:
-                continue            # a free slot
-            if not cmask[c]:
-                break               # every other zspage is full
-            g = cmask[c].bit_length() - 1
-            dst = heads[c * NR_GROUPS + g]
-            h = word >> 1
-            osize = handles[h] & SIZE_MASK
-            new = pool._take_slot(c, dst)
-            # Header (the handle) and data in one copy.
-            move(new, base | off, OBJ_HEADER_SIZE + osize)
-            handles[h] = ((new + OBJ_HEADER_SIZE) << SIZE_BITS) | osize
-            # The old slot goes onto src's free list.
-            mv32[(base | off) >> 2] = zs_free[src] << 1
-            zs_free[src] = off + 1
-            zs_inuse[src] -= 1
-        inuse = zs_inuse[src]
-        if not inuse:
-            freed += pool._free_zspage(src)
-            wasted -= objs
-            continue
-        # No room left anywhere else: put src back and stop.
-        g = pool._cgroup[c][inuse]
-        pool._zs_group[src] = g
-        if g != FULL:
-            pool._push(c, g, src)
-        break
-    return freed
+class Compaction:
+    """Pool's compaction method (zs_compact's per-class loop).  Pool is the only subclass."""
+
+    __slots__ = ()
+
+    # What compaction uses of the pool, and nothing else: Pool's fields
+    # (``Pool.__init__`` says what each holds) and the helpers it shares
+    # with malloc and free.
+    _lock: threading.Lock
+    _map: mmap.mmap
+    _mv32: memoryview
+    _zs_shift: int
+    _handles: memoryview
+    _class_size: list[int]
+    _objs_per_zspage: list[int]
+    _group_of: list[list[int]]
+    _group_heads: list[int]
+    _group_mask: list[int]
+    _huge_class: int
+    _zs_bump: memoryview
+    _zs_freeobj: memoryview
+    _zs_group: memoryview
+    _zs_inuse: memoryview
+
+    if TYPE_CHECKING:
+        def _partial(self, c: int) -> Iterator[int]: ...
+        def _unlink(self, c: int, g: int, z: int) -> None: ...
+        def _push(self, c: int, g: int, z: int) -> None: ...
+        def _take_slot(self, c: int, z: int) -> int: ...
+        def _free_zspage(self, z: int) -> int: ...
+
+    def _compact_class(self, c: int) -> int:
+        """Compact class c (lock held); return the pages freed."""
+        objs = self._objs_per_zspage[c]
+        size = self._class_size[c]
+        group_heads = self._group_heads
+        group_mask = self._group_mask
+        handles = self._handles
+        mv32 = self._mv32
+        move = self._map.move
+        zs_freeobj = self._zs_freeobj
+        zs_inuse = self._zs_inuse
+        shift = self._zs_shift
+        # Free slots in partial zspages (full ones have none).  Moving an
+        # object leaves the sum unchanged; freeing an emptied source takes
+        # objs off.
+        wasted = sum(objs - zs_inuse[z] for z in self._partial(c))
+        freed = 0
+        while wasted >= objs:
+            m = group_mask[c]
+            gs = (m & -m).bit_length() - 1
+            src = group_heads[c * NR_GROUPS + gs]
+            self._unlink(c, gs, src)
+            base = src << shift
+            for off in range(0, self._zs_bump[src], size):
+                if not zs_inuse[src]:
+                    break
+                word = mv32[(base | off) >> 2]
+                if not word & 1:
+                    continue            # a free slot
+                if not group_mask[c]:
+                    break               # every other zspage is full
+                g = group_mask[c].bit_length() - 1
+                dst = group_heads[c * NR_GROUPS + g]
+                h = word >> 1
+                osize = handles[h] & SIZE_MASK
+                new = self._take_slot(c, dst)
+                # Header (the handle) and data in one copy.
+                move(new, base | off, OBJ_HEADER_SIZE + osize)
+                handles[h] = ((new + OBJ_HEADER_SIZE) << SIZE_BITS) | osize
+                # The old slot goes onto src's free list.
+                mv32[(base | off) >> 2] = zs_freeobj[src] << 1
+                zs_freeobj[src] = off + 1
+                zs_inuse[src] -= 1
+            inuse = zs_inuse[src]
+            if not inuse:
+                freed += self._free_zspage(src)
+                wasted -= objs
+                continue
+            # No room left anywhere else: put src back and stop.
+            g = self._group_of[c][inuse]
+            self._zs_group[src] = g
+            if g != FULL:
+                self._push(c, g, src)
+            break
+        return freed

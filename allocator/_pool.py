@@ -3,8 +3,10 @@
 Data flow: the block device calls ``malloc`` + ``write`` for each compressed
 block, ``read`` (or ``map``) to load it back and ``free`` when the block is
 overwritten or discarded.  The pool keeps every piece of state in flat
-``array.array``\\ s and in plain lists indexed by class id (the package
-docstring describes the layout); the bytes live in the ``Arena``.
+tables (``Tables``: memoryviews of a memfd) and in plain lists indexed by
+class id (the package docstring describes the layout); the bytes live in
+the ``Arena``.  Compaction (``_compact``) and the self-check (``_check``)
+are Pool's methods too, in base classes of their own.
 
 The hot paths (malloc, free, read, write) are written flat on purpose: one
 lock taken with acquire/release (``with`` costs 80 ns more here), locals
@@ -21,47 +23,32 @@ import errno
 import operator
 import threading
 from array import array
+from typing import Literal
 
-from ._arena import RESERVATION_BYTES, Arena
+from ._arena import Arena
+from ._check import ConsistencyCheck
+from ._compact import Compaction
 from ._errors import PoolFullError, PoolLimitError
-from ._size_class import (
+from ._layout import (
     DEFAULT_MAX_PAGES_PER_ZSPAGE,
+    FULL,
+    MAX_HANDLE,
+    NR_GROUPS,
     OBJ_HEADER_SIZE,
     PAGE_SHIFT,
     PAGE_SIZE,
+    READY_MAX,
+    RESERVATION_BYTES,
+    SIZE_BITS,
+    SIZE_MASK,
     ZS_MAX_ALLOC_SIZE,
-    SizeClassTable,
 )
+from ._size_class import SizeClassTable
 from ._stats import ClassStats, PoolStats
 from ._tables import Tables
 
-#: Handle-table entry: ``addr << SIZE_BITS | size`` for a live object, where
-#: addr is the arena address of the object's data and size its malloc'd size
-#: (1..4096 needs 13 bits).  A free entry has size 0 and keeps the next free
-#: handle in the addr bits, so free handles form a LIFO list inside the
-#: table itself and cost no extra memory.
-SIZE_BITS = 13
-SIZE_MASK = (1 << SIZE_BITS) - 1
-
-#: Largest handle: a slot's 32-bit header word holds ``handle << 1 | 1``.
-MAX_HANDLE = (1 << 31) - 1
-
-
-#: Fullness groups per class.  A zspage with ``inuse`` of ``objs`` slots used
-#: is in group ``inuse * 10 // objs + 1`` (1..10: 0-9 %, ..., 90-99 % used,
-#: as the kernel's ZS_INUSE_RATIO_* groups).  FULL is not a list: a full
-#: zspage can take no object and is no compaction source.  An empty zspage
-#: is freed at once, so it has no group.
-FULL = 11
-NR_GROUPS = 12
-
 #: Map modes of ``Pool.map``, as zsmalloc's ZS_MM_RO / ZS_MM_WO / ZS_MM_RW.
 MAP_MODES = ("r", "w", "rw")
-
-#: Most zspages ``populate_ahead`` keeps ready (and pending requests for
-#: them): two thirds of a 512 KiB request's worth for fio-like data, and at
-#: most 16 * 8 pages = 512 KiB of memory that holds no object.
-READY_MAX = 16
 
 #: madvise advice (Linux 5.14, <asm-generic/mman-common.h>): fault the
 #: range in writable, as a first write would, without writing.
@@ -77,7 +64,7 @@ class _Mapping:
         self._pool = pool
         self._handle = handle
         self._mode = mode
-        self._view = None
+        self._view: memoryview | None = None
 
     def __enter__(self) -> memoryview:
         pool = self._pool
@@ -96,17 +83,18 @@ class _Mapping:
         self._view = view
         return view
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> Literal[False]:
         try:
             # Released, the view can no longer reach the arena after the
             # lock is dropped and compaction may move the object.
-            self._view.release()
+            if self._view is not None:
+                self._view.release()
         finally:
             self._pool._lock.release()
         return False
 
 
-class Pool:
+class Pool(Compaction, ConsistencyCheck):
     """A zsmalloc-style pool of objects of 1..4096 bytes.  See the package docstring.
 
     ``max_pages`` caps ``pages_used`` (PoolFullError past it).
@@ -119,14 +107,15 @@ class Pool:
 
     __slots__ = (
         "_lock", "_arena", "_map", "_mv", "_mv32", "max_pages", "max_pages_per_zspage",
-        "huge_class_size", "max_objects", "_cap", "_max_handle",
+        "huge_class_size", "max_objects", "_page_cap", "_max_handle",
         "_zs_shift", "_zs_mask", "_max_zspages",
         "_huge_base", "_huge_slots",
-        "_class_of", "_csize", "_cppz", "_copz", "_cgroup", "_huge",
-        "_heads", "_cmask", "_czspages",
-        "_tables", "_handles", "_hfree", "_handles_end",
-        "_zs_class", "_zs_inuse", "_zs_free", "_zs_bump", "_zs_next", "_zs_prev",
-        "_zs_group", "_zs_freeid", "_zs_end", "_huge_free", "_huge_next",
+        "_class_of", "_class_size", "_pages_per_zspage", "_objs_per_zspage",
+        "_group_of", "_huge_class",
+        "_group_heads", "_group_mask", "_class_zspages",
+        "_tables", "_handles", "_free_handle", "_handles_end",
+        "_zs_class", "_zs_inuse", "_zs_freeobj", "_zs_bump", "_zs_next", "_zs_prev",
+        "_zs_group", "_zs_freed", "_zs_end", "_huge_free", "_huge_next",
         "_pages_used", "_bytes_used", "_pages_compacted",
         "_zs_ready", "_ready_pages", "_want",
     )
@@ -151,7 +140,7 @@ class Pool:
             cap = min(cap, max_pages)
         if max_objects is not None:
             cap = min(cap, max_objects * max_pages_per_zspage)
-        self._cap = cap
+        self._page_cap = cap
         self._max_handle = MAX_HANDLE if max_objects is None else min(MAX_HANDLE, max_objects)
         self._lock = threading.Lock()
         # Arena layout.  zspage z owns [z << zs_shift, (z + 1) << zs_shift):
@@ -160,16 +149,21 @@ class Pool:
         # get their own region after the zspages, one page each, so they
         # stay densely packed (one page-table page maps 512 of them) rather
         # than each taking a zspage slot.  A bounded pool reserves only what
-        # it can use (at most min(cap, max_objects) zspages and as many huge
-        # pages), so many small pools fit one process's address space.
+        # it can use, so many small pools fit one process's address space:
+        # at most cap zspages (each has a page), or max_objects of them
+        # holding objects (each holds one) plus READY_MAX ready ones; at
+        # most cap, or max_objects, huge pages.
         self._zs_shift = shift = PAGE_SHIFT + (max_pages_per_zspage - 1).bit_length()
         self._zs_mask = (1 << shift) - 1
-        most = cap if max_objects is None else min(cap, max_objects)
-        if ((most + 1) << shift) + (most << PAGE_SHIFT) > RESERVATION_BYTES:
+        zspages = huge = cap
+        if max_objects is not None:
+            zspages = min(cap, max_objects + READY_MAX)
+            huge = min(cap, max_objects)
+        if ((zspages + 1) << shift) + (huge << PAGE_SHIFT) > RESERVATION_BYTES:
             zs_bytes = huge_bytes = RESERVATION_BYTES // 2
         else:
-            zs_bytes = (most + 1) << shift      # +1: zspage id 0 is never used
-            huge_bytes = most << PAGE_SHIFT
+            zs_bytes = (zspages + 1) << shift   # +1: zspage id 0 is never used
+            huge_bytes = huge << PAGE_SHIFT
         self._max_zspages = zs_bytes >> shift
         self._huge_base = zs_bytes
         self._huge_slots = huge_bytes >> PAGE_SHIFT
@@ -179,46 +173,46 @@ class Pool:
         self._mv32 = arena.mv32
         self.huge_class_size = classes.huge_class_size
         n = len(classes)
-        self._huge = n - 1
+        self._huge_class = n - 1
         self._class_of = classes.class_of
-        self._csize = classes.size
-        self._cppz = classes.pages_per_zspage
-        self._copz = classes.objs_per_zspage
+        self._class_size = classes.size
+        self._pages_per_zspage = classes.pages_per_zspage
+        self._objs_per_zspage = classes.objs_per_zspage
         # inuse -> fullness group, one list per class.
-        self._cgroup = [
+        self._group_of = [
             [FULL if i == o else i * 10 // o + 1 for i in range(o + 1)]
             for o in classes.objs_per_zspage]
         # heads[c * NR_GROUPS + g]: first zspage of group g of class c (0: none).
-        self._heads = [0] * (n * NR_GROUPS)
+        self._group_heads = [0] * (n * NR_GROUPS)
         # Bit g of cmask[c] is set when group g of class c is not empty, so
         # the fullest group with room is cmask[c].bit_length() - 1.
-        self._cmask = [0] * n
+        self._group_mask = [0] * n
         # zspages per class (for the huge class: huge objects).
-        self._czspages = [0] * n
+        self._class_zspages = [0] * n
         # The handle table and the zspage tables, sized for every handle
         # and zspage id the pool can have; memory only where written.
         nz = self._max_zspages
         self._tables = tables = Tables({
             "handles": ("Q", self._max_handle + 1),
             "zs_class": ("H", nz), "zs_inuse": ("H", nz), "zs_group": ("B", nz),
-            "zs_free": ("I", nz), "zs_bump": ("I", nz),
+            "zs_freeobj": ("I", nz), "zs_bump": ("I", nz),
             "zs_next": ("I", nz), "zs_prev": ("I", nz)})
         views = tables.views
         # Handle 0 is never handed out: it stays a free entry with no next.
         # Handles from handles_end up have never been used.
         self._handles = views["handles"]
-        self._hfree = 0
+        self._free_handle = 0
         self._handles_end = 1
         # zspage tables, indexed by zspage id; id 0 is the null link and
         # owns no memory.  Ids from zs_end up have never been used.
         self._zs_class = views["zs_class"]
         self._zs_inuse = views["zs_inuse"]
-        self._zs_free = views["zs_free"]    # first free slot's offset + 1 (0: none)
-        self._zs_bump = views["zs_bump"]    # offset of the first never-used slot
-        self._zs_next = views["zs_next"]    # fullness list links; free-id list link
+        self._zs_freeobj = views["zs_freeobj"]  # first free slot's offset + 1 (0: none)
+        self._zs_bump = views["zs_bump"]        # offset of the first never-used slot
+        self._zs_next = views["zs_next"]        # fullness list links; free-id list link
         self._zs_prev = views["zs_prev"]
         self._zs_group = views["zs_group"]
-        self._zs_freeid = 0                 # first freed id, linked through zs_next
+        self._zs_freed = 0                      # first freed id, linked through zs_next
         self._zs_end = 1
         # Huge pages: slot i is the page at huge_base + (i << PAGE_SHIFT).
         self._huge_free = array("I")
@@ -232,7 +226,7 @@ class Pool:
         self._ready_pages = 0
         # Chain lengths to make ready, one per zspage made since; None once
         # the kernel refused MADV_POPULATE_WRITE (older than 5.14).
-        self._want = array("B")
+        self._want: array | None = array("B")
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -248,7 +242,7 @@ class Pool:
     def __enter__(self) -> Pool:
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> Literal[False]:
         self.close()
         return False
 
@@ -284,45 +278,45 @@ class Pool:
         # The handle is picked first and the table written last, so that
         # running out of handles or pages changes nothing.
         handles = self._handles
-        h = self._hfree
+        h = self._free_handle
         if not h:
             h = self._handles_end
             if h > self._max_handle:
                 raise PoolFullError(f"pool is full: all {self._max_handle} handles are in use")
-        m = self._cmask[c]
+        m = self._group_mask[c]
         if m:
             g = m.bit_length() - 1
-            z = self._heads[c * NR_GROUPS + g]
+            z = self._group_heads[c * NR_GROUPS + g]
         else:
             z = self._new_zspage(c)
             g = 0
         # A slot: the zspage's free list first, else its never-used tail.
         mv32 = self._mv32
-        zs_free = self._zs_free
-        off = zs_free[z]
+        zs_freeobj = self._zs_freeobj
+        off = zs_freeobj[z]
         if off:
             hdr = (z << self._zs_shift) | (off - 1)
-            zs_free[z] = mv32[hdr >> 2] >> 1
+            zs_freeobj[z] = mv32[hdr >> 2] >> 1
         else:
             zs_bump = self._zs_bump
             off = zs_bump[z]
-            zs_bump[z] = off + self._csize[c]
+            zs_bump[z] = off + self._class_size[c]
             hdr = (z << self._zs_shift) | off
         entry = ((hdr + OBJ_HEADER_SIZE) << SIZE_BITS) | size
         if h == self._handles_end:
             self._handles_end = h + 1
         else:
-            self._hfree = handles[h] >> SIZE_BITS
+            self._free_handle = handles[h] >> SIZE_BITS
         handles[h] = entry
         mv32[hdr >> 2] = (h << 1) | 1
         zs_inuse = self._zs_inuse
         inuse = zs_inuse[z] + 1
         zs_inuse[z] = inuse
-        g2 = self._cgroup[c][inuse]
+        g2 = self._group_of[c][inuse]
         if g2 != g:
             # _regroup inlined; z is the head of group g, so leaving it
             # is a pop.
-            heads = self._heads
+            heads = self._group_heads
             base = c * NR_GROUPS
             if g:
                 nxt = self._zs_next[z]
@@ -338,7 +332,7 @@ class Pool:
                     self._zs_prev[head] = z
                 heads[base + g2] = z
                 m |= 1 << g2
-            self._cmask[c] = m
+            self._group_mask[c] = m
             self._zs_group[z] = g2
         self._bytes_used += size
         return h
@@ -351,7 +345,7 @@ class Pool:
         # moves it (a one-object page cannot get fuller), so nothing needs to
         # find its handle from its slot.
         self._check_room(1)
-        h = self._hfree
+        h = self._free_handle
         if not h and self._handles_end > self._max_handle:
             raise PoolFullError(f"pool is full: all {self._max_handle} handles are in use")
         if self._huge_free:
@@ -364,25 +358,25 @@ class Pool:
                                 "huge page slots are in use")
         entry = ((self._huge_base + (slot << PAGE_SHIFT)) << SIZE_BITS) | size
         if h:
-            self._hfree = self._handles[h] >> SIZE_BITS
+            self._free_handle = self._handles[h] >> SIZE_BITS
         else:
             h = self._handles_end
             self._handles_end = h + 1
         self._handles[h] = entry
         self._pages_used += 1
-        self._czspages[self._huge] += 1
+        self._class_zspages[self._huge_class] += 1
         self._bytes_used += size
         return h
 
     def _check_room(self, pages: int) -> None:
-        if self._pages_used + pages > self._cap:
+        if self._pages_used + pages > self._page_cap:
             raise PoolFullError(
-                f"pool is full: {self._pages_used} of max_pages={self._cap} pages "
+                f"pool is full: {self._pages_used} of max_pages={self._page_cap} pages "
                 f"in use, {pages} more needed")
 
     def _new_zspage(self, c: int) -> int:
         """Make an empty zspage for class c, in no fullness list; return its id."""
-        ppz = self._cppz[c]
+        ppz = self._pages_per_zspage[c]
         self._check_room(ppz)
         ready = self._zs_ready[ppz]
         if ready:
@@ -402,17 +396,17 @@ class Pool:
         # zs_bump upwards, so a new zspage costs no per-slot work and each
         # page is first touched (allocated by the kernel) when an object
         # lands on it.
-        self._zs_free[z] = 0
+        self._zs_freeobj[z] = 0
         self._zs_bump[z] = 0
-        self._czspages[c] += 1
+        self._class_zspages[c] += 1
         self._pages_used += ppz
         return z
 
     def _take_id(self) -> int:
         """A zspage id that no zspage has: a freed one, else a new one."""
-        z = self._zs_freeid
+        z = self._zs_freed
         if z:
-            self._zs_freeid = self._zs_next[z]
+            self._zs_freed = self._zs_next[z]
             return z
         z = self._zs_end
         if z >= self._max_zspages:
@@ -424,8 +418,8 @@ class Pool:
     def _free_zspage(self, z: int) -> int:
         """Give an empty zspage (in no list) back to the kernel; return its pages."""
         c = self._zs_class[z]
-        ppz = self._cppz[c]
-        self._czspages[c] -= 1
+        ppz = self._pages_per_zspage[c]
+        self._class_zspages[c] -= 1
         self._pages_used -= ppz
         self._drop_id(z, ppz)
         return ppz
@@ -434,8 +428,8 @@ class Pool:
         """Put id z back on the free stack and give its first ppz pages back."""
         # The id first, so that even a failing fallocate leaves the tables
         # consistent (a reused zspage never reads what its slots held).
-        self._zs_next[z] = self._zs_freeid
-        self._zs_freeid = z
+        self._zs_next[z] = self._zs_freed
+        self._zs_freed = z
         # Its pages are consecutive in the arena: one fallocate frees them.
         self._arena.release(z << self._zs_shift, ppz << PAGE_SHIFT)
 
@@ -444,13 +438,13 @@ class Pool:
     def _push(self, c: int, g: int, z: int) -> None:
         """Put z at the head of group g of class c (g is not FULL)."""
         i = c * NR_GROUPS + g
-        head = self._heads[i]
+        head = self._group_heads[i]
         self._zs_next[z] = head
         self._zs_prev[z] = 0
         if head:
             self._zs_prev[head] = z
-        self._heads[i] = z
-        self._cmask[c] |= 1 << g
+        self._group_heads[i] = z
+        self._group_mask[c] |= 1 << g
 
     def _unlink(self, c: int, g: int, z: int) -> None:
         """Take z out of group g of class c (g is not FULL)."""
@@ -459,9 +453,9 @@ class Pool:
         if prv:
             self._zs_next[prv] = nxt
         else:
-            self._heads[c * NR_GROUPS + g] = nxt
+            self._group_heads[c * NR_GROUPS + g] = nxt
             if not nxt:
-                self._cmask[c] &= ~(1 << g)
+                self._group_mask[c] &= ~(1 << g)
         if nxt:
             self._zs_prev[nxt] = prv
 
@@ -478,17 +472,17 @@ class Pool:
 
         malloc does the same steps inline; compaction calls this.
         """
-        off = self._zs_free[z]
+        off = self._zs_freeobj[z]
         if off:
             hdr = (z << self._zs_shift) | (off - 1)
-            self._zs_free[z] = self._mv32[hdr >> 2] >> 1
+            self._zs_freeobj[z] = self._mv32[hdr >> 2] >> 1
         else:
             off = self._zs_bump[z]
-            self._zs_bump[z] = off + self._csize[c]
+            self._zs_bump[z] = off + self._class_size[c]
             hdr = (z << self._zs_shift) | off
         inuse = self._zs_inuse[z] + 1
         self._zs_inuse[z] = inuse
-        g2 = self._cgroup[c][inuse]
+        g2 = self._group_of[c][inuse]
         if g2 != self._zs_group[z]:
             self._regroup(c, z, self._zs_group[z], g2)
         return hdr
@@ -540,7 +534,7 @@ class Pool:
                     return False
                 self._ready_pages -= old
                 self._drop_id(stacks[old].pop(), old)
-            cap = self._cap if not max_pages or max_pages > self._cap else max_pages
+            cap = self._page_cap if not max_pages or max_pages > self._page_cap else max_pages
             if self._pages_used + self._ready_pages + ppz > cap:
                 return False
             try:
@@ -589,8 +583,8 @@ class Pool:
     def _free_locked(self, handle: int) -> None:
         """free with the lock held: the body free and free_many share."""
         addr, size = self._lookup(handle, "free of ")
-        self._handles[handle] = self._hfree << SIZE_BITS
-        self._hfree = handle
+        self._handles[handle] = self._free_handle << SIZE_BITS
+        self._free_handle = handle
         self._bytes_used -= size
         if size >= self.huge_class_size:
             self._free_huge(addr)
@@ -599,9 +593,9 @@ class Pool:
             return
         hdr = addr - OBJ_HEADER_SIZE
         z = hdr >> self._zs_shift
-        zs_free = self._zs_free
-        self._mv32[hdr >> 2] = zs_free[z] << 1
-        zs_free[z] = (hdr & self._zs_mask) + 1
+        zs_freeobj = self._zs_freeobj
+        self._mv32[hdr >> 2] = zs_freeobj[z] << 1
+        zs_freeobj[z] = (hdr & self._zs_mask) + 1
         zs_inuse = self._zs_inuse
         inuse = zs_inuse[z] - 1
         zs_inuse[z] = inuse
@@ -614,14 +608,14 @@ class Pool:
             if not self._pages_used:
                 self._shrink_tables()
             return
-        g2 = self._cgroup[c][inuse]
+        g2 = self._group_of[c][inuse]
         if g2 != g:
             # _regroup inlined: unlink from g (unless FULL), push on g2.
-            heads = self._heads
+            heads = self._group_heads
             base = c * NR_GROUPS
             zs_next = self._zs_next
             zs_prev = self._zs_prev
-            m = self._cmask[c]
+            m = self._group_mask[c]
             if g != FULL:
                 nxt = zs_next[z]
                 prv = zs_prev[z]
@@ -639,7 +633,7 @@ class Pool:
             if head:
                 zs_prev[head] = z
             heads[base + g2] = z
-            self._cmask[c] = m | (1 << g2)
+            self._group_mask[c] = m | (1 << g2)
             self._zs_group[z] = g2
 
     def _shrink_tables(self) -> None:
@@ -656,11 +650,11 @@ class Pool:
         nz = self._zs_end
         self._tables.clear({
             "handles": self._handles_end,
-            "zs_class": nz, "zs_inuse": nz, "zs_group": nz, "zs_free": nz,
+            "zs_class": nz, "zs_inuse": nz, "zs_group": nz, "zs_freeobj": nz,
             "zs_bump": nz, "zs_next": nz, "zs_prev": nz})
-        self._hfree = 0
+        self._free_handle = 0
         self._handles_end = 1
-        self._zs_freeid = 0
+        self._zs_freed = 0
         self._zs_end = 1
         del self._huge_free[:]
         self._huge_next = 0
@@ -668,7 +662,7 @@ class Pool:
     def _free_huge(self, addr: int) -> None:
         self._huge_free.append((addr - self._huge_base) >> PAGE_SHIFT)
         self._pages_used -= 1
-        self._czspages[self._huge] -= 1
+        self._class_zspages[self._huge_class] -= 1
         self._arena.release(addr, PAGE_SIZE)
 
     # -- access --------------------------------------------------------------
@@ -758,7 +752,8 @@ class Pool:
             if old >= huge or not 0 < size < huge:
                 return False
             class_of = self._class_of
-            if class_of[(size + OBJ_HEADER_SIZE + 15) >> 4] != class_of[(old + OBJ_HEADER_SIZE + 15) >> 4]:
+            if (class_of[(size + OBJ_HEADER_SIZE + 15) >> 4]
+                    != class_of[(old + OBJ_HEADER_SIZE + 15) >> 4]):
                 return False
             self._mv[addr:addr + size] = data
             self._handles[handle] = (addr << SIZE_BITS) | size
@@ -783,7 +778,7 @@ class Pool:
             malloc = self._malloc_locked
             handles = self._handles
             mv = self._mv
-            out = []
+            out: list[int] = []
             try:
                 for data in payloads:
                     h = malloc(len(data))
@@ -820,7 +815,7 @@ class Pool:
         try:
             m = self._map
             lookup = self._lookup
-            out = []
+            out: list[bytes] = []
             append = out.append
             for handle in handles:
                 addr, size = lookup(handle, "read of ")
@@ -870,19 +865,17 @@ class Pool:
             raise ValueError(f"map mode must be one of {MAP_MODES}, got {mode!r}")
         return _Mapping(self, handle, mode)
 
-    # -- zs_compact ----------------------------------------------------------
+    # -- zs_compact: the per-class loop is _compact.Compaction's ----------
 
     def compact(self) -> int:
         """Move objects out of sparse zspages, free the emptied ones; return pages freed.
 
         Handles stay valid.  Holds the pool lock for the whole run.
         """
-        from ._compact import compact_class
-
         with self._lock:
             freed = 0
-            for c in range(self._huge):
-                freed += compact_class(self, c)
+            for c in range(self._huge_class):
+                freed += self._compact_class(c)
             self._pages_compacted += freed
             # Compaction is how memory is asked back: ready zspages too
             # (not counted in the pages returned: they were never in use).
@@ -894,7 +887,7 @@ class Pool:
     def _partial(self, c: int):
         """Yield the zspages of class c that are in a fullness list."""
         for g in range(1, FULL):
-            z = self._heads[c * NR_GROUPS + g]
+            z = self._group_heads[c * NR_GROUPS + g]
             while z:
                 yield z
                 z = self._zs_next[z]
@@ -905,27 +898,27 @@ class Pool:
         Computed rather than counted so that malloc and free need not keep
         a per-class counter; it walks the partial zspages only.
         """
-        if c == self._huge:
-            return self._czspages[c]
+        if c == self._huge_class:
+            return self._class_zspages[c]
         partial = 0
         inuse = 0
         for z in self._partial(c):
             partial += 1
             inuse += self._zs_inuse[z]
-        return (self._czspages[c] - partial) * self._copz[c] + inuse
+        return (self._class_zspages[c] - partial) * self._objs_per_zspage[c] + inuse
 
     def stats(self) -> PoolStats:
         """A frozen snapshot of the counters (takes the lock; O(partial zspages))."""
         with self._lock:
             rows = []
-            for c in range(len(self._csize)):
-                zspages = self._czspages[c]
+            for c in range(len(self._class_size)):
+                zspages = self._class_zspages[c]
                 rows.append(ClassStats(
-                    size=self._csize[c], pages_per_zspage=self._cppz[c],
-                    objs_per_zspage=self._copz[c], zspages=zspages,
-                    objs_allocated=zspages * self._copz[c],
+                    size=self._class_size[c], pages_per_zspage=self._pages_per_zspage[c],
+                    objs_per_zspage=self._objs_per_zspage[c], zspages=zspages,
+                    objs_allocated=zspages * self._objs_per_zspage[c],
                     objs_used=self._class_objs_used(c),
-                    pages_used=zspages * self._cppz[c]))
+                    pages_used=zspages * self._pages_per_zspage[c]))
             return PoolStats(
                 pages_used=self._pages_used,
                 pages_ready=self._ready_pages,

@@ -8,41 +8,17 @@ creation -- nothing here runs on the hot path.
 
 from __future__ import annotations
 
-#: Pool pages are the kernel's 4 KiB pages: the unit the arena gets from and
-#: gives back to the kernel, and what ``pages_used`` counts.
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
-
-#: The largest object a pool stores: one uncompressed page.  zram never
-#: stores more, since a block that does not compress is kept raw.
-ZS_MAX_ALLOC_SIZE = PAGE_SIZE
-
-#: Smallest class.  zsmalloc's ZS_MIN_ALLOC_SIZE is 32 so that tiny objects
-#: still leave room for their in-place link; the issue fixes it at 32 too.
-ZS_MIN_ALLOC_SIZE = 32
-
-#: Class step, and the alignment of every object inside its zspage.  16 keeps
-#: the per-object rounding waste at 7.5 bytes on average (0.5 % of a 1.6 KiB
-#: lz4 block) and, because 16 is a multiple of 4, guarantees that an object's
-#: 4-byte header never straddles a page boundary (see OBJ_HEADER_SIZE).
-ZS_SIZE_CLASS_DELTA = 16
-
-#: Number of classes: 32, 48, ..., 4096 -> 255.
-ZS_SIZE_CLASSES = (ZS_MAX_ALLOC_SIZE - ZS_MIN_ALLOC_SIZE) // ZS_SIZE_CLASS_DELTA + 1
-
-#: Every non-huge object starts with a 4-byte header holding its handle
-#: (``handle << 1 | 1``); a free slot holds its free-list link there instead
-#: (``next << 1``).  Compaction reads it to learn which handle to repoint.  It
-#: plays the part of zsmalloc's ZS_HANDLE_SIZE but is 4 bytes, not 8: handles
-#: are table indices below 2**31.  Huge objects have no header (see Pool).
-OBJ_HEADER_SIZE = 4
-
-#: Default and limits of the zspage chain length, as kernel's
-#: CONFIG_ZSMALLOC_CHAIN_SIZE (default 8, range 4..16 there; the issue allows
-#: 1..16 so that a chain of 1 -- a plain slab -- can be compared).
-DEFAULT_MAX_PAGES_PER_ZSPAGE = 8
-MIN_CHAIN = 1
-MAX_CHAIN = 16
+from ._layout import (
+    DEFAULT_MAX_PAGES_PER_ZSPAGE,
+    MAX_CHAIN,
+    MIN_CHAIN,
+    OBJ_HEADER_SIZE,
+    PAGE_SIZE,
+    ZS_MAX_ALLOC_SIZE,
+    ZS_MIN_ALLOC_SIZE,
+    ZS_SIZE_CLASS_DELTA,
+    ZS_SIZE_CLASSES,
+)
 
 
 def pages_per_zspage_for(class_size: int, max_pages_per_zspage: int) -> int:

@@ -20,7 +20,7 @@ array does (measured within 15 ns either way).
 from __future__ import annotations
 
 from ._arena import Arena
-from ._size_class import PAGE_SIZE
+from ._layout import PAGE_SIZE
 
 
 class Tables:
@@ -41,8 +41,9 @@ class Tables:
             end += -(-nbytes // PAGE_SIZE) * PAGE_SIZE
         self.arena = arena = Arena(end, "zramfs-pool-tables")
         self._ranges = ranges
+        # (The typecodes are the keys of _ITEMSIZE, which mypy cannot see.)
         self.views = {
-            name: arena.mv[start:start + length * _ITEMSIZE[code]].cast(code)
+            name: arena.mv[start:start + length * _ITEMSIZE[code]].cast(code)  # type: ignore[call-overload]
             for (name, (code, length)), (start, _) in zip(spec.items(), ranges.values())}
 
     def clear(self, used: dict[str, int]) -> None:

@@ -5,9 +5,17 @@ import dataclasses
 import pytest
 
 import allocator
-from allocator import ClassStats, Pool, PoolError, PoolFullError, PoolLimitError, PoolStats
+from allocator import (
+    PAGE_SIZE,
+    ClassStats,
+    Pool,
+    PoolError,
+    PoolFullError,
+    PoolLimitError,
+    PoolStats,
+)
 from allocator._check import check_pool
-from allocator._size_class import PAGE_SIZE, SizeClassTable
+from allocator._size_class import SizeClassTable
 
 
 def test_public_names_are_exported():
@@ -152,7 +160,7 @@ def test_fullest_zspage_with_room_gets_the_object(pool):
     # Class of 1000-byte slots; fill three zspages, then thin two of them.
     size = 996
     c = pool._class_of[(size + 4 + 15) >> 4]
-    objs = pool._copz[c]
+    objs = pool._objs_per_zspage[c]
     hs = [pool.malloc(size) for _ in range(3 * objs)]
     zspage = {h: pool._lookup(h)[0] >> pool._zs_shift for h in hs}
     zs = sorted(set(zspage.values()))

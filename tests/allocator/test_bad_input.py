@@ -123,7 +123,8 @@ def test_bad_max_pages(cap):
 
 @pytest.mark.parametrize("cap", [0, -1, 1.5, "8", True])
 def test_bad_max_objects(cap):
-    with pytest.raises(ValueError, match=rf"^max_objects must be None or an int >= 1, got {cap!r}$"):
+    with pytest.raises(ValueError,
+                       match=rf"^max_objects must be None or an int >= 1, got {cap!r}$"):
         Pool(max_objects=cap)
 
 
@@ -140,11 +141,16 @@ def test_max_objects_caps_live_objects(size):
             pool.malloc(4097 - size)
         _unchanged(pool, objs, before)
         # The worst case the reservation must hold: each object alone in a
-        # zspage of its own class, then each in a huge page of its own.
+        # zspage of its own class, with ready zspages besides; then each
+        # in a huge page of its own.
         pool.free_many(list(objs))
-        stored = pool.store_many([bytes([i]) * (100 + 150 * i) for i in range(20)])
-        assert pool.stats().pages_used == sum(
-            c.pages_per_zspage for c in pool.stats().classes if c.zspages)
+        sizes = [100 + 150 * i for i in range(20)]
+        stored = pool.store_many([bytes([i]) * sizes[i] for i in range(19)])
+        while pool.populate_ahead():
+            pass
+        assert pool.stats().pages_ready
+        stored.append(pool.store(bytes(sizes[19])))
+        assert sum(c.zspages for c in pool.stats().classes) == 20
         pool.free_many(stored)
         pool.store_many([bytes([i]) * 4096 for i in range(20)])
         check_pool(pool)

@@ -11,7 +11,7 @@ import pytest
 
 from allocator import Pool
 from allocator._check import check_pool
-from allocator._pool import READY_MAX
+from allocator._layout import READY_MAX
 
 PAGE = 4096
 _libc = ctypes.CDLL(None, use_errno=True)

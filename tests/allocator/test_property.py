@@ -127,9 +127,9 @@ class PoolMachine(RuleBasedStateMachine):
             after = self.pool.stats()
             assert after.pages_used == before.pages_used
             assert after.objs_used == before.objs_used
-            cap = min(x for x in (limit, self.pool.max_pages) if x) if (limit or self.pool.max_pages) else None
-            if cap is not None:
-                assert after.pages_used + after.pages_ready <= cap
+            caps = [x for x in (limit, self.pool.max_pages) if x]
+            if caps:
+                assert after.pages_used + after.pages_ready <= min(caps)
 
     @precondition(lambda self: self.model)
     @rule()

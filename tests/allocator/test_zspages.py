@@ -4,9 +4,8 @@ import random
 
 import pytest
 
-from allocator import Pool
+from allocator import PAGE_SIZE, Pool
 from allocator._check import check_pool
-from allocator._size_class import PAGE_SIZE
 
 
 def _crosses(pool, h):
