@@ -285,10 +285,6 @@ class BlockDevice:
             return HUGE_INFO, page
         return size, data
 
-    def _encode(self, page):
-        """(info, payload) of one 4096-byte page."""
-        return self._classify(self._codec.compress(page), page)
-
     def _encode_many(self, compressed, pages):
         """([info], [payload]) of ``pages``, given their compressed forms.
 
@@ -354,7 +350,7 @@ class BlockDevice:
         ((info, payload),) = self._snapshot(index, index + 1)
         page = bytearray(self._decode(info, payload))
         page[start : start + len(data)] = data
-        return self._encode(page)
+        return self._classify(self._codec.compress(page), page)
 
     # --- the one change of state --------------------------------------------------
 
@@ -489,7 +485,7 @@ class BlockDevice:
         self._check_range(offset, length, "write")
         if length == PAGE_SIZE and not offset & _PAGE_MASK:
             # One aligned block (swap, a 4 KiB-sector loop device).
-            info, payload = self._encode(view)
+            info, payload = self._classify(self._codec.compress(view), view)
             with self._lock:
                 self._num_writes += 1
                 self._commit_locked(offset >> PAGE_SHIFT, (info,), (payload,))
