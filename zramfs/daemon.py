@@ -48,7 +48,8 @@ from pathlib import Path
 import trio
 
 from zramfs.device import BlockDevice, DeviceError
-from zramfs.fs import Filesystem, InvalidValueError, memparse
+from zramfs.config import SizeError, memparse
+from zramfs.fs import Filesystem
 from zramfs.fuse import BACKENDS, DEFAULT_THREADS, MountError, Session, is_mounted
 
 # mlockall(2) flags: lock what is mapped now, what gets mapped later, and
@@ -252,7 +253,7 @@ async def run(args, ready):
 def _size_arg(text):
     try:
         return memparse(text)
-    except InvalidValueError:
+    except SizeError:
         raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r}") from None
 
 

@@ -36,7 +36,7 @@ def run(capsys, *argv):
     [
         (["swapon", "--size", "0"], "size must be greater than 0"),
         (["swapon", "--size", "4097"], "size 4097 is not a multiple of 4096 bytes (the page size)"),
-        (["swapon", "--size", "4X"], "size '4X' is not a number of bytes, a number with a K/M/G/T suffix, or N% of RAM"),
+        (["swapon", "--size", "4X"], "size '4X' is not a number of bytes, a number with a K/M/G/T/P/E suffix, or N% of RAM"),
         (["swapon", "--size="], "size is empty"),
         (["swapon", "--algorithm", "lzo"], "unknown compression algorithm 'lzo'; known: lz4 lz4hc zstd deflate"),
         (["swapon", "--priority", "-2"], "priority -2 is not between -1 and 32767"),
