@@ -52,6 +52,18 @@ def test_mount_bad_input(zramfs_env):
     assert env.leftovers() == {}
 
 
+@pytest.mark.parametrize("mountpoint", ["", "  ", "\t"])
+def test_an_empty_mountpoint_is_bad_input_not_the_working_directory(zramfs_env, mountpoint):
+    """`zramfs mount ''` mounted over the directory it was run in (issue 10)."""
+    env = zramfs_env
+    cwd = os.path.join(env.root, "cwd")
+    os.mkdir(cwd)
+    one_line(env.cli("mount", mountpoint, "--size", "64M", cwd=cwd), 2, "MOUNTPOINT is empty")
+    one_line(env.cli("umount", mountpoint, cwd=cwd), 2, "MOUNTPOINT is empty")
+    assert env.leftovers() == {}
+    assert not os.path.exists(env.run_dir)
+
+
 def test_busy_mountpoint(zramfs_env):
     """A mountpoint that already has something mounted on it: exit 5, nothing mounted on top."""
     env = zramfs_env

@@ -10,10 +10,11 @@ import re
 
 import pytest
 
-from zramfs import cli, mountinfo
+from zramfs import cli, mountinfo, system
+from zramfs.cli import _common
 from zramfs.codecs import UnknownAlgorithmError
 from zramfs.config import InvalidNameError, SizeError
-from zramfs.daemon import DaemonStartError
+from zramfs.launch import DaemonStartError
 from zramfs.fuse import (
     FusermountMissingError,
     MountError,
@@ -47,6 +48,10 @@ def run(capsys, *argv):
         (["swapon", "--fuse-backend", "x"], "swapon: argument --fuse-backend: invalid choice: 'x' (choose from 'dev', 'pyfuse3')"),
         (["mount", "/mnt"], "mount: the following arguments are required: --size"),
         (["mount", "/mnt", "--size", "0"], "size must be greater than 0"),
+        # Not the working directory: an empty MOUNTPOINT is a mistake (issue 10).
+        (["mount", "", "--size", "64M"], "MOUNTPOINT is empty"),
+        (["mount", " \t", "--size", "64M"], "MOUNTPOINT is empty"),
+        (["umount", ""], "MOUNTPOINT is empty"),
         (["mount", "/mnt", "--size", "1G", "--name", ".x"], "name '.x' must be 1 to 64 letters, digits, '_', '.' or '-', not starting with '_', '.' or '-'"),
         (["mount", "/mnt", "--size", "1G", "--algorithm", "zlib"], "unknown compression algorithm 'zlib'; known: lz4 lz4hc zstd deflate"),
         (["umount"], "umount: the following arguments are required: MOUNTPOINT"),
@@ -83,7 +88,7 @@ def test_pyfuse3_not_installed_is_exit_4(monkeypatch):
         importlib.util, "find_spec", lambda name, *a: None if name == "pyfuse3" else find_spec(name, *a)
     )
     with pytest.raises(cli.BackendUnavailableError) as info:
-        cli._need_fuse("pyfuse3")
+        _common.need_fuse("pyfuse3")
     assert str(info.value) == "the pyfuse3 backend needs pyfuse3 (pip install 'zramfs[pyfuse3]')"
     assert cli.exit_code_for(info.value) == 4
 
@@ -144,26 +149,26 @@ def test_docstring_lists_every_exit_code():
     ],
 )
 def test_human_sizes_like_zramctl(size, short, long):
-    assert cli._human(size) == short
-    assert cli._human(size, long=True) == long
-
-
-def test_backend_from_daemon_argv():
-    assert cli._backend_of(["/mnt", "--size", "4096"]) == "dev"
-    assert cli._backend_of(["/mnt", "--fuse-backend", "pyfuse3"]) == "pyfuse3"
-    assert cli._backend_of(["/mnt", "--fuse-backend=pyfuse3"]) == "pyfuse3"
+    assert _common.human(size) == short
+    assert _common.human(size, long=True) == long
 
 
 def test_backend_discard_capability():
-    assert cli.backend_supports_discard("dev") is True
-    assert cli.backend_supports_discard("pyfuse3") is False
+    assert _common.backend_supports_discard("dev") is True
+    assert _common.backend_supports_discard("pyfuse3") is False
 
 
 def test_run_dir(monkeypatch):
     monkeypatch.delenv("ZRAMFS_RUN_DIR", raising=False)
-    assert cli.run_dir() == "/run/zramfs"
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert system.default_run_dir() == "/run/zramfs"
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert system.default_run_dir() == "/tmp/zramfs-1000"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    assert system.default_run_dir() == "/run/user/1000/zramfs"
     monkeypatch.setenv("ZRAMFS_RUN_DIR", "/tmp/x/")
-    assert cli.run_dir() == "/tmp/x"
+    assert system.default_run_dir() == "/tmp/x"
 
 
 def test_mountinfo_parsing():
