@@ -5,6 +5,7 @@ anywhere, root or not.  The same errors are checked end to end, as real
 processes, in tests/system/test_cli_errors.py.
 """
 
+import importlib.util
 import os
 import re
 
@@ -81,8 +82,6 @@ def test_not_root_is_exit_3(capsys, monkeypatch):
 
 
 def test_pyfuse3_not_installed_is_exit_4(monkeypatch):
-    import importlib.util
-
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "pyfuse3" else find_spec(name, *a)

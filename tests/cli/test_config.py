@@ -1,5 +1,6 @@
 """zramfs.config: sizes as people type them, checked before anything is set up."""
 
+import argparse
 import re
 
 import pytest
@@ -169,8 +170,6 @@ def test_check_name_refuses(name):
 
 
 def test_device_config_round_trips_through_the_daemon_command_line():
-    import argparse
-
     configs = [
         DeviceConfig(mountpoint="/mnt/z", size=64 << 20),
         DeviceConfig(

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from zramfs.cli import DeviceNotFoundError, DiskBusyError
+from zramfs.cli._common import forget
 from zramfs.cli._teardown import Step, plan_swapoff, plan_umount
 
 
@@ -96,8 +97,6 @@ def test_umount_of_something_else_is_not_found(machine):
 
 def test_forget_leaves_a_directory_someone_holds(machine):
     """The forget step removes only a leftover: a directory whose lock nobody holds."""
-    from zramfs.cli._common import forget
-
     system = machine.system()
     path = machine.device_dir("z1")
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

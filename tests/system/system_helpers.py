@@ -25,19 +25,13 @@ import sys
 import time
 
 from zramfs import mountinfo, tuning
+from zramfs.fuse import BACKENDS  # noqa: F401  (the tests' backend parameters)
 from zramfs.system import parse_mm_stat
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = os.path.join(REPO, "scripts")  # on sys.path already: tests/conftest.py
 
 
-def _backends():
-    from zramfs.fuse import BACKENDS
-
-    return BACKENDS
-
-
-BACKENDS = _backends()
 
 
 def _under(path, root):

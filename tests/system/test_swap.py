@@ -19,6 +19,7 @@ from system_helpers import BACKENDS, SCRIPTS
 from memcg import memory_cgroup
 
 from zramfs import tuning
+from zramfs.config import default_swap_size
 
 MiB = 1 << 20
 
@@ -135,8 +136,6 @@ def test_swap_under_memory_pressure(zramfs_env, backend):
 
 def test_swapon_defaults(zramfs_env):
     """No NAME: the first free zramN; no --size: min(ram/2, 4G); priority 100."""
-    from zramfs.config import default_swap_size
-
     env = zramfs_env
     proc = env.ok("swapon")
     m = re.fullmatch(

@@ -36,14 +36,14 @@ DEFAULT_PRIORITY = 100
 
 def cmd_swapon(args):
     """Set up one compressed swap device; print what was set up."""
-    size = disksize(args.size) if args.size is not None else default_swap_size()
+    sys_ = System()
+    size = disksize(args.size) if args.size is not None else default_swap_size(sys_.mem_total())
     check_options(args)
     if not -1 <= args.priority <= 32767:
         raise ConfigError(f"priority {args.priority} is not between -1 and 32767")
     need_root("swapon")
     need_fuse(args.fuse_backend)
     discard = backend_supports_discard(args.fuse_backend)
-    sys_ = System()
     undo = Undo()
     try:
         name, held = claim(sys_, args.name, undo)
