@@ -42,7 +42,6 @@ import argparse
 import ctypes
 import ctypes.util
 import os
-import select
 import signal
 import socket
 import sys
