@@ -1,13 +1,14 @@
-"""Teardown planning against fake machines: what swapoff and umount would do, decided without root."""
+"""Teardown planning against fake machines, and claiming a name: decided without root."""
 
 import fcntl
 import os
 
 import pytest
 
-from zramfs.cli import DeviceNotFoundError, DiskBusyError
-from zramfs.cli._common import forget
+from zramfs.cli import DeviceNotFoundError, DiskBusyError, NameInUseError
+from zramfs.cli._common import Undo, claim, forget
 from zramfs.cli._teardown import Step, plan_swapoff, plan_umount
+from zramfs.system import System
 
 
 def _swap_device(machine, name="zram0", pid=4242):
@@ -108,3 +109,29 @@ def test_forget_leaves_a_directory_someone_holds(machine):
         os.close(fd)
     forget(system, "z1")
     assert not os.path.exists(path)
+
+
+def test_claim_takes_a_leftover_but_not_a_held_or_foreign_directory(tmp_path):
+    sys_ = System("/", str(tmp_path / "run"))
+    undo = Undo()
+    name, held = claim(sys_, None, undo)
+    assert name == "zram0" and os.path.isdir(tmp_path / "run" / ".zram0")
+    # Held (by this command, later by its daemon): the next one gets zram1.
+    other = Undo()
+    assert claim(sys_, None, other)[0] == "zram1"
+    other.run()
+    with pytest.raises(NameInUseError, match=r"^name 'zram0' is in use \(claimed: "):
+        claim(sys_, "zram0", Undo())
+    undo.run()
+    assert not (tmp_path / "run").exists()  # undo: the claim and the run directory it made
+    # A leftover whose lock nobody holds is taken over; one with files of someone else's is not.
+    leftover = tmp_path / "run" / ".zram0"
+    leftover.mkdir(parents=True)
+    (leftover / "daemon.log").write_text("old\n")
+    undo = Undo()
+    assert claim(sys_, "zram0", undo)[0] == "zram0"
+    undo.run()
+    leftover.mkdir(parents=True)
+    (leftover / "notes.txt").write_text("mine\n")
+    with pytest.raises(NameInUseError, match=r"left over with files zramfs did not write\)$"):
+        claim(sys_, "zram0", Undo())

@@ -208,7 +208,10 @@ def claim(sys_, name, undo):
             path = sys_.path(sys_.device_dir(name))
             if os.path.isdir(path):
                 system.remove_device_dir(path)  # left over: name_taken found nobody holding it
-            os.mkdir(path, 0o700)
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                raise NameInUseError(f"name {name!r} is in use ({path} is left over with files zramfs did not write)") from None
             undo.push("remove " + path, system.remove_device_dir, path)
             held = system.lock_device_dir(path)  # new, so nobody else holds it
             undo.push("release " + path, os.close, held)
