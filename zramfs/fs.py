@@ -31,13 +31,13 @@ atomic).  No method here waits on anything that might need swap I/O.
 """
 
 import os
-import re
 import stat
 import threading
 import time
 from dataclasses import dataclass, replace
 
 from zramfs.codecs import CODECS
+from zramfs.config import memparse  # the kernel's size grammar, shared with the CLI
 from zramfs.device import PAGE_SIZE, OutOfRangeError
 
 ROOT_INO = 1
@@ -119,32 +119,6 @@ class StatFs:
     namelen: int
 
 
-# memparse(): a number in C notation (0x hex, 0 octal, decimal) with an
-# optional K/M/G/T/P/E suffix, each a factor of 1024.  zram's mem_limit_store
-# takes whatever memparse reads and ignores the rest; we refuse trailing
-# garbage instead, so a typo cannot silently set a tiny limit.
-_MEMPARSE = re.compile(r"\s*(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)([kKmMgGtTpPeE]?)\s*\Z")
-_SUFFIX_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
-
-
-def memparse(text):
-    """Parse a size like the kernel's memparse(): "64M" -> 67108864.
-
-    Raises InvalidValueError for anything else.
-    """
-    m = _MEMPARSE.match(text)
-    if m is None:
-        raise InvalidValueError(f"not a size: {text!r}")
-    digits = m.group(1)
-    if digits[:2] in ("0x", "0X"):
-        value = int(digits[2:], 16)
-    elif digits.startswith("0"):
-        value = int(digits, 8)  # C's leading-zero octal, which Python's int(x, 0) refuses
-    else:
-        value = int(digits, 10)
-    return value << _SUFFIX_SHIFT[m.group(2).lower()]
-
-
 # mem_limit is kept in whole pages and shown in bytes, which must fit the
 # unsigned long the kernel keeps it in.  The kernel's memparse() wraps
 # silently past 64 bits (99999999T would become a small limit); we refuse.
@@ -176,12 +150,12 @@ class _AttrFile:
 
 
 def _store_mem_limit(device, text):
-    limit = memparse(text)
-    if limit > _MEM_LIMIT_MAX:
-        raise InvalidValueError(f"mem_limit {text.strip()!r} does not fit 64 bits")
     try:
+        limit = memparse(text)
+        if limit > _MEM_LIMIT_MAX:
+            raise InvalidValueError(f"mem_limit {text.strip()!r} does not fit 64 bits")
         device.mem_limit = limit
-    except ValueError as e:  # the device's own range check
+    except ValueError as e:  # not a size (SizeError), or the device's own range check
         raise InvalidValueError(str(e)) from None
 
 
