@@ -18,9 +18,9 @@ A page's content is derived from (page index, generation), so it can be
 checked without keeping a copy: 2 KiB taken from a pool of random bytes at an
 offset hashed from (index, generation) -- incompressible -- followed by the
 16-byte stamp (index, generation) repeated over 2 KiB, which compresses to
-almost nothing.  So a page compresses about 2:1, like the data in design.md's
-swap measurement, and a page that came back from the wrong slot or is stale
-never matches.
+almost nothing.  So a page compresses about 2:1, like the swap data of the
+measurements in docs/architecture.md, and a page that came back from the
+wrong slot or is stale never matches.
 
 Prints one JSON object: wall_s, fill_s, touch_s, check_s, pages, touches,
 rewrites, bad_pages.  Exits 1 if any page was wrong, else 0.

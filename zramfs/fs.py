@@ -18,19 +18,26 @@ the backends so every read renders fresh text.  The hot path (READ/WRITE on
 `disk`) may bypass this class and call ``fs.device`` directly; `read` and
 `write` here implement the same clamping rules for everyone else.
 
+The tree is fixed and so are the modes and owners of `disk` and the root:
+creating, removing or renaming names fails as it does in sysfs, and so
+does chmod or chown of `disk` (swap contents) or of the root.  `disk` has
+the fixed size of a block device: a truncation to 0 is ignored (that is
+how open(O_TRUNC) arrives, and a block device ignores O_TRUNC), any other
+size is refused.
+
 Concurrency: the table is a handful of inodes.  `_lock` guards changes to
 them (setattr); lookups read the dict without it (single dict reads are
 atomic).  No method here waits on anything that might need swap I/O.
 """
 
 import os
-import re
 import stat
 import threading
 import time
 from dataclasses import dataclass, replace
 
 from zramfs.codecs import CODECS
+from zramfs.config import memparse  # the kernel's size grammar, shared with the CLI
 from zramfs.device import PAGE_SIZE, OutOfRangeError
 
 ROOT_INO = 1
@@ -57,11 +64,13 @@ class NotFoundError(FsError):
 
 
 class NotPermittedError(FsError):
-    """Raised when an operation is never allowed here, e.g. resizing `disk` (EPERM)."""
+    """Raised when an operation is never allowed here: resizing `disk`, changing its
+    mode or owner, removing or renaming a name (EPERM)."""
 
 
 class ReadOnlyError(FsError):
-    """Raised when an attribute file is opened or written in a way its mode forbids (EACCES)."""
+    """Raised when something asks to write what cannot be written: an attribute file
+    against its mode, or a new file in the fixed tree (EACCES)."""
 
 
 class InvalidValueError(FsError):
@@ -110,30 +119,10 @@ class StatFs:
     namelen: int
 
 
-# memparse(): a number in C notation (0x hex, 0 octal, decimal) with an
-# optional K/M/G/T/P/E suffix, each a factor of 1024.  zram's mem_limit_store
-# takes whatever memparse reads and ignores the rest; we refuse trailing
-# garbage instead, so a typo cannot silently set a tiny limit.
-_MEMPARSE = re.compile(r"\s*(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)([kKmMgGtTpPeE]?)\s*\Z")
-_SUFFIX_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
-
-
-def memparse(text):
-    """Parse a size like the kernel's memparse(): "64M" -> 67108864.
-
-    Raises InvalidValueError for anything else.
-    """
-    m = _MEMPARSE.match(text)
-    if m is None:
-        raise InvalidValueError(f"not a size: {text!r}")
-    digits = m.group(1)
-    if digits[:2] in ("0x", "0X"):
-        value = int(digits[2:], 16)
-    elif digits.startswith("0"):
-        value = int(digits, 8)  # C's leading-zero octal, which Python's int(x, 0) refuses
-    else:
-        value = int(digits, 10)
-    return value << _SUFFIX_SHIFT[m.group(2).lower()]
+# mem_limit is kept in whole pages and shown in bytes, which must fit the
+# unsigned long the kernel keeps it in.  The kernel's memparse() wraps
+# silently past 64 bits (99999999T would become a small limit); we refuse.
+_MEM_LIMIT_MAX = (1 << 64) - PAGE_SIZE
 
 
 def _decode(data):
@@ -141,6 +130,11 @@ def _decode(data):
         return bytes(data).decode("ascii")
     except UnicodeDecodeError:
         raise InvalidValueError("attribute values are ASCII") from None
+
+
+def _text(store):
+    """A store that takes the written bytes as ASCII text."""
+    return lambda device, data: store(device, _decode(data))
 
 
 class _AttrFile:
@@ -152,13 +146,16 @@ class _AttrFile:
         self.name = name
         self.perm = perm
         self.show = show  # (device) -> str, or None if write-only
-        self.store = store  # (device, str) -> None, or None if read-only
+        self.store = store  # (device, bytes) -> None, or None if read-only
 
 
 def _store_mem_limit(device, text):
     try:
-        device.mem_limit = memparse(text)
-    except ValueError as e:  # the device's own range check
+        limit = memparse(text)
+        if limit > _MEM_LIMIT_MAX:
+            raise InvalidValueError(f"mem_limit {text.strip()!r} does not fit 64 bits")
+        device.mem_limit = limit
+    except ValueError as e:  # not a size (SizeError), or the device's own range check
         raise InvalidValueError(str(e)) from None
 
 
@@ -173,11 +170,8 @@ def _store_mem_used_max(device, text):
     device.reset_mem_used_max()
 
 
-def _store_compact(device, text):
-    # Kernel zram compacts whatever is written; we want the documented "1" so
-    # a script that writes something else learns about it.
-    if text.strip() != "1":
-        raise InvalidValueError(f"compact takes 1, not {text.strip()!r}")
+def _store_compact(device, _data):
+    # Kernel zram's compact_store never looks at what was written.
     device.compact()
 
 
@@ -188,12 +182,12 @@ def _show_comp_algorithm(device):
 _ATTR_FILES = (
     _AttrFile("disksize", 0o444, show=lambda d: f"{d.disksize}\n"),
     _AttrFile("comp_algorithm", 0o444, show=_show_comp_algorithm),
-    _AttrFile("mem_limit", 0o644, show=lambda d: f"{d.mem_limit}\n", store=_store_mem_limit),
+    _AttrFile("mem_limit", 0o644, show=lambda d: f"{d.mem_limit}\n", store=_text(_store_mem_limit)),
     _AttrFile(
         "mem_used_max",
         0o644,
         show=lambda d: f"{d.stats().mem_used_max}\n",
-        store=_store_mem_used_max,
+        store=_text(_store_mem_used_max),
     ),
     _AttrFile("mm_stat", 0o444, show=lambda d: d.mm_stat()),
     _AttrFile("io_stat", 0o444, show=lambda d: d.io_stat()),
@@ -259,14 +253,23 @@ class Filesystem:
         with self._lock:
             a = self._attr(ino)
             if size is not None and size != a.size:
-                if ino == DISK_INO:
-                    raise NotPermittedError(f"disk size is fixed at {self._disksize}")
                 if ino == ROOT_INO:
                     raise IsADirectoryError("cannot truncate the root directory")
-                # Attribute files: `echo 1 > compact` opens with O_TRUNC, which
-                # arrives as size=0; sysfs ignores it and so do we.
+                # open(O_TRUNC) arrives as size=0 (`dd of=disk`, `echo 1 >
+                # compact`), indistinguishable from truncate(path, 0); a block
+                # device and sysfs ignore O_TRUNC, so a 0 is ignored whatever
+                # sent it.  (FUSE_ATOMIC_O_TRUNC would tell them apart, but
+                # then the kernel sets its cached size of disk to 0 on every
+                # O_TRUNC open, and async direct reads from loop come back
+                # short until the size is fetched again.)
                 if size != 0:
+                    if ino == DISK_INO:
+                        raise NotPermittedError(f"disk size is fixed at {self._disksize}")
                     raise NotPermittedError("attribute files cannot be resized")
+            if (mode is not None or uid is not None or gid is not None) and ino in (ROOT_INO, DISK_INO):
+                # Only root may read disk, which holds other processes'
+                # memory; with allow_other a chmod would open it to everyone.
+                raise NotPermittedError("the mode and owner of disk and of the root are fixed")
             changes = {}
             if mode is not None:
                 changes["mode"] = stat.S_IFMT(a.mode) | stat.S_IMODE(mode)
@@ -334,7 +337,7 @@ class Filesystem:
             raise IsADirectoryError("the root is a directory")
         if af.store is None:
             raise ReadOnlyError(f"{af.name} is read-only")
-        af.store(self.device, _decode(data))
+        af.store(self.device, data)
         return len(data)
 
     def fallocate(self, ino, mode, offset, length):
@@ -363,6 +366,26 @@ class Filesystem:
                 self.device.discard(offset, end - offset)
             return
         raise NotSupportedError(f"fallocate mode {mode:#x} is not supported")
+
+    # -- the tree is fixed ---------------------------------------------------
+    # Answered as sysfs answers for /sys/block/zram0 (measured as root,
+    # kernel 6.18): VFS gives EACCES when the directory has no create op
+    # (open(O_CREAT), mknod of a regular file) and EPERM for the others.
+
+    def create(self, parent_ino):
+        """open(O_CREAT) of a new name, or mknod of a regular file: EACCES."""
+        self.opendir(parent_ino)
+        raise ReadOnlyError("no file can be created here")
+
+    def mknod(self, parent_ino, mode):
+        if stat.S_ISREG(mode):
+            self.create(parent_ino)
+        self.change_tree(parent_ino)
+
+    def change_tree(self, parent_ino):
+        """mkdir, unlink, rmdir, rename, link, symlink, and mknod of a special file: EPERM."""
+        self.opendir(parent_ino)
+        raise NotPermittedError("names cannot be added, removed or renamed here")
 
     # -- directory -----------------------------------------------------------
 

@@ -36,10 +36,10 @@ class Daemon:
         return (self.mountpoint / name).read_text()
 
     def store(self, name, text):
-        """Write `text` to an attribute file with one write(2); OSError on refusal."""
+        """Write `text` (str or bytes) to an attribute file with one write(2); OSError on refusal."""
         fd = os.open(self.mountpoint / name, os.O_WRONLY)
         try:
-            return os.write(fd, text.encode())
+            return os.write(fd, text if isinstance(text, bytes) else text.encode())
         finally:
             os.close(fd)
 

@@ -11,6 +11,7 @@ through the kernel.
 import errno
 import os
 import socket
+import stat
 import struct
 import threading
 import time
@@ -126,10 +127,37 @@ def test_init_with_a_newer_minor_is_answered_with_ours(client):
     assert struct.unpack_from("<II", payload) == (7, 38)
 
 
-@pytest.mark.parametrize("opcode", [_abi.MKDIR, _abi.UNLINK, _abi.RENAME, _abi.CREATE, _abi.IOCTL, 51, 99, 4096])
+@pytest.mark.parametrize("opcode", [_abi.IOCTL, _abi.SETXATTR, _abi.LSEEK, 51, 99, 4096])
 def test_unknown_and_unsupported_opcodes_get_enosys(client, opcode):
     client.init()
     assert client.call(opcode, ROOT_INO, b"x\0") == (-errno.ENOSYS, b"")
+
+
+@pytest.mark.parametrize(
+    ("opcode", "expected"),
+    [
+        (_abi.CREATE, errno.EACCES),
+        (_abi.MKDIR, errno.EPERM),
+        (_abi.UNLINK, errno.EPERM),
+        (_abi.RMDIR, errno.EPERM),
+        (_abi.RENAME, errno.EPERM),
+        (_abi.RENAME2, errno.EPERM),
+        (_abi.LINK, errno.EPERM),
+        (_abi.SYMLINK, errno.EPERM),
+    ],
+)
+def test_changes_to_the_tree_are_refused(client, opcode, expected):
+    client.init()
+    assert client.call(opcode, ROOT_INO, bytes(16) + b"x\0") == (-expected, b"")
+    # Asked of a file, the parent is not a directory.
+    assert client.call(opcode, DISK_INO, bytes(16) + b"x\0") == (-errno.ENOTDIR, b"")
+
+
+def test_mknod_of_a_regular_file_is_eacces_and_of_others_eperm(client):
+    client.init()
+    for mode, expected in ((stat.S_IFREG | 0o600, errno.EACCES), (stat.S_IFIFO | 0o600, errno.EPERM)):
+        body = _abi.mknod_in.pack(mode, 0, 0o022, 0) + b"node\0"
+        assert client.call(_abi.MKNOD, ROOT_INO, body) == (-expected, b"")
 
 
 def test_forget_interrupt_and_batch_forget_get_no_reply(client):
@@ -222,18 +250,25 @@ def setattr_in(valid, size=0, mode=0):
 
 def test_setattr_size(client):
     client.init()
-    assert client.call(_abi.SETATTR, DISK_INO, setattr_in(_abi.FATTR_SIZE, size=4096))[0] == -errno.EPERM
-    # ftruncate(fd, 0) carries the file handle: refused.
-    assert client.call(_abi.SETATTR, DISK_INO, setattr_in(_abi.FATTR_SIZE | _abi.FATTR_FH))[0] == -errno.EPERM
-    # open(O_TRUNC) does not: ignored, and the real size is reported back.
-    error, payload = client.call(_abi.SETATTR, DISK_INO, setattr_in(_abi.FATTR_SIZE))
-    assert error == 0
-    assert _abi.attr_out.unpack(payload)[4] == DISKSIZE
+    for valid in (_abi.FATTR_SIZE, _abi.FATTR_SIZE | _abi.FATTR_FH):
+        assert client.call(_abi.SETATTR, DISK_INO, setattr_in(valid, size=4096))[0] == -errno.EPERM
+        # Size 0 (open(O_TRUNC), truncate, ftruncate): ignored, and the real size reported back.
+        error, payload = client.call(_abi.SETATTR, DISK_INO, setattr_in(valid))
+        assert error == 0
+        assert _abi.attr_out.unpack(payload)[4] == DISKSIZE
+
+
+@pytest.mark.parametrize("ino", [ROOT_INO, DISK_INO])
+def test_setattr_mode_of_disk_and_root_is_eperm(client, ino):
+    client.init()
+    assert client.call(_abi.SETATTR, ino, setattr_in(_abi.FATTR_MODE, mode=0o666))[0] == -errno.EPERM
 
 
 def test_setattr_mode_keeps_the_file_type(client):
     client.init()
-    error, payload = client.call(_abi.SETATTR, DISK_INO, setattr_in(_abi.FATTR_MODE, mode=0o640))
+    mem_limit = client.call(_abi.LOOKUP, ROOT_INO, b"mem_limit\0")[1]
+    ino = _abi.entry_out.unpack(mem_limit)[0]
+    error, payload = client.call(_abi.SETATTR, ino, setattr_in(_abi.FATTR_MODE, mode=0o640))
     assert error == 0
     assert _abi.attr_out.unpack(payload)[12] == 0o100640
 

@@ -4,8 +4,8 @@ Where this sits: between the kernel's FUSE requests and the inode table.
 `Session(fs, mountpoint, backend=...)` is the one switch between backends:
 
 * ``"dev"`` (default, `_session.DevSession`): speaks the FUSE protocol
-  directly on /dev/fuse with blocking reader threads; see design.md
-  Decision 1 for why.
+  directly on /dev/fuse with blocking reader threads; docs/architecture.md
+  ("The FUSE transport") has the measurements that chose it.
 * ``"pyfuse3"`` (`_pyfuse3`, a second backend, when present).
 
 Both call only the Filesystem interface and map its exceptions with the one

@@ -130,6 +130,7 @@ getattr_in = struct.Struct("<IIQ")  # getattr_flags dummy fh
 setattr_in = struct.Struct("<IIQQQQQQIIIIIIII")
 assert setattr_in.size == 88
 open_in = struct.Struct("<II")  # flags open_flags
+mknod_in = struct.Struct("<IIII")  # mode rdev umask padding (+ name)
 open_out = struct.Struct("<QII")  # fh open_flags padding
 read_in = struct.Struct("<QQIIQII")  # fh offset size read_flags lock_owner flags padding
 write_in = struct.Struct("<QQIIQII")  # fh offset size write_flags lock_owner flags padding

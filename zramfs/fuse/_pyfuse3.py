@@ -22,6 +22,12 @@ What pyfuse3 3.5 cannot do, and so this backend does not:
   >= 3.6 asks for max_pages 256) and async direct I/O are its defaults; there
   is no FOPEN_PARALLEL_DIRECT_WRITES in pyfuse3's FileInfo, so the kernel
   serializes writes to `disk` on its inode lock.
+- **O_TRUNC without side effects.**  libfuse asks for FUSE_ATOMIC_O_TRUNC
+  on its own, so open(disk, O_TRUNC) (`dd of=disk`, a shell redirect)
+  reaches us as OPEN with O_TRUNC, which changes nothing, but the kernel
+  then sets its cached size of `disk` to 0 until the next stat, and async
+  direct reads through loop are cut short meanwhile.  The default backend
+  does not ask for it.
 - **Several mounts per process.**  pyfuse3 keeps its session in module
   globals; a second mount in one process gets `Pyfuse3BusyError`.
 
@@ -78,7 +84,7 @@ FALLOCATE_ERRNO = errno.EOPNOTSUPP
 
 # Reads and writes of at least this many bytes run in a worker thread so one
 # request's compression overlaps reading the next.  A thread hop costs tens of
-# µs, more than a 4 KiB block's work (lz4: ~3.5 µs, design.md).
+# µs, more than a 4 KiB block's work (lz4 takes 1-4 µs a page here).
 _THREAD_MIN_BYTES = 64 * 1024
 
 # pyfuse3 starts another task whenever none is waiting for a request, up to
@@ -128,8 +134,8 @@ class _Operations(pyfuse3.Operations if pyfuse3 is not None else object):
     handler maps every Exception through errno_for (unknown ones: EIO, and
     counted in `errors`, as the default backend counts them).  File handles
     are inode numbers: Filesystem keeps no per-open state.  Handlers not
-    defined here (create, mkdir, unlink, xattrs, fallocate...) answer ENOSYS,
-    as in the default backend.
+    defined here (xattrs, fallocate...) answer ENOSYS, as in the default
+    backend.
     """
 
     # Like the default backend: no NFS export support, no writeback cache
@@ -153,17 +159,18 @@ class _Operations(pyfuse3.Operations if pyfuse3 is not None else object):
             self.last_error = exc
         return pyfuse3.FUSEError(err)
 
-    async def lookup(self, parent_inode, name, ctx):
+    def _call(self, fn, *args):
+        """fn(*args), with its exceptions turned into FUSEError."""
         try:
-            return _entry(self._fs.lookup(parent_inode, name))
+            return fn(*args)
         except Exception as exc:
             raise self._fuse_error(exc) from None
 
+    async def lookup(self, parent_inode, name, ctx):
+        return _entry(self._call(self._fs.lookup, parent_inode, name))
+
     async def getattr(self, inode, ctx):
-        try:
-            return _entry(self._fs.getattr(inode))
-        except Exception as exc:
-            raise self._fuse_error(exc) from None
+        return _entry(self._call(self._fs.getattr, inode))
 
     async def setattr(self, inode, attr, fields, fh, ctx):
         # pyfuse3 has already turned ATIME_NOW/MTIME_NOW into times in `attr`.
@@ -182,10 +189,7 @@ class _Operations(pyfuse3.Operations if pyfuse3 is not None else object):
             raise self._fuse_error(exc) from None
 
     async def open(self, inode, flags, ctx):
-        try:
-            self._fs.open(inode, flags)
-        except Exception as exc:
-            raise self._fuse_error(exc) from None
+        self._call(self._fs.open, inode, flags)
         # direct_io: no uncompressed copy of `disk` in the page cache, and
         # attribute files render fresh text on every read.
         return pyfuse3.FileInfo(fh=inode, direct_io=True, keep_cache=False)
@@ -218,19 +222,13 @@ class _Operations(pyfuse3.Operations if pyfuse3 is not None else object):
         pass
 
     async def opendir(self, inode, ctx):
-        try:
-            self._fs.opendir(inode)
-        except Exception as exc:
-            raise self._fuse_error(exc) from None
+        self._call(self._fs.opendir, inode)
         return inode
 
     async def readdir(self, fh, start_id, token):
         # An entry's offset is its index + 1 in Filesystem's list, whose order
         # never changes (the default backend uses the same offsets).
-        try:
-            entries = self._fs.readdir(fh)
-        except Exception as exc:
-            raise self._fuse_error(exc) from None
+        entries = self._call(self._fs.readdir, fh)
         for i in range(start_id, len(entries)):
             name, attr = entries[i]
             if not pyfuse3.readdir_reply(token, name, _entry(attr), i + 1):
@@ -245,10 +243,7 @@ class _Operations(pyfuse3.Operations if pyfuse3 is not None else object):
     async def statfs(self, ctx):
         # Must answer: loop(4) offers discard only when statfs on the backing
         # file works, and takes f_bsize as its discard granularity.
-        try:
-            s = self._fs.statfs()
-        except Exception as exc:
-            raise self._fuse_error(exc) from None
+        s = self._call(self._fs.statfs)
         v = pyfuse3.StatvfsData()
         v.f_bsize = s.bsize
         v.f_frsize = s.frsize
@@ -260,6 +255,32 @@ class _Operations(pyfuse3.Operations if pyfuse3 is not None else object):
         v.f_favail = s.ffree
         v.f_namemax = s.namelen
         return v
+
+    # The tree is fixed: Filesystem refuses each of these (EACCES or EPERM).
+
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        self._call(self._fs.create, parent_inode)
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        self._call(self._fs.mknod, parent_inode, mode)
+
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        self._call(self._fs.change_tree, parent_inode)
+
+    async def unlink(self, parent_inode, name, ctx):
+        self._call(self._fs.change_tree, parent_inode)
+
+    async def rmdir(self, parent_inode, name, ctx):
+        self._call(self._fs.change_tree, parent_inode)
+
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self._call(self._fs.change_tree, parent_inode_old)
+
+    async def symlink(self, parent_inode, name, target, ctx):
+        self._call(self._fs.change_tree, parent_inode)
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        self._call(self._fs.change_tree, new_parent_inode)
 
 
 # pyfuse3.init() keeps its session in module globals: one mount per process.
