@@ -30,9 +30,8 @@ import re
 from dataclasses import dataclass, fields
 from decimal import Decimal
 
+from zramfs._slots import SlotTableTooLargeError, check_reservable
 from zramfs.codecs import DEFAULT_ALGORITHM
-
-from ._slots import SlotTableTooLargeError, check_reservable
 
 __all__ = [
     "PAGE_SIZE",
