@@ -38,13 +38,18 @@ sys.path.insert(0, REPO)
 
 import memcg  # noqa: E402  (scripts/memcg.py: run a command in a memory cgroup)
 
-from zramfs import mountinfo, tuning  # noqa: E402
+from zramfs import tuning  # noqa: E402
+from zramfs.system import System, parse_mm_stat  # noqa: E402
+
+# What is mounted, attached and swapped on, read the way the CLI reads it.
+SYSTEM = System()
 
 PAGE_SIZE = 4096
 MIB = 1 << 20
 
-# The fio data design.md measured with: 60 % compressible in 4 KiB chunks,
-# fresh buffers for every write so nothing is deduplicated by accident.
+# The fio data: 60 % compressible in 4 KiB chunks (between swap's text and
+# zeroes, and what every earlier run of this benchmark used, so numbers stay
+# comparable), fresh buffers for every write so nothing is deduplicated by accident.
 FIO_DATA = [
     "--buffer_compress_percentage=60",
     "--buffer_compress_chunk=4096",
@@ -143,36 +148,23 @@ def _stop(proc, timeout=10.0):
 
 
 def _swapoff_if_on(dev):
-    with open("/proc/swaps") as f:
-        if any(line.split()[0] == dev for line in f.read().splitlines()[1:]):
-            cleanup(["swapoff", dev])
-
-
-def _loops_of(path):
-    """The loop devices whose backing file is ``path``, read from sysfs
-    (stat-ing a file on a dead FUSE mount would fail)."""
-    for name in os.listdir("/sys/block"):
-        try:
-            with open(f"/sys/block/{name}/loop/backing_file") as f:
-                backing = f.read().strip()
-        except OSError:
-            continue
-        if backing == path:
-            yield f"/dev/{name}"
+    if dev in SYSTEM.active_swaps():
+        cleanup(["swapoff", dev])
 
 
 def _detach_loops(path):
-    for dev in _loops_of(path):
+    # From sysfs: stat-ing a file on a dead FUSE mount would fail.
+    for dev in SYSTEM.loops_for(path):
         cleanup(["losetup", "-d", dev])
 
 
 def _unmount_if_mounted(mountpoint):
-    if any(m.mountpoint == mountpoint for m in mountinfo.mounts()):
+    if SYSTEM.mount_at(mountpoint) is not None:
         cleanup([sys.executable, "-m", "zramfs", "umount", mountpoint])
 
 
 def _zramfs_swapoff_if_there(name, mountpoint):
-    if os.path.isdir(mountpoint):
+    if os.path.isdir(mountpoint) or os.path.isdir(SYSTEM.device_dir(name)):
         cleanup([sys.executable, "-m", "zramfs", "swapoff", name])
 
 
@@ -188,12 +180,6 @@ def cleanup(cmd, timeout=10.0):
             log(f"warning: clean-up {' '.join(cmd)} failed: {proc.stderr.strip()}")
             return
         time.sleep(0.1)
-
-
-def parse_mm_stat(text):
-    names = ("orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "mem_used_max",
-             "same_pages", "pages_compacted", "huge_pages", "huge_pages_since")
-    return dict(zip(names, (int(v) for v in text.split())))
 
 
 # -- targets ---------------------------------------------------------------
@@ -281,30 +267,20 @@ class Zramfs:
                    finish=True).strip()
 
     def swapon(self, size):
-        self.mountpoint = f"/run/zramfs/{self.name}"
+        self.mountpoint = SYSTEM.swap_mountpoint(self.name)
         # Before the step it undoes (see create); `zramfs swapoff` finishes
         # whatever part of a swapon exists.
         self.stack.callback(_zramfs_swapoff_if_there, self.name, self.mountpoint)
         self._cli("swapon", self.name, "--size", str(size), "--fuse-backend", self.backend)
-        return next(_loops_of(f"{self.mountpoint}/disk"))
+        return SYSTEM.loops_for(f"{self.mountpoint}/disk")[0]
 
     def mm_stat(self):
-        with open(f"{self.mountpoint}/mm_stat") as f:
-            return parse_mm_stat(f.read())
+        return SYSTEM.mm_stat(self.mountpoint)
 
     def daemon_pid(self):
-        want = self.mountpoint.encode()
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if b"zramfs.daemon" in argv and want in argv:
-                return int(pid)
-        return None
+        """The daemon's pid from the record it wrote when its mount answered."""
+        record = SYSTEM.daemon_record(self.name)
+        return record.pid if SYSTEM.daemon_alive(record) else None
 
     def rss(self):
         pid = self.daemon_pid()

@@ -177,10 +177,10 @@ def _too_large(nr_slots, exc):
             low = mid
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return SlotTableTooLargeError(
-        f"size {_human(nr_slots << PAGE_SHIFT, exact=True)} is more than this machine can serve: its slot table "
-        f"needs {_human(table_bytes(nr_slots))} of address space ({SLOT_BYTES} bytes per "
-        f"4 KiB page) and the kernel refused it ({reason}); the largest size that fits "
-        f"now is {_human(low << PAGE_SHIFT)}"
+        f"size {_human(nr_slots << PAGE_SHIFT, exact=True)} is more than this machine can "
+        f"serve: its slot table needs {_human(table_bytes(nr_slots))} of address space "
+        f"({SLOT_BYTES} bytes per 4 KiB page) and the kernel refused it ({reason}); the "
+        f"largest size that fits now is {_human(low << PAGE_SHIFT)}"
     )
 
 

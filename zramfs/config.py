@@ -1,38 +1,54 @@
-"""Sizes and device settings, before anything is set up.
+"""Sizes, names and device settings, before anything is set up.
 
 This module sits in front of the control path: ``zramfs.cli`` (and later the
 boot-time setup from a zram-generator style config) turns what a person typed
-into plain integers here, before a daemon is started, a loop device attached
+into plain values here, before a daemon is started, a loop device attached
 or swap enabled.  Nothing here touches a device; the only state it reads is
 ``MemTotal`` from ``/proc/meminfo``, for ``N%`` sizes and the default swap size,
 and whether a disksize's slot table can be reserved (``check_disksize``).
 
+One size grammar: `memparse`, the kernel's (what ``echo 4G > disksize`` and
+``mem_limit`` accept), which the attribute files use as it is, and
+`parse_size`, which adds the command line's one extra, ``N%`` of RAM.
 Parsing and checking are separate steps, because the callers differ in what
 they accept: a disksize must be a positive multiple of the page size, while a
-``mem_limit`` of 0 means "no limit".  ``parse_size`` only turns text into
-bytes; ``check_disksize`` applies the disksize rules.
+``mem_limit`` of 0 means "no limit".
+
+`DeviceConfig` is one device's settings as the CLI decided them.  It travels
+to the daemon as its command line (`DeviceConfig.argv`) and is read back
+there by the one parser (`DeviceConfig.add_arguments`/`from_args`), so the
+two sides cannot drift apart.
 
 Room is left for the zram-generator style config (one section per device,
 ``zram-size = min(ram / 2, 4096)``, drop-in directories): its size expressions
 will be evaluated into the same integers and checked by the same functions.
 """
 
+import argparse
+import os
 import re
-from decimal import Decimal, InvalidOperation
+from dataclasses import dataclass, fields
+from decimal import Decimal
 
-from ._slots import SlotTableTooLargeError, check_reservable
+from zramfs._slots import SlotTableTooLargeError, check_reservable
+from zramfs.codecs import DEFAULT_ALGORITHM
 
 __all__ = [
     "PAGE_SIZE",
     "DEFAULT_SWAP_MAX",
+    "DEFAULT_NAME",
+    "DEFAULT_BACKEND",
+    "DEFAULT_ALGORITHM",
     "ConfigError",
     "SizeError",
     "InvalidNameError",
+    "memparse",
     "parse_size",
     "check_disksize",
     "mem_total",
     "default_swap_size",
     "check_name",
+    "DeviceConfig",
 ]
 
 # The unit of a zram slot and of a loop device attached with --sector-size
@@ -43,21 +59,22 @@ PAGE_SIZE = 4096
 # RAM, but never more than 4 GiB.
 DEFAULT_SWAP_MAX = 4 << 30
 
-# Binary suffixes, as zram's own disksize attribute (memparse) reads them.
-_SHIFTS = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}
+# The first device's name, as the kernel's first zram device is zram0.
+DEFAULT_NAME = "zram0"
+# The FUSE transport: "dev" speaks the protocol on /dev/fuse itself (and
+# can discard); zramfs.fuse.BACKENDS lists the others.
+DEFAULT_BACKEND = "dev"
 
-# "4G", "4 GiB", "4gb", "1.5M", "4096", "4096B", "50%".
-_SIZE_RE = re.compile(
-    r"""^\s*
-    (?P<number>\d+(?:\.\d*)?|\.\d+)
-    \s*
-    (?:
-        (?P<percent>%)
-      | (?P<unit>[kmgt])?(?:i?b)?
-    )
-    \s*$""",
-    re.IGNORECASE | re.VERBOSE,
-)
+# The kernel's memparse(): a number in C notation (0x hex, leading-0 octal,
+# decimal) with an optional K/M/G/T/P/E suffix in either case, each a factor
+# of 1024.  The kernel ignores whatever follows; we refuse trailing text, so
+# a typo cannot silently set a tiny size.  Surrounding blanks (the newline of
+# `echo`) are allowed.
+_MEMPARSE_RE = re.compile(r"\s*(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)([kKmMgGtTpPeE]?)\s*\Z")
+_SUFFIX_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
+
+# The command line's extra: "50%", "12.5%" of MemTotal.
+_PERCENT_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%\s*\Z")
 
 
 class ConfigError(ValueError):
@@ -91,14 +108,31 @@ def mem_total(meminfo="/proc/meminfo"):
     raise OSError(f"no MemTotal in {meminfo}")
 
 
+def memparse(text):
+    """Parse a size as the kernel's memparse() does: ``"64M"`` -> 67108864.
+
+    ``0x`` hex and leading-0 octal as in C; suffixes K, M, G, T, P and E
+    (either case) multiply by 1024 each.  Raises SizeError for anything else.
+    """
+    m = _MEMPARSE_RE.match(text)
+    if m is None:
+        raise SizeError(f"size {text.strip()!r} is not a number with an optional K/M/G/T/P/E suffix")
+    digits = m.group(1)
+    if digits[:2] in ("0x", "0X"):
+        value = int(digits[2:], 16)
+    elif digits.startswith("0"):
+        value = int(digits, 8)  # C's leading-zero octal, which Python's int(x, 0) refuses
+    else:
+        value = int(digits, 10)
+    return value << _SUFFIX_SHIFT[m.group(2).lower()]
+
+
 def parse_size(text, *, ram=None):
     """Turn a size such as ``"4G"``, ``"512M"``, ``"4096"`` or ``"50%"`` into bytes.
 
-    Suffixes K, M, G and T are binary (K = 1024), in either case, optionally
-    followed by ``B`` or ``iB``.  A plain number is bytes.  ``N%`` is that
-    share of ``ram`` (default: MemTotal), rounded down to a whole page so a
-    percentage always makes a valid disksize.  Fractions are allowed as long
-    as the result is a whole number of bytes (``1.5K`` yes, ``0.1K`` no).
+    `memparse`'s grammar, plus ``N%``: that share of ``ram`` (default:
+    MemTotal), rounded down to a whole page so a percentage always makes a
+    valid disksize.
 
     Raises SizeError for empty, negative or unreadable text.  Zero and
     alignment are the caller's business (see ``check_disksize``).
@@ -110,24 +144,18 @@ def parse_size(text, *, ram=None):
         raise SizeError("size is empty")
     if shown.startswith("-"):
         raise SizeError(f"size '{shown}' is negative")
-    m = _SIZE_RE.match(text)
-    if m is None:
-        raise SizeError(
-            f"size '{shown}' is not a number of bytes, a number with a K/M/G/T suffix, or N% of RAM"
-        )
-    try:
-        number = Decimal(m["number"])
-    except InvalidOperation:  # pragma: no cover - the regex only lets digits through
-        raise SizeError(f"size '{shown}' is not a number") from None
-    if m["percent"]:
+    m = _PERCENT_RE.match(text)
+    if m is not None:
         if ram is None:
             ram = mem_total()
-        size = int(number * ram / 100)
+        size = int(Decimal(m.group(1)) * ram / 100)
         return size - size % PAGE_SIZE
-    size = number * (1 << _SHIFTS[(m["unit"] or "").lower()])
-    if size != size.to_integral_value():
-        raise SizeError(f"size '{shown}' is not a whole number of bytes")
-    return int(size)
+    try:
+        return memparse(text)
+    except SizeError:
+        raise SizeError(
+            f"size '{shown}' is not a number of bytes, a number with a K/M/G/T/P/E suffix, or N% of RAM"
+        ) from None
 
 
 def check_disksize(size):
@@ -169,3 +197,66 @@ def check_name(name):
             f"name {name!r} must be 1 to 64 letters, digits, '_', '.' or '-', not starting with '_', '.' or '-'"
         )
     return name
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """One device's settings, from the CLI to the daemon's command line and back.
+
+    Carried as plain values: the CLI has checked them (`parse_size`,
+    `check_disksize`, `check_name`, the codec's name); the daemon's own
+    layers check them again and report what they refuse.
+    """
+
+    mountpoint: str
+    size: int
+    algorithm: str = DEFAULT_ALGORITHM
+    mem_limit: int = 0  # zram's "no limit"
+    name: str = DEFAULT_NAME
+    fuse_backend: str = DEFAULT_BACKEND
+    # FUSE reader threads; None: the FUSE layer's default.
+    threads: int | None = None
+    # The device's run directory (see zramfs.system), where the daemon
+    # writes its record; None: it writes none (a daemon started by hand).
+    run_dir: str | None = None
+
+    def argv(self):
+        """The daemon's arguments (after ``python -m zramfs.daemon``); `from_args` reads them back."""
+        argv = [
+            self.mountpoint,
+            "--size", str(self.size),
+            "--algorithm", self.algorithm,
+            "--mem-limit", str(self.mem_limit),
+            "--name", self.name,
+            "--fuse-backend", self.fuse_backend,
+        ]  # fmt: skip
+        if self.threads is not None:
+            argv += ["--threads", str(self.threads)]
+        if self.run_dir is not None:
+            argv += ["--run-dir", self.run_dir]
+        return argv
+
+    @staticmethod
+    def add_arguments(parser, *, backends=(DEFAULT_BACKEND,)):
+        """Add the arguments `argv` writes to an argparse parser (the daemon's)."""
+
+        def size(text):
+            try:
+                return memparse(text)
+            except SizeError:
+                raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r}") from None
+
+        parser.add_argument("mountpoint")
+        parser.add_argument("--size", type=size, required=True, help="disksize in bytes (K/M/G... suffixes accepted)")
+        parser.add_argument("--algorithm", default=DEFAULT_ALGORITHM)
+        parser.add_argument("--mem-limit", type=size, default=0, help="bytes; 0 = no limit")
+        parser.add_argument("--name", default=DEFAULT_NAME, help="the mount's source name (shown in /proc/mounts)")
+        parser.add_argument("--fuse-backend", default=DEFAULT_BACKEND, choices=backends)
+        parser.add_argument("--threads", type=int, default=None, help="FUSE reader threads")
+        parser.add_argument("--run-dir", default=None, help="where the daemon writes its record and log")
+
+    @classmethod
+    def from_args(cls, args):
+        """The DeviceConfig in an argparse namespace filled by `add_arguments`."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        return cls(**{**values, "mountpoint": os.path.abspath(args.mountpoint)})

@@ -4,11 +4,15 @@ Where this sits: beside the data path.  It builds the stack
 ``BlockDevice -> Filesystem -> zramfs.fuse.Session``, mounts it, runs the
 session's blocking request loop in a worker thread, and owns everything
 around it: signals, readiness, hardening against swap deadlocks, cleanup.
-The CLI (``zramfs mount``/``swapon``) starts it with `start_background`.
+The CLI (``zramfs mount``/``swapon``) starts it through `zramfs.launch`,
+isolated from the caller's directory and environment.
 
-    python -m zramfs.daemon MOUNTPOINT --size BYTES [--algorithm lz4]
-        [--mem-limit BYTES] [--name zram0] [--threads N] [--ready-fd FD]
-        [--fuse-backend dev]
+    python -I -m zramfs.daemon MOUNTPOINT --size BYTES [--algorithm lz4]
+        [--mem-limit BYTES] [--name zram0] [--fuse-backend dev] [--threads N]
+        [--run-dir DIR] [--ready-fd FD]
+
+The arguments are a `zramfs.config.DeviceConfig`, written by its `argv` and
+read back by its one parser.
 
 Lifecycle, in order:
   1. As root: mlockall(MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT),
@@ -22,7 +26,9 @@ Lifecycle, in order:
      fusermount3, owner-only: see zramfs.fuse._mount).  Any failure:
      "ERROR <message>" on --ready-fd, exit 1, nothing left mounted.
   3. Serve in a thread; stat MOUNTPOINT/disk from another thread.  Only when
-     that answers: "READY" on --ready-fd and READY=1 to $NOTIFY_SOCKET.
+     that answers: the record (pid, start time, config) into --run-dir
+     (`zramfs.system.DaemonRecord`, how the CLI finds this process and its
+     backend), "READY" on --ready-fd and READY=1 to $NOTIFY_SOCKET.
   4. SIGTERM/SIGINT: unmount (lazily: a loop device still holding `disk` is
      served until it lets go), exit 0 when the session ends.  A second
      signal aborts the connection.  An unmount by anyone else: exit 0.
@@ -36,20 +42,22 @@ import argparse
 import ctypes
 import ctypes.util
 import os
-import select
 import signal
 import socket
-import subprocess
 import sys
-import time
 from contextlib import AsyncExitStack
-from pathlib import Path
 
 import trio
 
+from zramfs.config import DeviceConfig
 from zramfs.device import BlockDevice, DeviceError
-from zramfs.fs import Filesystem, InvalidValueError, memparse
-from zramfs.fuse import BACKENDS, DEFAULT_THREADS, MountError, Session, is_mounted
+from zramfs.fs import Filesystem
+from zramfs.fuse import BACKENDS, DEFAULT_THREADS, MountError, Session
+
+# The starting side lives in zramfs.launch (it must not import trio, which
+# this module needs); re-exported for callers that start daemons themselves.
+from zramfs.launch import DaemonStartError, spawn_daemon, start_background  # noqa: F401
+from zramfs.system import DaemonRecord, remove_device_dir, start_time
 
 # mlockall(2) flags: lock what is mapped now, what gets mapped later, and
 # only once touched (so reserved-but-unused memory, e.g. thread stacks, is
@@ -71,18 +79,8 @@ EXIT_SETUP_FAILED = 1
 EXIT_USAGE = 2
 EXIT_SERVE_FAILED = 3
 
-_PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
-
-
 class SetupError(Exception):
     """Raised when the daemon cannot set up its device or mount; the message is one line."""
-
-
-class DaemonStartError(Exception):
-    """Raised by `start_background` when the daemon reports an error, dies or never becomes ready.
-
-    The message is the daemon's own one-line message when it sent one.
-    """
 
 
 def _log(msg):
@@ -90,7 +88,7 @@ def _log(msg):
     print(f"zramfs-daemon: {msg}", file=sys.stderr, flush=True)
 
 
-# -- hardening (Decision 4 in design.md) ---------------------------------------
+# -- hardening: a swap daemon must never wait on swap or on the OOM killer -------
 
 
 def harden():
@@ -199,22 +197,22 @@ async def _wait_until_answering(mountpoint):
         raise SetupError(f"{path} does not answer: {e.strerror}") from None
 
 
-async def run(args, ready):
+async def run(config, ready):
     """The daemon's body; returns the exit code."""
-    mountpoint = os.path.abspath(args.mountpoint)
+    mountpoint = config.mountpoint
     outcome = {"done": False, "error": None}
     # Signals first: a SIGTERM that lands between mount and serve must
     # unmount, not kill us with the mount left behind.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with AsyncExitStack() as stack:
             try:
-                device = BlockDevice(args.size, algorithm=args.algorithm, mem_limit=args.mem_limit)
+                device = BlockDevice(config.size, algorithm=config.algorithm, mem_limit=config.mem_limit)
                 session = Session(
                     Filesystem(device),
                     mountpoint,
-                    fsname=args.name,
-                    backend=args.fuse_backend,
-                    threads=args.threads,
+                    fsname=config.name,
+                    backend=config.fuse_backend,
+                    threads=DEFAULT_THREADS if config.threads is None else config.threads,
                 )
                 session.mount()
             except (MountError, DeviceError, ValueError) as e:
@@ -236,7 +234,9 @@ async def run(args, ready):
                     setup_error = e
                     nursery.cancel_scope.cancel()
                 else:
-                    _log(f"serving {mountpoint} ({args.size} bytes, {device.algorithm})")
+                    _log(f"serving {mountpoint} ({config.size} bytes, {device.algorithm})")
+                    if config.run_dir is not None:
+                        _write_record(config)
                     ready.ready()
                     sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {mountpoint}")
             if setup_error is not None:
@@ -249,11 +249,13 @@ async def run(args, ready):
     return EXIT_OK
 
 
-def _size_arg(text):
+def _write_record(config):
+    """Say who serves this device (pid, start time, config), for the CLI to find; a failure is logged."""
+    pid = os.getpid()
     try:
-        return memparse(text)
-    except InvalidValueError:
-        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r}") from None
+        DaemonRecord(pid, start_time(pid), config).write(config.run_dir)
+    except (OSError, TypeError) as e:
+        _log(f"cannot write the daemon record into {config.run_dir}: {e}")
 
 
 class _UsageError(Exception):
@@ -280,179 +282,51 @@ def _ready_fd_in(argv):
 
 
 def parse_args(argv=None):
+    """(DeviceConfig, --ready-fd) of a daemon command line."""
     p = _Parser(prog="python -m zramfs.daemon", description="Serve one zramfs device.")
-    p.add_argument("mountpoint")
-    p.add_argument("--size", type=_size_arg, required=True, help="disksize in bytes (K/M/G suffixes accepted)")
-    p.add_argument("--algorithm", default="lz4")
-    p.add_argument("--mem-limit", type=_size_arg, default=0, help="bytes; 0 = no limit")
-    p.add_argument("--name", default="zram0", help="the mount's source name (shown in /proc/mounts)")
-    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                   help=f"FUSE reader threads (default {DEFAULT_THREADS})")
+    DeviceConfig.add_arguments(p, backends=BACKENDS)
     p.add_argument("--ready-fd", type=int, default=None, help='write "READY" or "ERROR <msg>" here, then close it')
-    p.add_argument("--fuse-backend", default="dev", choices=BACKENDS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    return DeviceConfig.from_args(args), args.ready_fd
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = parse_args(argv)
+        config, ready_fd = parse_args(argv)
     except _UsageError as e:
         print(f"usage error: {e}", file=sys.stderr)
         ReadyPipe(_ready_fd_in(argv)).error(e)
         return EXIT_USAGE
-    ready = ReadyPipe(args.ready_fd)
-    if args.ready_fd is not None:
+    ready = ReadyPipe(ready_fd)
+    if ready_fd is not None:
         try:
-            os.set_inheritable(args.ready_fd, False)
+            os.set_inheritable(ready_fd, False)
         except OSError:
-            _log(f"--ready-fd {args.ready_fd} is not open")
+            _log(f"--ready-fd {ready_fd} is not open")
             ready.fd = None
     harden()
     try:
-        code = trio.run(run, args, ready)
+        code = trio.run(run, config, ready)
     except SetupError as e:
         _log(f"error: {e}")
         ready.error(str(e))
         return EXIT_SETUP_FAILED
+    finally:
+        # The device is gone: so is its directory (record, log), and the
+        # name is free again once this process has exited (its lock goes).
+        if config.run_dir is not None:
+            _forget(config.run_dir)
     # Stopped before the mount ever answered (a signal during setup).
     ready.error("stopped before the mount was ready")
     return code
 
 
-# -- starting a daemon from the CLI or tests ------------------------------------
-
-
-def daemon_argv(mountpoint, size, *, algorithm="lz4", mem_limit=0, name="zram0", threads=DEFAULT_THREADS,
-                fuse_backend="dev", python=None):
-    """The daemon's command line (without --ready-fd): what spawn_daemon runs and `mount --foreground` execs."""
-    return [
-        python or sys.executable,
-        "-m",
-        "zramfs.daemon",
-        os.path.abspath(mountpoint),
-        "--size",
-        str(size),
-        "--algorithm",
-        algorithm,
-        "--mem-limit",
-        str(mem_limit),
-        "--name",
-        name,
-        "--threads",
-        str(threads),
-        "--fuse-backend",
-        fuse_backend,
-    ]
-
-
-def _read_line(fd, deadline):
-    """Read one line from `fd` until `deadline`; None on timeout, "" on EOF."""
-    data = b""
-    while b"\n" not in data:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
-        r, _, _ = select.select([fd], [], [], left)
-        if not r:
-            return None
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-    return data.split(b"\n", 1)[0].decode(errors="replace")
-
-
-def spawn_daemon(
-    mountpoint,
-    size,
-    *,
-    algorithm="lz4",
-    mem_limit=0,
-    name="zram0",
-    threads=DEFAULT_THREADS,
-    fuse_backend="dev",
-    timeout=30.0,
-    stderr=None,
-    python=None,
-):
-    """Start ``python -m zramfs.daemon`` and wait until it is READY; returns its Popen.
-
-    Raises DaemonStartError with the daemon's own message if it reports an
-    error or exits, or if it is not ready within `timeout` seconds (then it
-    is stopped and anything it mounted is unmounted).  `stderr` goes to
-    subprocess.Popen (None: inherit ours).  The daemon runs in its own
-    session, so a Ctrl-C at the terminal does not reach it.
-    """
-    mountpoint = os.path.abspath(mountpoint)
-    was_mounted = is_mounted(mountpoint)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
-    r, w = os.pipe()
+def _forget(run_dir):
     try:
-        argv = daemon_argv(mountpoint, size, algorithm=algorithm, mem_limit=mem_limit, name=name,
-                           threads=threads, fuse_backend=fuse_backend, python=python)
-        proc = subprocess.Popen(
-            [*argv, "--ready-fd", str(w)],
-            pass_fds=(w,),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            start_new_session=True,
-            env=env,
-        )
-    except BaseException:
-        os.close(r)
-        raise
-    finally:
-        os.close(w)
-    try:
-        line = _read_line(r, time.monotonic() + timeout)
-    finally:
-        os.close(r)
-    if line == "READY":
-        return proc
-    if line is None:
-        _stop_failed(proc, mountpoint, was_mounted)
-        raise DaemonStartError(f"the zramfs daemon did not become ready within {timeout:g} s")
-    try:
-        rc = proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        _stop_failed(proc, mountpoint, was_mounted)
-        rc = proc.returncode
-    if line.startswith("ERROR "):
-        raise DaemonStartError(line[len("ERROR ") :])
-    raise DaemonStartError(f"the zramfs daemon exited with status {rc} before it was ready")
-
-
-def _stop_failed(proc, mountpoint, was_mounted):
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if not was_mounted and is_mounted(mountpoint):
-        from zramfs.fuse._mount import unmount
-
-        unmount(mountpoint)
-
-
-def start_background(mountpoint, size, **kwargs):
-    """Start a daemon for `mountpoint` in the background, return its pid once READY.
-
-    Keyword arguments as `spawn_daemon`: algorithm="lz4", mem_limit=0,
-    name="zram0", threads=DEFAULT_THREADS, fuse_backend="dev", timeout=30.0, stderr=None,
-    python=None.  Raises DaemonStartError(one-line message).
-    """
-    proc = spawn_daemon(mountpoint, size, **kwargs)
-    # Keep the Popen alive: dropping it while the daemon runs would warn
-    # (ResourceWarning) from Popen.__del__.  The daemon outlives a CLI process.
-    _background.append(proc)
-    return proc.pid
-
-
-_background = []
+        remove_device_dir(run_dir)
+    except OSError as e:
+        _log(f"cannot remove {run_dir}: {e.strerror}")
 
 
 if __name__ == "__main__":

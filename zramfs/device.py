@@ -55,10 +55,10 @@ into fs or fuse.  Concurrent writes to the same block land in some order,
 each block whole, as on any block device.
 """
 
-from array import array
-from dataclasses import dataclass
 import operator
 import threading
+from array import array
+from dataclasses import dataclass
 
 from allocator import PAGE_SHIFT, PAGE_SIZE, Pool, PoolFullError, PoolLimitError
 
@@ -207,9 +207,9 @@ class BlockDevice:
         # of every page.  Twice the longest of a few same-filled pages, for
         # margin; a same-filled page that still compressed longer would only
         # be stored compressed, not lost.
+        words = (bytes(8), b"\xff" * 8, bytes(range(1, 9)), bytes.fromhex("9e3779b97f4a7c15"))
         self._same_max = 2 * max(
-            len(self._codec.compress(word * _WORDS_PER_PAGE))
-            for word in (bytes(8), b"\xff" * 8, bytes(range(1, 9)), b"\x9e\x37\x79\xb9\x7f\x4a\x7c\x15")
+            len(self._codec.compress(word * _WORDS_PER_PAGE)) for word in words
         )
 
         # Counters besides the slot table's own, all guarded by _lock.
@@ -300,10 +300,6 @@ class BlockDevice:
             return HUGE_INFO, page
         return size, data
 
-    def _encode(self, page):
-        """(info, payload) of one 4096-byte page."""
-        return self._classify(self._codec.compress(page), page)
-
     def _encode_many(self, compressed, pages):
         """([info], [payload]) of ``pages``, given their compressed forms.
 
@@ -369,7 +365,7 @@ class BlockDevice:
         ((info, payload),) = self._snapshot(index, index + 1)
         page = bytearray(self._decode(info, payload))
         page[start : start + len(data)] = data
-        return self._encode(page)
+        return self._classify(self._codec.compress(page), page)
 
     # --- the one change of state --------------------------------------------------
 
@@ -418,7 +414,8 @@ class BlockDevice:
             # pool already past mem_limit takes the path below and fails
             # there, as zram's write does whatever the old object frees.
             limit = self._limit_pages
-            if (not limit or pool.pages_used <= limit) and pool.replace(handles[first], payloads[0]):
+            fits = not limit or pool.pages_used <= limit
+            if fits and pool.replace(handles[first], payloads[0]):
                 slot_infos[first] = top
                 table.account(old, infos)
                 return
@@ -503,7 +500,7 @@ class BlockDevice:
         self._check_range(offset, length, "write")
         if length == PAGE_SIZE and not offset & _PAGE_MASK:
             # One aligned block (swap, a 4 KiB-sector loop device).
-            info, payload = self._encode(view)
+            info, payload = self._classify(self._codec.compress(view), view)
             with self._lock:
                 self._num_writes += 1
                 self._commit_locked(offset >> PAGE_SHIFT, (info,), (payload,))

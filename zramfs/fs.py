@@ -45,7 +45,6 @@ might need swap I/O.
 """
 
 import os
-import re
 import stat
 import threading
 import time
@@ -60,6 +59,8 @@ from zramfs.codecs import (
     get_codec,
     parse_algorithm_params,
 )
+from zramfs.config import SizeError
+from zramfs.config import memparse as _kernel_memparse  # the kernel's size grammar, shared with the CLI
 from zramfs.device import (
     PAGE_SIZE,
     BlockDevice,
@@ -172,32 +173,6 @@ class StatFs:
     namelen: int
 
 
-# memparse(): a number in C notation (0x hex, 0 octal, decimal) with an
-# optional K/M/G/T/P/E suffix, each a factor of 1024.  zram's mem_limit_store
-# takes whatever memparse reads and ignores the rest; we refuse trailing
-# garbage instead, so a typo cannot silently set a tiny limit.
-_MEMPARSE = re.compile(r"\s*(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)([kKmMgGtTpPeE]?)\s*\Z")
-_SUFFIX_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
-
-
-def memparse(text):
-    """Parse a size like the kernel's memparse(): "64M" -> 67108864.
-
-    Raises InvalidValueError for anything else.
-    """
-    m = _MEMPARSE.match(text)
-    if m is None:
-        raise InvalidValueError(f"not a size: {text!r}")
-    digits = m.group(1)
-    if digits[:2] in ("0x", "0X"):
-        value = int(digits[2:], 16)
-    elif digits.startswith("0"):
-        value = int(digits, 8)  # C's leading-zero octal, which Python's int(x, 0) refuses
-    else:
-        value = int(digits, 10)
-    return value << _SUFFIX_SHIFT[m.group(2).lower()]
-
-
 # mem_limit is kept in whole pages and shown in bytes, which must fit the
 # unsigned long the kernel keeps it in.  The kernel's memparse() wraps
 # silently past 64 bits (99999999T would become a small limit); we refuse.
@@ -207,6 +182,14 @@ _DISKSIZE_MAX = (1 << 64) - PAGE_SIZE
 # zram's ZRAM_MAX_ALGO_NAME_SZ: comp_algorithm refuses a name this long or
 # longer with E2BIG before it looks the name up.
 _MAX_ALGO_NAME = 128
+
+
+def memparse(text):
+    """config.memparse, refusing with InvalidValueError (EINVAL)."""
+    try:
+        return _kernel_memparse(text)
+    except SizeError as e:
+        raise InvalidValueError(str(e)) from None
 
 
 def _decode(data):

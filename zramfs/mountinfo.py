@@ -1,13 +1,15 @@
 """Reading /proc/self/mountinfo: the one parser the FUSE layer, the CLI and the tests share.
 
 Where this sits: beside the data path.  The FUSE backends ask it whether
-their mount is still theirs before unmounting; the CLI finds zramfs devices,
-busy mountpoints and free names with it.  Reading mountinfo never touches the
-mounted filesystem, so it is safe on a FUSE mount whose daemon is dead or
-stopped, where stat() would hang or fail.
+their mount is still theirs before unmounting; `zramfs.system` (and through
+it the CLI) finds zramfs devices, busy mountpoints and free names with it.
+Reading mountinfo never touches the mounted filesystem, so it is safe on a
+FUSE mount whose daemon is dead or stopped, where stat() would hang or fail.
 """
 
 from dataclasses import dataclass
+
+MOUNTINFO = "/proc/self/mountinfo"
 
 
 @dataclass(frozen=True)
@@ -26,22 +28,24 @@ def unescape(field):
     return field.encode().decode("unicode_escape").encode("latin-1").decode()
 
 
-def mounts():
-    """Every mount in this namespace, in mountinfo order (later ones on top)."""
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            # id parent major:minor root mountpoint options [optional...] - fstype source superopts
-            sep = fields.index("-")
-            found.append(Mount(unescape(fields[4]), fields[sep + 1], unescape(fields[sep + 2]), fields[2]))
-    return found
+def parse(line):
+    """The Mount of one mountinfo line."""
+    fields = line.split()
+    # id parent major:minor root mountpoint options [optional...] - fstype source superopts
+    sep = fields.index("-")
+    return Mount(unescape(fields[4]), fields[sep + 1], unescape(fields[sep + 2]), fields[2])
 
 
-def mount_at(path):
-    """The topmost mount at `path` (absolute, normalized), or None."""
+def mounts(path=MOUNTINFO):
+    """Every mount in `path` (this namespace's mountinfo), in order (later ones on top)."""
+    with open(path) as f:
+        return [parse(line) for line in f if line.strip()]
+
+
+def mount_at(mountpoint, path=MOUNTINFO):
+    """The topmost mount at `mountpoint` (absolute, normalized), or None."""
     found = None
-    for m in mounts():
-        if m.mountpoint == path:
+    for m in mounts(path):
+        if m.mountpoint == mountpoint:
             found = m  # later lines are mounted on top of earlier ones
     return found

@@ -54,13 +54,6 @@ def test_unknown_backend(tmp_path):
         zramfs.fuse.Session(object(), tmp_path, backend="nbd")
 
 
-def test_memparse():
-    assert fs.memparse("4G") == 4 << 30
-    assert fs.memparse(" 010 ") == 8
-    with pytest.raises(fs.InvalidValueError, match="not a size: '4 G'"):
-        fs.memparse("4 G")
-
-
 def test_the_dev_backend_supports_discard():
     assert zramfs.fuse.supports_discard("dev") is True
 

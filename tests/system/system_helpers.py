@@ -8,28 +8,30 @@ cannot hide behind its own cleanup -- every swap area, loop device, mount and
 daemon that belongs under that root, and then fails the test if it had to.
 `test_cleanup.py` tests that path on purpose-made messes.  The fixture
 itself is in conftest.py.
+
+What is left behind is found here on purpose independently of
+`zramfs.system` (its own reads of /proc and /sys, daemons found by their
+command line, not by the record a daemon writes): the seam under test must
+not be the judge of its own cleanup.  Only mm_stat, a format rather than
+a piece of state, goes through the one parser.
 """
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 from zramfs import mountinfo, tuning
+from zramfs.fuse import BACKENDS  # noqa: F401  (the tests' backend parameters)
+from zramfs.system import parse_mm_stat
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = os.path.join(REPO, "scripts")  # on sys.path already: tests/conftest.py
 
 
-def _backends():
-    from zramfs.fuse import BACKENDS
-
-    return BACKENDS
-
-
-BACKENDS = _backends()
 
 
 def _under(path, root):
@@ -84,6 +86,18 @@ class ZramfsEnv:
             **kwargs,
         )
 
+    def start(self, *args, **kwargs):
+        """Start `python -m zramfs ARGS` without waiting; returns the Popen (text, stdout and stderr piped)."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "zramfs", *args],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **kwargs,
+        )
+
     def ok(self, *args, **kwargs):
         """Run the CLI and require success."""
         proc = self.cli(*args, **kwargs)
@@ -100,8 +114,9 @@ class ZramfsEnv:
         return row
 
     def mm_stat(self, mountpoint):
+        """mm_stat's columns at `mountpoint`, as a list in the kernel's order."""
         with open(os.path.join(mountpoint, "mm_stat")) as f:
-            return [int(x) for x in f.read().split()]
+            return list(parse_mm_stat(f.read()).values())
 
     # -- what is left ----------------------------------------------------------
 
@@ -230,7 +245,10 @@ class ZramfsEnv:
                 errors.append(f"restore settings: {e}")
             for name in self._run_dirs():
                 try:
-                    os.rmdir(os.path.join(self.run_dir, name))
+                    if name.startswith("."):  # a device's directory: its record and log
+                        shutil.rmtree(os.path.join(self.run_dir, name))
+                    else:  # a mountpoint: empty once unmounted
+                        os.rmdir(os.path.join(self.run_dir, name))
                 except OSError as e:
                     errors.append(f"rmdir {name}: {e.strerror}")
         if errors:

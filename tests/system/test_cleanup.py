@@ -5,6 +5,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 MiB = 1 << 20
 
 
@@ -61,6 +63,27 @@ def test_swapon_failing_part_way_is_undone(zramfs_env):
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("zramfs: error: mkswap /dev/loop"), proc.stderr
     assert env.leftovers() == {}
+    assert not os.path.exists(env.run_dir)  # undo means all of it: the directory too
+
+
+@pytest.mark.parametrize(
+    "argv, code",
+    [
+        # The daemon refuses a size it cannot serve (issue 10: it left an empty run directory).
+        (["swapon", "p1", "--size", "99999T"], 1),
+        (["swapon", "--size", "99999T"], 1),
+        (["mount", "{mnt}", "--size", "99999T"], 1),
+    ],
+)
+def test_a_failed_setup_leaves_not_even_the_run_directory(zramfs_env, argv, code):
+    env = zramfs_env
+    mnt = os.path.join(env.root, "mnt")
+    os.mkdir(mnt)
+    proc = env.cli(*[a.format(mnt=mnt) for a in argv])
+    assert proc.returncode in (code, 2), proc.stderr  # 2 once sizes are checked before the daemon starts
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("zramfs: error: "), proc.stderr
+    assert env.leftovers() == {}
+    assert not os.path.exists(env.run_dir)
 
 
 def test_swapoff_after_parts_are_gone(zramfs_env):
@@ -90,7 +113,7 @@ def test_swapoff_after_the_daemon_died(zramfs_env):
     # What swapon changed stays changed while a zramfs swap device, even a
     # dead one, exists (none to keep on a machine that had zramfs's values).
     left.pop("saved_settings", None)
-    assert left == {"mounts": [f"{env.run_dir}/zramt7"], "run_dirs": ["zramt7"]}
+    assert left == {"mounts": [f"{env.run_dir}/zramt7"], "run_dirs": [".zramt7", "zramt7"]}
     row = env.device("zramt7")  # status copes with a dead mount
     assert row["data"] is None and row["backend"] is None
     env.ok("swapoff", "zramt7")
@@ -160,7 +183,8 @@ def test_fixture_cleanup_removes_ext4_on_a_dead_daemon(zramfs_env):
     while env.daemons() and time.monotonic() < deadline:
         time.sleep(0.05)
     found = env.cleanup()
-    # ext4 and the dead FUSE mount, and the loop device between them.
-    assert set(found) == {"loops", "mounts"}
+    # ext4 and the dead FUSE mount, the loop device between them, and the
+    # device's directory (its record and log).
+    assert set(found) == {"loops", "mounts", "run_dirs"}
     assert len(found["mounts"]) == 2
     assert env.leftovers() == {}

@@ -21,11 +21,12 @@ def one_line(proc, code, message):
     [
         (["--size", "0"], "size must be greater than 0"),
         (["--size", "12345"], "size 12345 is not a multiple of 4096 bytes (the page size)"),
-        (["--size", "1.5K"], "size 1536 is not a multiple of 4096 bytes (the page size)"),
+        (["--size", "0x1001"], "size 4097 is not a multiple of 4096 bytes (the page size)"),
+        (["--size", "1.5K"], "size '1.5K' is not a number of bytes, a number with a K/M/G/T/P/E suffix, or N% of RAM"),
         (["--size=-4G"], "size '-4G' is negative"),
-        (["--size", "big"], "size 'big' is not a number of bytes, a number with a K/M/G/T suffix, or N% of RAM"),
+        (["--size", "big"], "size 'big' is not a number of bytes, a number with a K/M/G/T/P/E suffix, or N% of RAM"),
         (["--algorithm", "lzo"], "unknown compression algorithm 'lzo'; known: lz4 lz4hc zstd deflate"),
-        (["--mem-limit", "lots"], "size 'lots' is not a number of bytes, a number with a K/M/G/T suffix, or N% of RAM"),
+        (["--mem-limit", "lots"], "size 'lots' is not a number of bytes, a number with a K/M/G/T/P/E suffix, or N% of RAM"),
         (["--priority", "40000"], "priority 40000 is not between -1 and 32767"),
         (["--priority", "high"], "swapon: argument --priority: invalid int value: 'high'"),
         (["--fuse-backend", "nbd"], "swapon: argument --fuse-backend: invalid choice: 'nbd' (choose from 'dev', 'pyfuse3')"),
@@ -49,6 +50,18 @@ def test_mount_bad_input(zramfs_env):
     one_line(env.cli("mount", env.root), 2, "mount: the following arguments are required: --size")
     one_line(env.cli("mount", env.root, "--size", "0"), 2, "size must be greater than 0")
     assert env.leftovers() == {}
+
+
+@pytest.mark.parametrize("mountpoint", ["", "  ", "\t"])
+def test_an_empty_mountpoint_is_bad_input_not_the_working_directory(zramfs_env, mountpoint):
+    """`zramfs mount ''` mounted over the directory it was run in (issue 10)."""
+    env = zramfs_env
+    cwd = os.path.join(env.root, "cwd")
+    os.mkdir(cwd)
+    one_line(env.cli("mount", mountpoint, "--size", "64M", cwd=cwd), 2, "MOUNTPOINT is empty")
+    one_line(env.cli("umount", mountpoint, cwd=cwd), 2, "MOUNTPOINT is empty")
+    assert env.leftovers() == {}
+    assert not os.path.exists(env.run_dir)
 
 
 def test_busy_mountpoint(zramfs_env):

@@ -92,3 +92,91 @@ def test_umount_not_zramfs(zramfs_env):
     env = zramfs_env
     proc = env.cli("umount", env.root)
     assert (proc.returncode, proc.stderr) == (6, f"zramfs: error: {env.root} is not a zramfs mount\n")
+
+
+def test_two_auto_named_mounts_at_once_get_two_names(zramfs_env):
+    env = zramfs_env
+    for attempt in range(3):
+        mnts = [os.path.join(env.root, f"m{attempt}-{i}") for i in range(2)]
+        for mnt in mnts:
+            os.mkdir(mnt)
+        procs = [env.start("mount", mnt, "--size", "16M") for mnt in mnts]
+        results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+        assert [r[0] for r in results] == [0, 0], results
+        names = sorted(out.split(":")[0] for _, out, _ in results)
+        assert names == ["zram0", "zram1"]
+        for mnt in mnts:
+            env.ok("umount", mnt)
+        assert env.leftovers() == {}
+
+
+def test_a_mount_is_quiet_and_its_daemon_logs_to_its_file(zramfs_env):
+    """Success: one line on stdout, nothing on stderr (issue 10: three daemon lines came through)."""
+    env = zramfs_env
+    mnt = os.path.join(env.root, "mnt")
+    os.mkdir(mnt)
+    proc = env.ok("mount", mnt, "--size", "16M", "--name", "zramt-q")
+    assert (proc.stdout, proc.stderr) == (f"zramt-q: 16 MiB lz4, mounted at {mnt}\n", "")
+    with open(os.path.join(env.run_dir, ".zramt-q", "daemon.log")) as f:
+        assert f"zramfs-daemon: serving {mnt} (16777216 bytes, lz4)\n" in f.read()
+    assert env.device("zramt-q")["backend"] == "dev"  # from the daemon's record
+    proc = env.ok("umount", mnt)
+    assert (proc.stdout, proc.stderr) == ("", "")
+    assert env.leftovers() == {}
+    assert not os.path.exists(env.run_dir)
+
+
+# Modules the daemon imports (and the CLI, for the first group).  Each copy
+# planted here records that it was imported; none may ever be.
+PLANTED_FOR_THE_DAEMON = ("trio", "attrs", "sniffio", "outcome", "sortedcontainers", "idna")
+PLANTED_FOR_BOTH = ("zramfs", "allocator", "lz4", "zstandard", "ctypes", "json")
+
+
+def _plant(directory, names, marker):
+    for name in names:
+        with open(os.path.join(directory, f"{name}.py"), "w") as f:
+            f.write(f"open({marker!r}, 'a').write({name!r} + ' imported from the working directory\\n')\n")
+
+
+def test_nothing_is_imported_from_the_working_directory_or_pythonpath(zramfs_env):
+    """Issue 10: the daemon ran `python -m` in the caller's directory, so a planted trio.py ran as root.
+
+    The installed `zramfs` command is run from a directory full of planted
+    modules, then with PYTHONPATH pointing there.  With PYTHONPATH the
+    command's own interpreter reads it before zramfs runs (that is Python's
+    contract with whoever sets it; sudo clears it), so there only modules
+    the CLI never imports are planted: the daemon must not see them.
+    """
+    env = zramfs_env
+    plant = os.path.join(env.root, "plant")
+    os.mkdir(plant)
+    marker = os.path.join(env.root, "marker")
+    zramfs_command = os.path.join(os.path.dirname(sys.executable), "zramfs")
+    assert os.access(zramfs_command, os.X_OK), "the zramfs console script is not installed in this venv"
+    mnt = os.path.join(env.root, "mnt")
+    os.mkdir(mnt)
+
+    def run(*args, pythonpath):
+        proc = subprocess.run(
+            [zramfs_command, *args],
+            env={**env.env, "PYTHONPATH": pythonpath},
+            cwd=plant,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert not os.path.exists(marker), open(marker).read()
+
+    def one_round(pythonpath):
+        run("mount", mnt, "--size", "16M", "--name", "zramt-cwd", pythonpath=pythonpath)
+        run("swapon", "zramt-cwd2", "--size", "16M", "--priority", "5", pythonpath=pythonpath)
+        run("swapoff", "zramt-cwd2", pythonpath=pythonpath)
+        run("umount", mnt, pythonpath=pythonpath)
+
+    _plant(plant, PLANTED_FOR_THE_DAEMON + PLANTED_FOR_BOTH, marker)
+    one_round(pythonpath="")
+    for name in PLANTED_FOR_BOTH:
+        os.unlink(os.path.join(plant, f"{name}.py"))
+    one_round(pythonpath=plant)
+    assert env.leftovers() == {}

@@ -19,6 +19,7 @@ from system_helpers import BACKENDS, SCRIPTS
 from memcg import memory_cgroup
 
 from zramfs import tuning
+from zramfs.config import default_swap_size
 
 MiB = 1 << 20
 
@@ -135,8 +136,6 @@ def test_swap_under_memory_pressure(zramfs_env, backend):
 
 def test_swapon_defaults(zramfs_env):
     """No NAME: the first free zramN; no --size: min(ram/2, 4G); priority 100."""
-    from zramfs.config import default_swap_size
-
     env = zramfs_env
     proc = env.ok("swapon")
     m = re.fullmatch(
@@ -199,7 +198,8 @@ def test_swapon_leaves_page_cluster_alone_when_it_is_already_right(zramfs_env, p
         with open(tuning.HALT_POLL_NS, "w") as f:
             f.write("200000")
     env.ok("swapon", "zramt1", "--size", "16M", "--priority", "5")
-    assert os.listdir(env.run_dir) == ["zramt1"]  # nothing to keep
+    # Nothing to keep: only the mountpoint and the device's directory.
+    assert sorted(os.listdir(env.run_dir)) == [".zramt1", "zramt1"]
     env.ok("swapoff", "--all")
     assert _read_page_cluster() == "3"
 
@@ -235,4 +235,34 @@ def test_swapon_lets_an_idle_vcpu_poll_and_the_last_swapoff_stops_it(zramfs_env,
     env.ok("swapoff", "zramt1")
     with open(tuning.HALT_POLL_NS) as f:
         assert f.read().strip() == "0"
+    assert env.leftovers() == {}
+
+
+SWAPON_LINE = re.compile(r"(zram\d+|zramt\d+): 16 MiB lz4 swap on (/dev/loop\d+) \(priority 5\), mounted at (\S+)\n")
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_two_swapons_at_once_get_two_names(zramfs_env, attempt):
+    """Choosing zramN and claiming it is one step (issue 10: both chose zram0, one failed)."""
+    env = zramfs_env
+    procs = [env.start("swapon", "--size", "16M", "--priority", "5") for _ in range(2)]
+    results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    assert [r[0] for r in results] == [0, 0], results
+    names = sorted(SWAPON_LINE.fullmatch(out)[1] for _, out, _ in results)
+    assert names == ["zram0", "zram1"]
+    assert len(env.swaps()) == 2
+    env.ok("swapoff", "--all")
+    assert env.leftovers() == {}
+    assert not os.path.exists(env.run_dir)
+
+
+def test_a_swapon_is_quiet_and_its_daemon_logs_to_its_file(zramfs_env):
+    """Success prints one line on stdout and nothing on stderr; the daemon's lines go to .NAME/daemon.log."""
+    env = zramfs_env
+    proc = env.ok("swapon", "zramt1", "--size", "16M", "--priority", "5")
+    assert SWAPON_LINE.fullmatch(proc.stdout) and proc.stderr == ""
+    with open(os.path.join(env.run_dir, ".zramt1", "daemon.log")) as f:
+        log = f.read()
+    assert f"zramfs-daemon: serving {env.run_dir}/zramt1 (16777216 bytes, lz4)\n" in log
+    env.ok("swapoff", "zramt1")
     assert env.leftovers() == {}

@@ -13,6 +13,7 @@ teardown removes every mount, daemon and namespace holder, whatever the test
 did, and then fails the test if it had to.
 """
 
+import glob
 import json
 import os
 import shutil
@@ -48,12 +49,27 @@ def _reachable_by_others(path):
 
 
 def _user_python():
-    """A python of this version an ordinary user may run; this venv's packages go on PYTHONPATH."""
+    """A python of this version an ordinary user may run (a venv is made from it: `_user_venv`)."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     for candidate in (sys.executable, shutil.which(version, path="/usr/local/bin:/usr/bin:/bin")):
         if candidate and _reachable_by_others(candidate):
             return candidate
     pytest.fail(f"no {version} that uid {NOBODY} may run ({sys.executable} is not reachable)")
+
+
+def _user_venv(root):
+    """A venv under `root` that nobody may run, which finds this checkout and this venv's packages.
+
+    The CLI starts its daemon with ``python -I`` (no PYTHONPATH, no working
+    directory), so the packages must be found the way an installation finds
+    them: through a .pth file in the interpreter's own site-packages.
+    """
+    venv = os.path.join(root, "venv")
+    subprocess.run([_user_python(), "-m", "venv", "--without-pip", venv], check=True)
+    (site_dir,) = glob.glob(os.path.join(venv, "lib", "python3*", "site-packages"))
+    with open(os.path.join(site_dir, "zramfs-checkout.pth"), "w") as f:
+        f.write("\n".join([REPO, *(p for p in sys.path if p.endswith("site-packages"))]) + "\n")
+    return os.path.join(venv, "bin", "python")
 
 
 def _mountinfo(pid, path):
@@ -95,9 +111,14 @@ class UserMount:
         os.mkdir(self.mnt, 0o755)
         os.chown(self.mnt, NOBODY, NOBODY)
         self.disk = os.path.join(self.mnt, "disk")
-        self.python = _user_python()
-        site = [p for p in sys.path if p.endswith("site-packages")]
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, *site])}
+        self.python = _user_venv(self.root)
+        # The user's session directory, as logind makes it: the run directory goes there.
+        self.xdg = os.path.join(self.root, "xdg")
+        os.mkdir(self.xdg, 0o700)
+        os.chown(self.xdg, NOBODY, NOBODY)
+        self.run_dir = os.path.join(self.xdg, "zramfs")
+        self.env = {**os.environ, "XDG_RUNTIME_DIR": self.xdg}
+        self.env.pop("ZRAMFS_RUN_DIR", None)
         self.holder = None
         self.prefix = ()
         dev = os.stat("/dev/fuse")
@@ -182,9 +203,14 @@ def test_user_mounts_writes_and_unmounts(user_mount, tmp_path, backend):
                    capture_output=False, stdout=subprocess.PIPE, stderr=stderr)  # fmt: skip
     assert r.returncode == 0, log.read_text()
     assert r.stdout == f"{NAME}: 64 MiB lz4, mounted at {um.mnt}\n"
+    assert log.read_text() == ""  # the daemon logs into its own file, in the user's run directory
+    daemon_log = os.path.join(um.run_dir, f".{NAME}", "daemon.log")
+    with open(daemon_log) as f:
+        text = f.read()
     # Hardening is root-only: skipped, said once; nothing else went wrong.
-    assert log.read_text().count("zramfs-daemon: not root: memory is not locked") == 1, log.read_text()
-    assert "failed" not in log.read_text()
+    assert text.count("zramfs-daemon: not root: memory is not locked") == 1, text
+    assert "failed" not in text
+    assert os.stat(um.run_dir).st_mode & 0o777 == 0o700 and os.stat(daemon_log).st_uid == NOBODY
 
     ((fstype, source, opts),) = um.mounts()
     assert (fstype, source) == ("fuse.zramfs", NAME)
@@ -209,6 +235,7 @@ def test_user_mounts_writes_and_unmounts(user_mount, tmp_path, backend):
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
     assert um.mounts() == []
     assert _daemons(um.mnt) == []  # umount waits for the daemon to exit
+    assert not os.path.exists(um.run_dir)  # and nothing is left in the user's run directory
 
 
 def test_cleanup_of_a_user_mount_left_behind(tmp_path):

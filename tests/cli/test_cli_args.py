@@ -5,15 +5,17 @@ anywhere, root or not.  The same errors are checked end to end, as real
 processes, in tests/system/test_cli_errors.py.
 """
 
+import importlib.util
 import os
 import re
 
 import pytest
 
-from zramfs import cli, mountinfo
+from zramfs import cli, mountinfo, system
+from zramfs.cli import _common
 from zramfs.codecs import UnknownAlgorithmError
 from zramfs.config import InvalidNameError, SizeError
-from zramfs.daemon import DaemonStartError
+from zramfs.launch import DaemonStartError
 from zramfs.fuse import (
     FusermountMissingError,
     MountError,
@@ -36,7 +38,7 @@ def run(capsys, *argv):
     [
         (["swapon", "--size", "0"], "size must be greater than 0"),
         (["swapon", "--size", "4097"], "size 4097 is not a multiple of 4096 bytes (the page size)"),
-        (["swapon", "--size", "4X"], "size '4X' is not a number of bytes, a number with a K/M/G/T suffix, or N% of RAM"),
+        (["swapon", "--size", "4X"], "size '4X' is not a number of bytes, a number with a K/M/G/T/P/E suffix, or N% of RAM"),
         (["swapon", "--size="], "size is empty"),
         (["swapon", "--algorithm", "lzo"], "unknown compression algorithm 'lzo'; known: lz4 lz4hc zstd deflate"),
         (["swapon", "--priority", "-2"], "priority -2 is not between -1 and 32767"),
@@ -47,6 +49,10 @@ def run(capsys, *argv):
         (["swapon", "--fuse-backend", "x"], "swapon: argument --fuse-backend: invalid choice: 'x' (choose from 'dev', 'pyfuse3')"),
         (["mount", "/mnt"], "mount: the following arguments are required: --size"),
         (["mount", "/mnt", "--size", "0"], "size must be greater than 0"),
+        # Not the working directory: an empty MOUNTPOINT is a mistake (issue 10).
+        (["mount", "", "--size", "64M"], "MOUNTPOINT is empty"),
+        (["mount", " \t", "--size", "64M"], "MOUNTPOINT is empty"),
+        (["umount", ""], "MOUNTPOINT is empty"),
         (["mount", "/mnt", "--size", "1G", "--name", ".x"], "name '.x' must be 1 to 64 letters, digits, '_', '.' or '-', not starting with '_', '.' or '-'"),
         (["mount", "/mnt", "--size", "1G", "--algorithm", "zlib"], "unknown compression algorithm 'zlib'; known: lz4 lz4hc zstd deflate"),
         (["umount"], "umount: the following arguments are required: MOUNTPOINT"),
@@ -76,14 +82,12 @@ def test_not_root_is_exit_3(capsys, monkeypatch):
 
 
 def test_pyfuse3_not_installed_is_exit_4(monkeypatch):
-    import importlib.util
-
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "pyfuse3" else find_spec(name, *a)
     )
     with pytest.raises(cli.BackendUnavailableError) as info:
-        cli._need_fuse("pyfuse3")
+        _common.need_fuse("pyfuse3")
     assert str(info.value) == "the pyfuse3 backend needs pyfuse3 (pip install 'zramfs[pyfuse3]')"
     assert cli.exit_code_for(info.value) == 4
 
@@ -144,26 +148,26 @@ def test_docstring_lists_every_exit_code():
     ],
 )
 def test_human_sizes_like_zramctl(size, short, long):
-    assert cli._human(size) == short
-    assert cli._human(size, long=True) == long
-
-
-def test_backend_from_daemon_argv():
-    assert cli._backend_of(["/mnt", "--size", "4096"]) == "dev"
-    assert cli._backend_of(["/mnt", "--fuse-backend", "pyfuse3"]) == "pyfuse3"
-    assert cli._backend_of(["/mnt", "--fuse-backend=pyfuse3"]) == "pyfuse3"
+    assert _common.human(size) == short
+    assert _common.human(size, long=True) == long
 
 
 def test_backend_discard_capability():
-    assert cli.backend_supports_discard("dev") is True
-    assert cli.backend_supports_discard("pyfuse3") is False
+    assert _common.backend_supports_discard("dev") is True
+    assert _common.backend_supports_discard("pyfuse3") is False
 
 
 def test_run_dir(monkeypatch):
     monkeypatch.delenv("ZRAMFS_RUN_DIR", raising=False)
-    assert cli.run_dir() == "/run/zramfs"
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert system.default_run_dir() == "/run/zramfs"
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert system.default_run_dir() == "/tmp/zramfs-1000"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    assert system.default_run_dir() == "/run/user/1000/zramfs"
     monkeypatch.setenv("ZRAMFS_RUN_DIR", "/tmp/x/")
-    assert cli.run_dir() == "/tmp/x"
+    assert system.default_run_dir() == "/tmp/x"
 
 
 def test_mountinfo_parsing():

@@ -1,19 +1,25 @@
 """zramfs.config: sizes as people type them, checked before anything is set up."""
 
+import argparse
 import re
 
 import pytest
 
 from zramfs.config import (
+    DEFAULT_ALGORITHM,
+    DEFAULT_BACKEND,
+    DEFAULT_NAME,
     DEFAULT_SWAP_MAX,
     PAGE_SIZE,
     ConfigError,
+    DeviceConfig,
     InvalidNameError,
     SizeError,
     check_disksize,
     check_name,
     default_swap_size,
     mem_total,
+    memparse,
     parse_size,
 )
 
@@ -25,24 +31,33 @@ GiB = 1 << 30
     [
         ("4096", 4096),
         ("0", 0),
-        ("4096B", 4096),
         ("4k", 4096),
         ("4K", 4096),
-        ("4KiB", 4096),
-        ("4kb", 4096),
         ("512M", 512 << 20),
-        ("512 MiB", 512 << 20),
         ("4G", 4 * GiB),
         ("4g", 4 * GiB),
         ("1T", 1 << 40),
-        ("1.5K", 1536),
-        ("1.5G", 3 * GiB // 2),
+        ("2P", 2 << 50),
+        ("1E", 1 << 60),
         (" 8M ", 8 << 20),
-        (".5M", 512 << 10),
+        ("8M\n", 8 << 20),  # echo's newline, as written to an attribute file
+        ("0x1000", 4096),  # C notation, as the kernel's simple_strtoull(.., 0)
+        ("0X10k", 16 << 10),
+        ("010", 8),  # leading-zero octal
+        ("0k", 0),
     ],
 )
-def test_parse_size_suffixes(text, expected):
+def test_memparse_and_parse_size_read_the_kernel_grammar(text, expected):
+    assert memparse(text) == expected
     assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["4 G", "4KiB", "4kb", "1.5G", ".5M", "08", "0x", "4GG", "", "-1", "1e9"])
+def test_memparse_refuses_what_the_kernel_would_misread(text):
+    # The kernel stops at the first character it cannot read and ignores the
+    # rest ("4 G" would be 4 bytes); we refuse instead.
+    with pytest.raises(SizeError, match="is not a number with an optional K/M/G/T/P/E suffix$"):
+        memparse(text)
 
 
 def test_parse_size_percent_of_given_ram():
@@ -66,6 +81,9 @@ def test_parse_size_percent_reads_meminfo():
     assert parse_size("100%") == mem_total() - mem_total() % PAGE_SIZE
 
 
+NOT_A_SIZE = "is not a number of bytes, a number with a K/M/G/T/P/E suffix, or N% of RAM"
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -73,28 +91,13 @@ def test_parse_size_percent_reads_meminfo():
         ("   ", "size is empty"),
         ("-1", "size '-1' is negative"),
         ("-4G", "size '-4G' is negative"),
-        (
-            "lots",
-            "size 'lots' is not a number of bytes, a number with a K/M/G/T suffix, or N% of RAM",
-        ),
-        (
-            "4X",
-            "size '4X' is not a number of bytes, a number with a K/M/G/T suffix, or N% of RAM",
-        ),
-        (
-            "4GG",
-            "size '4GG' is not a number of bytes, a number with a K/M/G/T suffix, or N% of RAM",
-        ),
-        (
-            "1e9",
-            "size '1e9' is not a number of bytes, a number with a K/M/G/T suffix, or N% of RAM",
-        ),
-        (
-            "4%G",
-            "size '4%G' is not a number of bytes, a number with a K/M/G/T suffix, or N% of RAM",
-        ),
-        ("0.1K", "size '0.1K' is not a whole number of bytes"),
-        ("1.5", "size '1.5' is not a whole number of bytes"),
+        ("lots", f"size 'lots' {NOT_A_SIZE}"),
+        ("4X", f"size '4X' {NOT_A_SIZE}"),
+        ("4GG", f"size '4GG' {NOT_A_SIZE}"),
+        ("1e9", f"size '1e9' {NOT_A_SIZE}"),
+        ("4%G", f"size '4%G' {NOT_A_SIZE}"),
+        ("4GiB", f"size '4GiB' {NOT_A_SIZE}"),
+        ("1.5G", f"size '1.5G' {NOT_A_SIZE}"),
     ],
 )
 def test_parse_size_errors(text, message):
@@ -118,8 +121,8 @@ def test_check_disksize():
         SizeError, match=r"^size 4097 is not a multiple of 4096 bytes \(the page size\)$"
     ):
         check_disksize(4097)
-    with pytest.raises(SizeError, match=r"^size 1536 is not a multiple of 4096 bytes"):
-        check_disksize(parse_size("1.5K"))
+    with pytest.raises(SizeError, match=r"^size 4097 is not a multiple of 4096 bytes"):
+        check_disksize(parse_size("0x1001"))
 
 
 @pytest.mark.parametrize(
@@ -164,3 +167,31 @@ def test_check_name_refuses(name):
     with pytest.raises(InvalidNameError, match="^" + re.escape(message) + "$"):
         check_name(name)
     assert issubclass(InvalidNameError, ConfigError)
+
+
+def test_device_config_round_trips_through_the_daemon_command_line():
+    configs = [
+        DeviceConfig(mountpoint="/mnt/z", size=64 << 20),
+        DeviceConfig(
+            mountpoint="/run/zramfs/swap-1",
+            size=4 * GiB,
+            algorithm="zstd",
+            mem_limit=GiB,
+            name="swap-1",
+            fuse_backend="pyfuse3",
+            threads=3,
+            run_dir="/run/zramfs/.swap-1",
+        ),
+    ]
+    for config in configs:
+        parser = argparse.ArgumentParser()
+        DeviceConfig.add_arguments(parser, backends=("dev", "pyfuse3"))
+        assert DeviceConfig.from_args(parser.parse_args(config.argv())) == config
+
+
+def test_device_config_defaults_are_the_one_set_of_defaults():
+    config = DeviceConfig(mountpoint="/mnt/z", size=4096)
+    assert (config.name, config.fuse_backend, config.algorithm) == (DEFAULT_NAME, DEFAULT_BACKEND, DEFAULT_ALGORITHM)
+    assert (DEFAULT_NAME, DEFAULT_BACKEND, DEFAULT_ALGORITHM) == ("zram0", "dev", "lz4")
+    with pytest.raises(AttributeError):
+        config.size = 0  # frozen: what the CLI decided is what the daemon gets
