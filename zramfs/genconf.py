@@ -263,8 +263,8 @@ def _log(*args):
 
 # name: (function, smallest and largest number of arguments)
 _FUNCTIONS = {
-    "min": (min, 1, None),
-    "max": (max, 1, None),
+    "min": (lambda *a: min(a), 1, None),
+    "max": (lambda *a: max(a), 1, None),
     "abs": (abs, 1, 1),
     "int": (lambda x: float(math.trunc(x)), 1, 1),
     "ceil": (lambda x: float(math.ceil(x)), 1, 1),
@@ -284,7 +284,10 @@ class _Parser:
         self.text = text
         self.variables = variables
         self.tokens = []
+        self.spellings = []  # each token as written, for messages
         for m in _TOKEN_RE.finditer(text):
+            if m.group().strip():
+                self.spellings.append(m.group().strip())
             if m["bad"]:
                 raise ExpressionError(f"'{text}': unexpected '{m['bad']}'")
             if m["number"]:
@@ -299,10 +302,13 @@ class _Parser:
     def peek(self):
         return self.tokens[self.pos] if self.pos < len(self.tokens) else (None, None)
 
+    def found(self):
+        return f"'{self.spellings[self.pos]}'" if self.pos < len(self.tokens) else "the end"
+
     def take(self, op=None):
         tok = self.peek()
         if op is not None and tok != ("op", op):
-            found = "the end" if tok[0] is None else f"'{tok[1]}'"
+            found = self.found()
             raise ExpressionError(f"'{self.text}': expected '{op}', found {found}")
         self.pos += 1
         return tok
@@ -312,7 +318,7 @@ class _Parser:
             raise ExpressionError("expression is empty")
         value = self.sum()
         if self.pos != len(self.tokens):
-            raise ExpressionError(f"'{self.text}': unexpected '{self.peek()[1]}'")
+            raise ExpressionError(f"'{self.text}': unexpected '{self.spellings[self.pos]}'")
         return value
 
     def sum(self):
@@ -353,6 +359,7 @@ class _Parser:
         return base
 
     def atom(self):
+        found = self.found()
         kind, value = self.take()
         if kind == "number":
             return value
@@ -366,7 +373,6 @@ class _Parser:
             if value in self.variables:
                 return float(self.variables[value])
             raise ExpressionError(f"'{self.text}': unknown variable '{value}'")
-        found = "the end" if kind is None else f"'{value}'"
         raise ExpressionError(f"'{self.text}': expected a number, found {found}")
 
     def call(self, name):
@@ -382,7 +388,8 @@ class _Parser:
                 args.append(self.sum())
         self.take(")")
         if len(args) < least or (most is not None and len(args) > most):
-            raise ExpressionError(f"'{self.text}': {name}() takes {least}{'' if most == least else ' or more' if most is None else f' to {most}'} arguments, got {len(args)}")
+            wanted = f"{least}" if most == least else f"{least} or more" if most is None else f"{least} to {most}"
+            raise ExpressionError(f"'{self.text}': {name}() takes {wanted} arguments, got {len(args)}")
         try:
             return float(fn(*args))
         except (ValueError, OverflowError) as e:

@@ -330,10 +330,10 @@ def setup_device(name, root="/"):
     if dev is None:
         where = ", ".join("/" + os.path.relpath(f, root) for f in config.files) or f"no {genconf.CONF_FILE} file"
         raise SetupError(f"{name}: no [{name}] section in the config ({where})", EXIT_USAGE)
+    if not dev.enabled:
+        raise SetupError(f"{name}: {dev.warnings[-1]}", EXIT_USAGE)
     for warning in config.warnings + dev.warnings:
         log(f"{name}: {warning}")
-    if not dev.enabled:
-        raise SetupError(f"{name}: not created: {dev.warnings[-1]}", EXIT_USAGE)
     if dev.problems:
         raise SetupError(f"{name}: refused: " + "; ".join(dev.problems), EXIT_USAGE)
     if dev.disksize == 0:
