@@ -272,24 +272,38 @@ def run_dir():
     return os.path.abspath(os.environ.get("ZRAMFS_RUN_DIR") or "/run/zramfs")
 
 
-def ensure_free_loop_node():
-    """Make the node of the loop device the kernel hands out next, if /dev lacks it.
+def _make_loop_nodes():
+    """Make /dev/loopN for every loop device the kernel has, and the next free one.
 
     In a container /dev is a plain tmpfs that no udev fills in: ``losetup
     --find`` gets a number from /dev/loop-control and then cannot open
-    /dev/loopN.  Asking for that number first and making its node lets it.
+    /dev/loopN.  Asking for the next free number first (which makes the
+    kernel add a device when none is free) and making the nodes lets it.
+    On a host, devtmpfs has them all and this makes nothing.
     """
     fd = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
     try:
-        n = fcntl.ioctl(fd, LOOP_CTL_GET_FREE)
+        fcntl.ioctl(fd, LOOP_CTL_GET_FREE)
     finally:
         os.close(fd)
-    path = f"/dev/loop{n}"
-    if not os.path.exists(path):
-        with open(f"/sys/block/loop{n}/dev") as f:
-            major, minor = map(int, f.read().split(":"))
+    for entry in os.listdir("/sys/block"):
+        path = f"/dev/{entry}"
+        if not entry.startswith("loop") or os.path.exists(path):
+            continue
+        try:
+            with open(f"/sys/block/{entry}/dev") as f:
+                major, minor = map(int, f.read().split(":"))
+        except OSError:
+            continue
         os.mknod(path, stat.S_IFBLK | 0o660, os.makedev(major, minor))
-    return path
+
+
+def _setup_lock():
+    """Held from the loop nodes until losetup is done: setups start in parallel at boot."""
+    os.makedirs(LINK_DIR, exist_ok=True)
+    fd = os.open(os.path.join(LINK_DIR, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
 
 
 def _loops_of(disk):
@@ -343,19 +357,25 @@ def setup_device(name, root="/"):
         common += ["--algorithm", dev.algorithm]
     if dev.mem_limit:
         common += ["--mem-limit", str(dev.mem_limit)]
-    ensure_free_loop_node()
-    if dev.is_swap:
-        _zramfs("swapon", name, "--priority", str(dev.swap_priority), *common)
-        return
-    mountpoint = os.path.join(run_dir(), name)
-    os.makedirs(mountpoint, mode=0o700, exist_ok=True)
-    _zramfs("mount", mountpoint, "--name", name, *common)
-    loop = None
+    lock = _setup_lock()
     try:
-        disk = os.path.join(mountpoint, "disk")
-        loop = _tool(["losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", disk])
+        _make_loop_nodes()
+        if dev.is_swap:
+            _zramfs("swapon", name, "--priority", str(dev.swap_priority), *common)
+            return
+        mountpoint = os.path.join(run_dir(), name)
+        os.makedirs(mountpoint, mode=0o700, exist_ok=True)
+        _zramfs("mount", mountpoint, "--name", name, *common)
+        try:
+            loop = _tool(["losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096",
+                          os.path.join(mountpoint, "disk")])
+        except BaseException:
+            _zramfs("umount", mountpoint, check=False)
+            raise
+    finally:
+        os.close(lock)
+    try:
         _tool(["mkfs", "-t", dev.effective_fs_type, loop])
-        os.makedirs(LINK_DIR, exist_ok=True)
         link = os.path.join(LINK_DIR, name)
         tmp = link + ".new"
         if os.path.lexists(tmp):
@@ -363,8 +383,7 @@ def setup_device(name, root="/"):
         os.symlink(loop, tmp)
         os.replace(tmp, link)
     except BaseException:
-        if loop:
-            subprocess.run(["losetup", "-d", loop])
+        subprocess.run(["losetup", "-d", loop])
         _zramfs("umount", mountpoint, check=False)
         raise
     log(f"{name}: {dev.effective_fs_type} on {loop}, for {dev.mount_point}")
@@ -383,10 +402,6 @@ def reset_device(name):
     link = os.path.join(LINK_DIR, name)
     if os.path.lexists(link):
         os.unlink(link)
-    try:
-        os.rmdir(LINK_DIR)
-    except OSError:
-        pass
 
 
 USAGE = f"""usage: {PROG} NORMAL_DIR [EARLY_DIR LATE_DIR]
