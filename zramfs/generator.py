@@ -41,7 +41,7 @@ import stat
 import subprocess
 import sys
 
-from zramfs import codecs, genconf
+from zramfs import codecs, genconf, mountinfo
 
 __all__ = ["main", "unit_name_from_path", "SETUP_TEMPLATE", "LINK_DIR"]
 
@@ -326,13 +326,7 @@ def _mounted_at(loop):
             dev = f.read().strip()
     except OSError:
         return []
-    points = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[2] == dev:
-                points.append(fields[4].encode().decode("unicode_escape"))
-    return points
+    return [m.mountpoint for m in mountinfo.mounts() if m.dev == dev]
 
 
 def setup_device(name, root="/"):
