@@ -5,9 +5,10 @@ a container made from the host's own /usr (``systemd-nspawn --volatile=yes``,
 apt package systemd-container):
 
 - ``scripts/setup.sh --system`` runs for real, in a private mount namespace
-  where /usr/local and /opt are empty temporary directories: the host's own
-  are never touched, and the container (whose /usr is the host's) sees the
-  install at the real paths.
+  where /usr/local and /opt are overlays whose writes go to a temporary
+  directory: the host's own are never touched, and the container (whose /usr
+  is the host's) sees the install at the real paths.  ``--uninstall`` runs
+  there too once the container is off, and must leave nothing.
 - /etc/zramfs comes from a temporary directory, with one swap device and one
   file system device; PID 1's command line carries
   ``systemd.zramfs.container=1``, so the generator runs in the container.
@@ -52,15 +53,22 @@ writeback-device = /var/lib/zram-writeback.img
 
 BOOT_SCRIPT = r"""
 set -e
-mount --bind "$T/usr-local" /usr/local
-mount --bind "$T/opt" /opt
+# /opt and /usr/local as the host has them, with every write going to $T.
+for d in opt usr/local; do
+    mkdir -p "$T/upper/$d" "$T/work/$d"
+    mount -t overlay overlay -o "lowerdir=/$d,upperdir=$T/upper/$d,workdir=$T/work/$d" "/$d"
+done
 scripts/setup.sh --system > "$T/install.log" 2>&1
-exec systemd-nspawn --quiet --register=no --keep-unit -D / --volatile=yes \
+set +e
+systemd-nspawn --quiet --register=no --keep-unit -D / --volatile=yes \
     --console=read-only --kill-signal=SIGRTMIN+3 \
     --capability=CAP_IPC_LOCK,CAP_SYS_RESOURCE --system-call-filter=@swap \
     --bind=/dev/fuse --bind=/dev/loop-control --bind-ro=/opt/zramfs \
     --bind-ro="$T/etc-zramfs:/etc/zramfs" \
     -b systemd.firstboot=off systemd.zramfs.container=1
+status=$?
+scripts/setup.sh --uninstall > "$T/uninstall.log" 2>&1 || status=$?
+exit $status
 """
 
 pytestmark = pytest.mark.slow
@@ -83,8 +91,7 @@ class Container:
 
     def __init__(self, tmp):
         self.tmp = tmp
-        for d in ("usr-local", "opt", "etc-zramfs"):
-            os.makedirs(os.path.join(tmp, d))
+        os.makedirs(os.path.join(tmp, "etc-zramfs"))
         self.console = open(os.path.join(tmp, "console.log"), "w")
         self.proc = None
         self.leader = None
@@ -119,20 +126,19 @@ class Container:
         assert state in ("running", "degraded"), f"system is {state}: {self.log()}"
 
     def _find_leader(self):
-        """The container's PID 1: the child of nspawn that runs systemd."""
-        try:
-            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
-                children = f.read().split()
-        except OSError:
-            return None
-        for child in children:
+        """The container's PID 1: the process under the script's nspawn that runs systemd."""
+        todo = [self.proc.pid]
+        while todo:
+            pid = todo.pop()
             try:
-                with open(f"/proc/{child}/cmdline", "rb") as f:
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    todo += [int(child) for child in f.read().split()]
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
                     argv0 = f.read().split(b"\0")[0]
             except OSError:
                 continue
-            if argv0.endswith(b"systemd") or argv0 == b"/sbin/init":
-                return int(child)
+            if argv0.endswith(b"/systemd") or argv0 == b"/sbin/init":
+                return pid
         return None
 
     def run(self, *argv, check=True, timeout=60):
@@ -163,7 +169,7 @@ class Container:
     def log(self):
         self.console.flush()
         text = ""
-        for name in ("install.log", "console.log"):
+        for name in ("install.log", "console.log", "uninstall.log"):
             try:
                 with open(os.path.join(self.tmp, name)) as f:
                     text += f"\n--- {name}\n" + f.read()[-4000:]
@@ -303,3 +309,13 @@ def test_boot_use_stop_and_a_broken_config(container):
     for done in ("Unmounted var-tmp-zfs.mount", "Stopped zramfs-setup@zram0.service", "Stopped zramfs-setup@zram1.service"):
         assert done in shutdown, shutdown
     assert "FAILED" not in shutdown, shutdown
+    assert c.proc.returncode == 0, c.log()
+
+    # The real uninstall, in the same namespace after the container: nothing
+    # of the install is left in /opt or /usr/local (only directories they had).
+    with open(os.path.join(c.tmp, "uninstall.log")) as f:
+        assert f.read() == "setup.sh: zramfs removed from the system\n"
+    upper = os.path.join(c.tmp, "upper")
+    left = [os.path.join(d, f) for d, _, files in os.walk(upper) for f in files]
+    left += [d for d, _, _ in os.walk(upper) if os.path.islink(d)]
+    assert left == [], left
