@@ -60,6 +60,7 @@ LOOP_CTL_GET_FREE = 0x4C82
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_IN_USE = 5  # the CLI's "a loop device (or swap) still holds the disk"
 EXIT_NOT_FOUND = 6  # the CLI's "no zramfs device by that name"
 
 
@@ -389,7 +390,7 @@ def reset_device(name):
     for loop in _loops_of(os.path.join(mountpoint, "disk")):
         points = _mounted_at(loop)
         if points:
-            raise SetupError(f"{name}: /dev/{loop} is still mounted at {', '.join(points)}", 5)
+            raise SetupError(f"{name}: /dev/{loop} is still mounted at {', '.join(points)}", EXIT_IN_USE)
     code = _zramfs("swapoff", name, check=False)
     if code not in (EXIT_OK, EXIT_NOT_FOUND):
         raise SetupError(f"{name}: zramfs swapoff failed (exit {code})", code)
