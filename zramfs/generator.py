@@ -41,7 +41,8 @@ import stat
 import subprocess
 import sys
 
-from zramfs import codecs, genconf, mountinfo
+from zramfs import codecs, genconf, launch, mountinfo
+from zramfs.system import System
 
 __all__ = ["main", "unit_name_from_path", "SETUP_TEMPLATE", "LINK_DIR"]
 
@@ -253,8 +254,9 @@ class SetupError(Exception):
 
 
 def _zramfs(*args, check=True):
-    """The zramfs CLI, through this Python (the venv zramfs-generator runs from)."""
-    proc = subprocess.run([sys.executable, "-m", "zramfs", *args])
+    """The zramfs CLI, through this Python (the venv zramfs-generator runs from),
+    isolated as zramfs.launch starts every Python process of ours."""
+    proc = subprocess.run([sys.executable, "-I", "-m", "zramfs", *args], cwd="/", env=launch.clean_env())
     if check and proc.returncode != 0:
         raise SetupError(f"zramfs {args[0]} failed (exit {proc.returncode})", proc.returncode)
     return proc.returncode
@@ -266,11 +268,6 @@ def _tool(argv):
         lines = proc.stderr.strip().splitlines()
         raise SetupError(f"{' '.join(argv)} failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
     return proc.stdout.strip()
-
-
-def run_dir():
-    """The CLI's run directory (zramfs.cli.run_dir): devices are mounted at RUN_DIR/NAME."""
-    return os.path.abspath(os.environ.get("ZRAMFS_RUN_DIR") or "/run/zramfs")
 
 
 def _make_loop_nodes():
@@ -305,19 +302,6 @@ def _setup_lock():
     fd = os.open(os.path.join(LINK_DIR, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
-
-
-def _loops_of(disk):
-    """Loop devices whose backing file is ``disk`` (as /sys/block/loop*/loop/backing_file says)."""
-    loops = []
-    for entry in sorted(os.listdir("/sys/block")):
-        try:
-            with open(f"/sys/block/{entry}/loop/backing_file") as f:
-                if f.read().strip() == disk:
-                    loops.append(entry)
-        except OSError:
-            continue
-    return loops
 
 
 def _mounted_at(loop):
@@ -358,7 +342,7 @@ def setup_device(name, root="/"):
         if dev.is_swap:
             _zramfs("swapon", name, "--priority", str(dev.swap_priority), *common)
             return
-        mountpoint = os.path.join(run_dir(), name)
+        mountpoint = System().swap_mountpoint(name)
         os.makedirs(mountpoint, mode=0o700, exist_ok=True)
         _zramfs("mount", mountpoint, "--name", name, *common)
         try:
@@ -386,8 +370,9 @@ def setup_device(name, root="/"):
 
 def reset_device(name):
     """Undo a setup without reading the config: swapoff/detach/unmount whatever is there."""
-    mountpoint = os.path.join(run_dir(), name)
-    for loop in _loops_of(os.path.join(mountpoint, "disk")):
+    system = System()
+    for loop in system.loops_for(os.path.join(system.swap_mountpoint(name), "disk")):
+        loop = os.path.basename(loop)
         points = _mounted_at(loop)
         if points:
             raise SetupError(f"{name}: /dev/{loop} is still mounted at {', '.join(points)}", EXIT_IN_USE)
