@@ -32,6 +32,7 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 
+from allocator import PAGE_SIZE
 from zramfs import codecs
 
 __all__ = [
@@ -60,7 +61,6 @@ DEFAULT_OPTIONS = "discard"
 DEFAULT_FS_TYPE = "ext2"
 
 MIB = 1 << 20
-PAGE_SIZE = 4096
 
 _SECTION_RE = re.compile(r"zram(0|[1-9][0-9]*)")
 
