@@ -100,10 +100,13 @@ two memfds, ``_stats`` and ``_errors`` are what callers get back, and
 ``_pool`` down to ``_layout``; nothing imports ``_pool`` but this file.
 """
 
+from ._arena import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE
 from ._errors import PoolError, PoolFullError, PoolLimitError
 from ._layout import PAGE_SHIFT, PAGE_SIZE
 from ._pool import Pool
 from ._stats import ClassStats, PoolStats
 
-__all__ = ["PAGE_SHIFT", "PAGE_SIZE", "ClassStats", "Pool", "PoolError", "PoolFullError",
+# The page size and the fallocate bits are the kernel's; the layers above
+# import them from here, the lowest layer, so each is defined once.
+__all__ = ["FALLOC_FL_KEEP_SIZE", "FALLOC_FL_PUNCH_HOLE", "PAGE_SHIFT", "PAGE_SIZE", "ClassStats", "Pool", "PoolError", "PoolFullError",
            "PoolLimitError", "PoolStats"]

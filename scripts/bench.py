@@ -38,13 +38,13 @@ sys.path.insert(0, REPO)
 
 import memcg  # noqa: E402  (scripts/memcg.py: run a command in a memory cgroup)
 
+from allocator import PAGE_SIZE  # noqa: E402
 from zramfs import tuning  # noqa: E402
 from zramfs.system import System, parse_mm_stat  # noqa: E402
 
 # What is mounted, attached and swapped on, read the way the CLI reads it.
 SYSTEM = System()
 
-PAGE_SIZE = 4096
 MIB = 1 << 20
 
 # The fio data: 60 % compressible in 4 KiB chunks (between swap's text and

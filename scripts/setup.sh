@@ -3,24 +3,74 @@
 # Set up zramfs on a fresh Debian/Ubuntu machine that has only python3:
 # the system packages it needs (only those missing), then .venv with zramfs
 # installed in it.  `--test` adds what the test suite and benchmarks need.
+#
+# `--system` installs zramfs for the whole machine instead, where systemd and
+# root's shell find it: a virtual environment in /opt/zramfs, `zramfs` and
+# `zramfs-generator` linked into /usr/local/sbin, the units into
+# /usr/local/lib/systemd/system and the generator into
+# /usr/local/lib/systemd/system-generators, then `systemctl daemon-reload`
+# when systemd runs.  `--uninstall` removes exactly those (never
+# /etc/zramfs, which is the administrator's).  DESTDIR=/some/dir puts
+# everything under that directory instead (for packaging and tests; the
+# virtual environment then runs only from there).
 # Safe to run again: every step checks before it acts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 with_tests=0
+mode=dev
 for arg in "$@"; do
     case "$arg" in
         --test) with_tests=1 ;;
-        *) echo "setup.sh: error: unknown argument '$arg' (only --test)" >&2; exit 2 ;;
+        --system) mode=system ;;
+        --uninstall) mode=uninstall ;;
+        *) echo "setup.sh: error: unknown argument '$arg' (--test, --system or --uninstall)" >&2; exit 2 ;;
     esac
 done
+if [ "$mode" != dev ] && [ "$with_tests" = 1 ]; then
+    echo "setup.sh: error: --test sets up .venv; it does not go with --system or --uninstall" >&2
+    exit 2
+fi
+
+# The system install's places; scripts/setup.sh --uninstall removes these.
+destdir="${DESTDIR:-}"
+venv_dir=/opt/zramfs
+sbin_dir=/usr/local/sbin
+unit_dir=/usr/local/lib/systemd/system
+generator_dir=/usr/local/lib/systemd/system-generators
+units=(zramfs-setup@.service zramfs-swap@.service)
+
+reload_systemd() {
+    # Only the machine's own systemd, and only if it is running.
+    if [ -z "$destdir" ] && [ -d /run/systemd/system ]; then
+        systemctl daemon-reload
+    fi
+}
+
+if [ "$mode" = uninstall ]; then
+    rm -f "$destdir$sbin_dir/zramfs" "$destdir$sbin_dir/zramfs-generator" \
+        "$destdir$generator_dir/zramfs-generator"
+    for unit in "${units[@]}"; do
+        rm -f "$destdir$unit_dir/$unit"
+    done
+    rm -rf "$destdir$venv_dir"
+    # Directories the install may have made, if nothing else is in them.
+    for d in "$generator_dir" "$unit_dir" /usr/local/lib/systemd; do
+        rmdir "$destdir$d" 2>/dev/null || true
+    done
+    reload_systemd
+    echo "setup.sh: zramfs removed from the system"
+    exit 0
+fi
 
 # fuse3: /dev/fuse's userspace side (fusermount3); util-linux: losetup, swapon,
 # fallocate, fstrim; libfuse3-dev, pkg-config, gcc, python3-dev: to build the
 # optional pyfuse3 backend; e2fsprogs: mkfs/fsck for the disk tests; fio: the
 # benchmarks.
 packages=(python3-venv python3-dev fuse3 util-linux mount e2fsprogs kmod libfuse3-dev pkg-config gcc)
-[ "$with_tests" = 1 ] && packages+=(fio)
+# systemd-container: systemd-nspawn, which boots a real systemd for
+# tests/system/test_systemd.py.
+[ "$with_tests" = 1 ] && packages+=(fio systemd-container)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -41,6 +91,33 @@ fi
 if [ "$(id -u)" = 0 ]; then
     [ -e /dev/fuse ] || modprobe fuse || true
     [ -e /dev/loop-control ] || modprobe loop || true
+fi
+
+if [ "$mode" = system ]; then
+    if [ "$(id -u)" != 0 ] && [ -z "$destdir" ]; then
+        echo "setup.sh: error: --system needs root" >&2
+        exit 3
+    fi
+    if [ ! -x "$destdir$venv_dir/bin/python" ]; then
+        echo "setup.sh: creating $destdir$venv_dir"
+        python3 -m venv "$destdir$venv_dir"
+    fi
+    # A copy, not an editable install: the system's zramfs must not change
+    # when this clone does.
+    "$destdir$venv_dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade . 2>&1 \
+        | grep -v "is ignored: it is neither a file nor a directory" || true
+    "$destdir$venv_dir/bin/python" -c "import zramfs.generator, allocator, trio, lz4" \
+        || { echo "setup.sh: error: zramfs did not install into $destdir$venv_dir" >&2; exit 1; }
+    mkdir -p "$destdir$sbin_dir" "$destdir$unit_dir" "$destdir$generator_dir"
+    ln -sfn "$venv_dir/bin/zramfs" "$destdir$sbin_dir/zramfs"
+    ln -sfn "$venv_dir/bin/zramfs-generator" "$destdir$sbin_dir/zramfs-generator"
+    ln -sfn "$venv_dir/bin/zramfs-generator" "$destdir$generator_dir/zramfs-generator"
+    for unit in "${units[@]}"; do
+        install -m 0644 "systemd/$unit" "$destdir$unit_dir/$unit"
+    done
+    reload_systemd
+    echo "setup.sh: ready ($sbin_dir/zramfs; devices from /etc/zramfs/zramfs-generator.conf at boot)"
+    exit 0
 fi
 
 if [ ! -x .venv/bin/python ]; then

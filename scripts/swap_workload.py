@@ -35,7 +35,7 @@ import sys
 import time
 from array import array
 
-PAGE_SIZE = 4096
+PAGE_SIZE = mmap.PAGESIZE  # the workload touches the machine's pages
 HALF = PAGE_SIZE // 2
 
 # The random half of every page comes from this pool.  1 MiB gives a quarter

@@ -30,11 +30,11 @@ import re
 from dataclasses import dataclass, fields
 from decimal import Decimal
 
+from allocator import PAGE_SIZE  # a disksize is a whole number of slots
 from zramfs._slots import SlotTableTooLargeError, check_reservable
 from zramfs.codecs import DEFAULT_ALGORITHM
 
 __all__ = [
-    "PAGE_SIZE",
     "DEFAULT_SWAP_MAX",
     "DEFAULT_NAME",
     "DEFAULT_BACKEND",
@@ -50,10 +50,6 @@ __all__ = [
     "check_name",
     "DeviceConfig",
 ]
-
-# The unit of a zram slot and of a loop device attached with --sector-size
-# 4096: a disksize must be a whole number of these.
-PAGE_SIZE = 4096
 
 # zram-generator's default `zram-size = min(ram / 2, 4096)` (MiB): half the
 # RAM, but never more than 4 GiB.

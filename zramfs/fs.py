@@ -50,7 +50,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
-from allocator import Pool
+from allocator import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, Pool
 from zramfs.codecs import (
     CODECS,
     DEFAULT_ALGORITHM,
@@ -79,9 +79,8 @@ DISK_INO = 2
 # The size sysfs reports for every attribute file, whatever its content.
 ATTR_FILE_SIZE = 4096
 
-# fallocate(2) modes (linux/falloc.h)
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
+# fallocate(2) mode (linux/falloc.h) that only FUSE requests carry; KEEP_SIZE
+# and PUNCH_HOLE come from the allocator, which punches holes itself.
 FALLOC_FL_ZERO_RANGE = 0x10
 
 # st_blocks counts 512-byte units, whatever the block size.

@@ -39,7 +39,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields
 
-from zramfs import mountinfo
+from zramfs import genconf, mountinfo
 from zramfs.config import DeviceConfig, mem_total
 from zramfs.device import DeviceStats
 
@@ -49,6 +49,8 @@ LOG = "daemon.log"
 
 # mm_stat's columns, in the kernel's order: the first nine fields of the
 # device's own stats (zramfs.device.DeviceStats), which print them.
+_GENERATOR_CONF = os.path.basename(genconf.CONF_FILE)
+
 MM_STAT_COLUMNS = tuple(f.name for f in fields(DeviceStats))[:9]
 
 
@@ -249,6 +251,10 @@ class System:
         except FileNotFoundError:
             return mountpoints, devices
         for entry in entries:
+            # /run/zramfs is also the generator's /run config directory
+            # (zram-generator's layout): its file and drop-ins are no device.
+            if entry.name.startswith(_GENERATOR_CONF):
+                continue
             if entry.is_dir(follow_symlinks=False):
                 if entry.name.startswith("."):
                     devices.add(entry.name[1:])

@@ -19,7 +19,8 @@ from allocator._size_class import SizeClassTable
 
 
 def test_public_names_are_exported():
-    assert set(allocator.__all__) == {"PAGE_SHIFT", "PAGE_SIZE", "ClassStats", "Pool", "PoolError",
+    assert set(allocator.__all__) == {"FALLOC_FL_KEEP_SIZE", "FALLOC_FL_PUNCH_HOLE", "PAGE_SHIFT", "PAGE_SIZE",
+                                      "ClassStats", "Pool", "PoolError",
                                       "PoolFullError", "PoolLimitError", "PoolStats"}
     for name in allocator.__all__:
         if not name.isupper():

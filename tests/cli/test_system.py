@@ -88,6 +88,10 @@ def test_swap_names_are_swapons_devices_only(machine):
     machine.device_dir("zram6")  # a leftover claim, no record
     machine.mount("/mnt/other", "zram7")
     machine.daemon("zram7", "/mnt/other", pid=99)  # a `mount` device: not swap's to take down
+    # The generator's /run config lives in the run directory too: no device.
+    os.makedirs(os.path.join(machine.root, "run/zramfs/zramfs-generator.conf.d"))
+    with open(os.path.join(machine.root, "run/zramfs/zramfs-generator.conf"), "w") as f:
+        f.write("[zram0]\n")
     assert machine.system().swap_names() == ["zram0", "zram5", "zram6"]
 
 

@@ -46,6 +46,7 @@ import select
 import threading
 import time
 
+from allocator import PAGE_SIZE
 from zramfs.fs import DISK_INO
 
 from . import _abi
@@ -59,7 +60,6 @@ from ._mount import DEFAULT_THREADS, MountedSession, abort_connection, mount_fus
 # fio 1 MiB sequential read 1288 MB/s with 2 threads against 1924-2153 at
 # 128 (same minutes, halt polling on).
 MAX_PAGES = 128
-PAGE_SIZE = 4096
 MAX_WRITE = MAX_PAGES * PAGE_SIZE
 # The kernel refuses reads into a buffer smaller than header + write_in +
 # max_write; two spare pages keep us clear of that.

@@ -1,0 +1,323 @@
+"""Boot integration under a real systemd: install, boot, use, stop, fail readably.
+
+systemd is not PID 1 on the machines this runs on, so the test boots one in
+a container made from the host's own /usr (``systemd-nspawn --volatile=yes``,
+apt package systemd-container):
+
+- ``scripts/setup.sh --system`` runs for real, in a private mount namespace
+  where /usr/local and /opt are overlays whose writes go to a temporary
+  directory: the host's own are never touched, and the container (whose /usr
+  is the host's) sees the install at the real paths.  ``--uninstall`` runs
+  there too once the container is off, and must leave nothing.
+- /etc/zramfs comes from a temporary directory, with one swap device and one
+  file system device; PID 1's command line carries
+  ``systemd.zramfs.container=1``, so the generator runs in the container.
+- /dev/fuse and /dev/loop-control are bound in; the setup makes the node of
+  the loop device it gets (the container's /dev has no udev).
+- Commands run inside with ``nsenter`` into the container's namespaces.
+
+Whatever happens, the container is powered off (then SIGTERM, then SIGKILL),
+and any swap or loop device it left on the host is removed; the test fails
+if it had to remove one.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NSPAWN = shutil.which("systemd-nspawn")
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+CONFIG = """\
+# copied as zram-generator would take it
+[zram0]
+zram-size = 128
+swap-priority = 50
+compression-algorithm = zstd
+
+[zram1]
+zram-size = 64
+mount-point = /var/tmp/zfs
+"""
+BROKEN = """\
+[zram2]
+zram-size = 64
+writeback-device = /var/lib/zram-writeback.img
+"""
+
+BOOT_SCRIPT = r"""
+set -e
+# /opt and /usr/local as the host has them, with every write going to $T.
+for d in opt usr/local; do
+    mkdir -p "$T/upper/$d" "$T/work/$d"
+    mount -t overlay overlay -o "lowerdir=/$d,upperdir=$T/upper/$d,workdir=$T/work/$d" "/$d"
+done
+scripts/setup.sh --system > "$T/install.log" 2>&1
+set +e
+systemd-nspawn --quiet --register=no --keep-unit -D / --volatile=yes \
+    --console=read-only --kill-signal=SIGRTMIN+3 \
+    --capability=CAP_IPC_LOCK,CAP_SYS_RESOURCE --system-call-filter=@swap \
+    --bind=/dev/fuse --bind=/dev/loop-control --bind-ro=/opt/zramfs \
+    --bind-ro="$T/etc-zramfs:/etc/zramfs" \
+    -b systemd.firstboot=off systemd.zramfs.container=1
+status=$?
+scripts/setup.sh --uninstall > "$T/uninstall.log" 2>&1 || status=$?
+exit $status
+"""
+
+pytestmark = pytest.mark.slow
+
+
+def _loops():
+    """{loopN: backing file} for every attached loop device on the host."""
+    loops = {}
+    for entry in os.listdir("/sys/block"):
+        try:
+            with open(f"/sys/block/{entry}/loop/backing_file") as f:
+                loops[entry] = f.read().strip()
+        except OSError:
+            pass
+    return loops
+
+
+class Container:
+    """A booted container; ``run`` executes a command inside it."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        os.makedirs(os.path.join(tmp, "etc-zramfs"))
+        self.console = open(os.path.join(tmp, "console.log"), "w")
+        self.proc = None
+        self.leader = None
+
+    def start(self, config):
+        with open(os.path.join(self.tmp, "etc-zramfs", "zramfs-generator.conf"), "w") as f:
+            f.write(config)
+        self.proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "bash", "-c", BOOT_SCRIPT],
+            cwd=REPO,
+            env={"PATH": PATH, "T": self.tmp, "HOME": os.environ.get("HOME", "/root")},
+            stdout=self.console,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 300  # the install builds a wheel
+        while self.leader is None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"nspawn exited {self.proc.returncode}: {self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the container did not start: {self.log()}")
+            self.leader = self._find_leader()
+            time.sleep(0.2)
+        # systemctl talks to PID 1 over this socket, which PID 1 makes early
+        # in its boot (until then systemctl fails at once, even with --wait).
+        while self.run("test", "-S", "/run/systemd/private", check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"systemd in the container did not come up: {self.log()}")
+            time.sleep(0.2)
+        state = self.run("systemctl", "is-system-running", "--wait", check=False, timeout=120).stdout.strip()
+        assert state in ("running", "degraded"), f"system is {state}: {self.log()}"
+
+    def _find_leader(self):
+        """The container's PID 1: the process under the script's nspawn that runs systemd."""
+        todo = [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    todo += [int(child) for child in f.read().split()]
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv0 = f.read().split(b"\0")[0]
+            except OSError:
+                continue
+            if argv0.endswith(b"/systemd") or argv0 == b"/sbin/init":
+                return pid
+        return None
+
+    def run(self, *argv, check=True, timeout=60):
+        proc = subprocess.run(
+            ["nsenter", "-t", str(self.leader), "-m", "-u", "-i", "-p", "-r", "-w",
+             "env", "-i", f"PATH={PATH}", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr}{proc.stdout}")
+        return proc
+
+    def unit(self, name, *props):
+        out = self.run("systemctl", "show", "-p", ",".join(props), name).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def wait_unit(self, name, states=("active", "failed"), timeout=60):
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.unit(name, "ActiveState")["ActiveState"]
+            if state in states or time.monotonic() > deadline:
+                return state
+            time.sleep(0.2)
+
+    def log(self):
+        self.console.flush()
+        text = ""
+        for name in ("install.log", "console.log", "uninstall.log"):
+            try:
+                with open(os.path.join(self.tmp, name)) as f:
+                    text += f"\n--- {name}\n" + f.read()[-4000:]
+            except OSError:
+                pass
+        return text
+
+    def stop(self):
+        """Power off; then SIGTERM nspawn (which asks PID 1 to power off); then SIGKILL.
+
+        Returns what ended it: "poweroff", "SIGTERM", "SIGKILL" (None: it had ended).
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        if self.leader is not None:
+            try:
+                self.run("systemctl", "--no-block", "poweroff", check=False, timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        for sig, wait in ((None, 60), (signal.SIGTERM, 30), (signal.SIGKILL, 30)):
+            if sig is not None:
+                os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=wait)
+                return sig.name if sig else "poweroff"
+            except subprocess.TimeoutExpired:
+                continue
+        return "nothing"
+
+
+@pytest.fixture
+def container(tmp_path):
+    if NSPAWN is None:
+        message = "needs systemd-nspawn (apt package systemd-container)"
+        if os.environ.get("ZRAMFS_SYSTEM_TESTS") == "require":
+            pytest.fail(f"ZRAMFS_SYSTEM_TESTS=require, but this system test {message}", pytrace=False)
+        pytest.skip(message)
+    loops_before = _loops()
+    c = Container(str(tmp_path))
+    try:
+        yield c
+    finally:
+        c.stop()
+        c.console.close()
+        left = remove_leftovers(loops_before)
+        assert not left, f"the container left these behind (now removed): {left}"
+
+
+def remove_leftovers(loops_before):
+    """Swapoff and detach the loop devices attached since `loops_before`; say which.
+
+    A container's loop devices and swap areas are the kernel's: they outlive it.
+    """
+    left = []
+    new = {loop: f for loop, f in _loops().items() if loops_before.get(loop) != f}
+    for loop in new:
+        # /proc/swaps names it by the container's node ("/loop0" once that
+        # /dev is gone), so try swapoff on every one: it fails on a non-swap.
+        if subprocess.run(["swapoff", f"/dev/{loop}"], stderr=subprocess.DEVNULL).returncode == 0:
+            left.append(f"swap on /dev/{loop}")
+        subprocess.run(["losetup", "-d", f"/dev/{loop}"])
+        left.append(f"/dev/{loop} ({new[loop]})")
+    return left
+
+
+def test_boot_use_stop_and_a_broken_config(container):
+    container.start(CONFIG)
+    c = container
+
+    # Boot: the generator's units set both devices up, without being asked.
+    assert c.wait_unit("zramfs-setup@zram0.service") == "active", c.log()
+    assert c.wait_unit("var-tmp-zfs.mount") == "active", c.log()
+    assert c.unit("zramfs-setup@zram1.service", "ActiveState")["ActiveState"] == "active"
+    desc = c.unit("zramfs-setup@zram0.service", "Description")["Description"]
+    assert desc == "zramfs swap zram0: disksize 134217728 (128.0 MiB), zstd, priority 50"
+
+    swaps = c.run("swapon", "--show=NAME,SIZE,PRIO", "--bytes", "--noheadings").stdout.split()
+    assert len(swaps) == 3 and swaps[0].startswith("/dev/loop"), swaps
+    # mkswap keeps the first page for its header.
+    assert int(swaps[1]) == 128 * 2**20 - 4096 and swaps[2] == "50"
+    status = {d["name"]: d for d in json.loads(c.run("zramfs", "status", "--json").stdout)["zramfs"]}
+    assert set(status) == {"zram0", "zram1"}, status
+
+    source, fstype = c.run("findmnt", "-n", "-o", "SOURCE,FSTYPE", "/var/tmp/zfs").stdout.split()
+    assert source.startswith("/dev/loop") and fstype == "ext2"
+    assert os.path.basename(source) != os.path.basename(swaps[0])
+    c.run("dd", "if=/dev/urandom", "of=/var/tmp/zfs/data", "bs=1M", "count=8", "status=none")
+    written = c.run("sha256sum", "/var/tmp/zfs/data").stdout.split()[0]
+    c.run("sync")
+    # Read back past the page cache, from the compressed device.
+    back = c.run("sh", "-c", "dd if=/var/tmp/zfs/data iflag=direct bs=1M status=none | sha256sum").stdout.split()[0]
+    assert back == written
+
+    # Stop both: swapoff, unmount, loop devices detached, daemons gone.
+    c.run("systemctl", "stop", "zramfs-setup@zram0.service", "var-tmp-zfs.mount", timeout=120)
+    # The mount's setup service is bound to it: its stop follows as a job of its own.
+    assert c.wait_unit("zramfs-setup@zram1.service", ("inactive", "failed")) == "inactive", c.log()
+    assert c.run("swapon", "--show", "--noheadings").stdout == ""
+    assert c.run("findmnt", "/var/tmp/zfs", check=False).returncode == 1
+    assert "fuse.zramfs" not in c.run("cat", "/proc/self/mountinfo").stdout
+    assert c.run("losetup", "--list", "--noheadings").stdout == ""
+    assert json.loads(c.run("zramfs", "status", "--json").stdout) == {"zramfs": []}
+    assert c.run("sh", "-c", "ls -A /run/zramfs 2>/dev/null || true").stdout == ""
+    assert c.run("test", "-e", "/run/zramfs-generator/zram1", check=False).returncode == 1
+    processes = c.run("ps", "-eo", "args", "--no-headers").stdout.splitlines()
+    assert not [p for p in processes if "-m zramfs.daemon" in p], processes
+
+    # A broken config: a failed unit, and the reason in one journal line.
+    os.makedirs(os.path.join(c.tmp, "etc-zramfs", "zramfs-generator.conf.d"))
+    with open(os.path.join(c.tmp, "etc-zramfs", "zramfs-generator.conf.d", "50-broken.conf"), "w") as f:
+        f.write(BROKEN)
+    c.run("systemctl", "daemon-reload")
+    assert c.run("systemctl", "start", "zramfs-setup@zram2.service", check=False).returncode != 0
+    props = c.unit("zramfs-setup@zram2.service", "ActiveState", "Result")
+    assert props == {"ActiveState": "failed", "Result": "exit-code"}, props
+    journal = c.run("journalctl", "-o", "cat", "-u", "zramfs-setup@zram2.service").stdout
+    reason = (
+        "zramfs-generator: zram2: refused: writeback-device /var/lib/zram-writeback.img: "
+        "writeback is not supported by zramfs yet"
+    )
+    assert reason in journal.splitlines(), journal
+
+    # Shutdown with both devices in use: swapoff and unmount come before the
+    # daemons stop, and the container powers off by itself, leaving nothing
+    # (the fixture checks the host for loop devices and swap).
+    c.run("systemctl", "start", "zramfs-setup@zram0.service", "var-tmp-zfs.mount", timeout=120)
+    c.run("cp", "/usr/bin/systemctl", "/var/tmp/zfs/")
+    assert len(c.run("swapon", "--show", "--noheadings").stdout.splitlines()) == 1
+    # The reset reads no config: the devices go even when their config went first.
+    shutil.rmtree(os.path.join(c.tmp, "etc-zramfs"))
+    console = os.path.join(c.tmp, "console.log")
+    booted = os.path.getsize(console)
+    started = time.monotonic()
+    assert c.stop() == "poweroff", c.log()
+    assert time.monotonic() - started < 60
+    with open(console) as f:
+        f.seek(booted)
+        shutdown = f.read()
+    for done in ("Unmounted var-tmp-zfs.mount", "Stopped zramfs-setup@zram0.service", "Stopped zramfs-setup@zram1.service"):
+        assert done in shutdown, shutdown
+    assert "FAILED" not in shutdown, shutdown
+    assert c.proc.returncode == 0, c.log()
+
+    # The real uninstall, in the same namespace after the container: nothing
+    # of the install is left in /opt or /usr/local (only directories they had).
+    with open(os.path.join(c.tmp, "uninstall.log")) as f:
+        assert f.read() == "setup.sh: zramfs removed from the system\n"
+    upper = os.path.join(c.tmp, "upper")
+    left = [os.path.join(d, f) for d, _, files in os.walk(upper) for f in files]
+    left += [d for d, _, _ in os.walk(upper) if os.path.islink(d)]
+    assert left == [], left

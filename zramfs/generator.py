@@ -1,0 +1,418 @@
+"""``zramfs-generator``: zram-generator for zramfs -- units at boot, and the setup they run.
+
+Where this sits: before the whole data path exists.  systemd runs it early at
+boot (and on every ``daemon-reload``) as a generator, systemd.generator(7); it
+reads the config (``zramfs.genconf``) and writes, per ``[zramN]`` section:
+
+- a wants link to ``zramfs-setup@zramN.service`` (the template in
+  ``systemd/``), whose ``ExecStart`` is ``zramfs-generator --setup-device
+  zramN`` and ``ExecStop`` ``--reset-device zramN``;
+- for a file system device, a ``.mount`` unit for ``mount-point`` that needs
+  that service, and a drop-in binding the service to it, so stopping the
+  mount frees the memory (zram-generator's ``bindings.conf``).
+
+A swap device has no ``.swap`` unit: systemd refuses to start ``.swap`` units
+in a container (``swap_start`` returns EPERM under ``detect_container``), and
+the loop device under zramfs swap has no name before the setup picks one; so
+the setup service itself runs ``zramfs swapon`` with the config's priority,
+and ``zramfs swapoff`` when it stops (before the daemon goes: swapoff is what
+ends the daemon).  A file system device's ``.mount`` unit mounts
+``/run/zramfs-generator/zramN``, a link the setup points at the loop device;
+a path outside /dev keeps systemd from waiting for a udev device unit.
+
+The setup (``--setup-device``) reads the config again, as zram-generator's
+does, and drives the public CLI: ``zramfs swapon``, or ``zramfs mount`` +
+``losetup`` + ``mkfs``.  The reset (``--reset-device``) reads no config, so
+it works after the config is gone.  A device the config refuses gets its
+service anyway, and that service fails with the reason: one line in the
+journal, never a silent skip.
+
+Like zram-generator, it does nothing in a container unless told (the
+container's init command line, or the kernel's, says
+``systemd.zramfs.container=1``): a container usually has neither /dev/fuse nor
+loop devices.  ``ZRAMFS_GENERATOR_ROOT`` reads the config, ``proc/meminfo``
+and ``proc/cmdline`` under another root, for tests; there, the container check
+looks only at ``$SYSTEMD_VIRTUALIZATION`` (which systemd gives generators).
+"""
+
+import fcntl
+import os
+import stat
+import subprocess
+import sys
+
+from zramfs import codecs, genconf, launch, mountinfo
+from zramfs.system import System
+
+__all__ = ["main", "unit_name_from_path", "SETUP_TEMPLATE", "LINK_DIR"]
+
+PROG = "zramfs-generator"
+SETUP_TEMPLATE = "zramfs-setup@.service"
+# Where --setup-device points each file system device's link at its loop device.
+LINK_DIR = "/run/zramfs-generator"
+# Where the system install puts the template; the wants links point there
+# when no unit directory under the root has it.
+UNIT_DIRS = ("etc/systemd/system", "usr/local/lib/systemd/system", "usr/lib/systemd/system", "lib/systemd/system")
+DEFAULT_UNIT_DIR = "/usr/local/lib/systemd/system"
+
+# linux/loop.h
+LOOP_CTL_GET_FREE = 0x4C82
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_IN_USE = 5  # the CLI's "a loop device (or swap) still holds the disk"
+EXIT_NOT_FOUND = 6  # the CLI's "no zramfs device by that name"
+
+
+def log(message):
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+# -- kernel command line and containers -----------------------------------------------
+
+
+def _cmdline_words(root, test_mode, in_container):
+    """Kernel command line words; in a container, systemd reads its own argv instead."""
+    if in_container and not test_mode:
+        try:
+            with open("/proc/1/cmdline", "rb") as f:
+                return [w.decode(errors="replace") for w in f.read().split(b"\0")[1:] if w]
+        except OSError:
+            return []
+    try:
+        with open(os.path.join(root, "proc/cmdline")) as f:
+            return f.read().split()
+    except OSError:
+        return []
+
+
+def cmdline_option(words, key):
+    """True/False for ``key``, ``key=1``, ``key=0`` (the last one wins), None if absent."""
+    for word in reversed(words):
+        if word == key:
+            return True
+        if word.startswith(key + "="):
+            value = word[len(key) + 1 :]
+            if value in ("1", "yes", "true", "on"):
+                return True
+            if value in ("0", "no", "false", "off"):
+                return False
+    return None
+
+
+def in_container(test_mode):
+    virt = os.environ.get("SYSTEMD_VIRTUALIZATION")
+    if virt is not None:
+        return virt.startswith("container:")
+    if test_mode:
+        return False
+    try:
+        return subprocess.run(["systemd-detect-virt", "--quiet", "--container"]).returncode == 0
+    except OSError as e:
+        log(f"systemd-detect-virt failed, assuming no container: {e}")
+        return False
+
+
+# -- unit files ---------------------------------------------------------------------------
+
+
+def unit_name_from_path(path, suffix):
+    """systemd-escape --path: '/var/tmp/z' -> 'var-tmp-z.mount'."""
+    trimmed = path.strip("/")
+    if not trimmed:
+        return "-" + suffix
+    out = []
+    prev_slash = False
+    for i, b in enumerate(trimmed.encode()):
+        if b == ord("/"):
+            if not prev_slash:
+                out.append("-")
+            prev_slash = True
+            continue
+        prev_slash = False
+        c = chr(b)
+        if (c.isascii() and c.isalnum()) or c in ":_" or (c == "." and i > 0):
+            out.append(c)
+        else:
+            out.append(f"\\x{b:02x}")
+    return "".join(out) + suffix
+
+
+def _write(outdir, name, text):
+    path = os.path.join(outdir, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(f"# Automatically generated by {PROG}\n\n{text}")
+
+
+def _link(outdir, wants_dir, name, target):
+    path = os.path.join(outdir, wants_dir, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.symlink(target, path)
+
+
+def _template_path(root):
+    for d in UNIT_DIRS:
+        if os.path.exists(os.path.join(root, d, SETUP_TEMPLATE)):
+            return "/" + os.path.join(d, SETUP_TEMPLATE)
+    return os.path.join(DEFAULT_UNIT_DIR, SETUP_TEMPLATE)
+
+
+def _describe(dev):
+    """The setup service's Description=: what the config made of the device at boot."""
+    if dev.problems:
+        return f"zramfs {dev.name} (refused: {'; '.join(dev.problems)})"
+    mib = dev.disksize / genconf.MIB
+    what = [f"disksize {dev.disksize} ({mib:.1f} MiB)", dev.algorithm or f"{codecs.DEFAULT_ALGORITHM} (default)"]
+    if dev.mem_limit:
+        what.append(f"mem_limit {dev.mem_limit}")
+    if dev.is_swap:
+        return f"zramfs swap {dev.name}: {', '.join(what)}, priority {dev.swap_priority}"
+    return f"zramfs {dev.effective_fs_type} {dev.name}: {', '.join(what)}, for {dev.mount_point}"
+
+
+def _write_units(outdir, dev, template):
+    service = f"zramfs-setup@{dev.name}.service"
+    unit = [f"Description={_describe(dev).replace('%', '%%')}"]
+    if dev.problems or dev.is_swap or dev.mount_point is None:
+        if not (dev.problems or dev.is_swap):
+            return  # fs-type without mount-point: nothing to mount, as zram-generator
+        # A refused device's service is still wanted, so that it fails where
+        # people look (systemctl --failed) with the reason in the journal.
+        target = "swap.target" if dev.is_swap else "local-fs.target"
+        _link(outdir, f"{target}.wants", service, template)
+    else:
+        mount = unit_name_from_path(dev.mount_point, ".mount")
+        options = dev.options.replace("%", "%%")
+        _write(
+            outdir,
+            mount,
+            f"""[Unit]
+Description=zramfs compressed storage on {dev.name}
+Documentation=man:zram-generator.conf(5)
+Requires={service}
+After={service}
+
+[Mount]
+What={LINK_DIR}/{dev.name}
+Where={dev.mount_point}
+Type={dev.effective_fs_type}
+Options={options}
+""",
+        )
+        _link(outdir, "local-fs.target.wants", mount, f"../{mount}")
+        # Stopping the mount stops the setup service too, which frees the
+        # memory (zram-generator's bindings.conf).
+        unit.append(f"BindsTo={mount}")
+    _write(outdir, f"{service}.d/device.conf", "[Unit]\n" + "".join(line + "\n" for line in unit))
+
+
+def generate(outdir, root="/", test_mode=False):
+    """Write the units for every configured device into ``outdir``."""
+    container = in_container(test_mode)
+    words = _cmdline_words(root, test_mode, container)
+    switch = cmdline_option(words, "systemd.zramfs")
+    if switch is False:
+        log("disabled by systemd.zramfs=0 on the command line")
+        return EXIT_OK
+    if container and not cmdline_option(words, "systemd.zramfs.container"):
+        log("running in a container, doing nothing (systemd.zramfs.container=1 allows it)")
+        return EXIT_OK
+    config = genconf.read_config(root, extra_devices=("zram0",) if switch else ())
+    for warning in config.warnings:
+        log(warning)
+    if not config.devices:
+        log("no devices configured")
+        return EXIT_OK
+    template = _template_path(root)
+    for name in sorted(config.devices, key=lambda n: int(n[4:])):
+        dev = config.devices[name]
+        for warning in dev.warnings:
+            log(f"{name}: {warning}")
+        if not dev.enabled:
+            continue
+        problems = dev.problems
+        if not problems and dev.disksize == 0:
+            log(f"{name}: zram-size is 0, not creating it")
+            continue
+        for problem in problems:
+            log(f"{name}: {problem} (zramfs-setup@{name}.service will fail)")
+        _write_units(outdir, dev, template)
+    return EXIT_OK
+
+
+# -- setup and reset ------------------------------------------------------------------
+
+
+class SetupError(Exception):
+    """Raised when a device cannot be set up or reset; the message is the one line logged."""
+
+    def __init__(self, message, code=EXIT_FAILURE):
+        super().__init__(message)
+        self.code = code
+
+
+def _zramfs(*args, check=True):
+    """The zramfs CLI, through this Python (the venv zramfs-generator runs from),
+    isolated as zramfs.launch starts every Python process of ours."""
+    proc = subprocess.run([sys.executable, "-I", "-m", "zramfs", *args], cwd="/", env=launch.clean_env())
+    if check and proc.returncode != 0:
+        raise SetupError(f"zramfs {args[0]} failed (exit {proc.returncode})", proc.returncode)
+    return proc.returncode
+
+
+def _tool(argv):
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        raise SetupError(f"{' '.join(argv)} failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
+    return proc.stdout.strip()
+
+
+def _make_loop_nodes():
+    """Make /dev/loopN for every loop device the kernel has, and the next free one.
+
+    In a container /dev is a plain tmpfs that no udev fills in: ``losetup
+    --find`` gets a number from /dev/loop-control and then cannot open
+    /dev/loopN.  Asking for the next free number first (which makes the
+    kernel add a device when none is free) and making the nodes lets it.
+    On a host, devtmpfs has them all and this makes nothing.
+    """
+    fd = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, LOOP_CTL_GET_FREE)
+    finally:
+        os.close(fd)
+    for entry in os.listdir("/sys/block"):
+        path = f"/dev/{entry}"
+        if not entry.startswith("loop") or os.path.exists(path):
+            continue
+        try:
+            with open(f"/sys/block/{entry}/dev") as f:
+                major, minor = map(int, f.read().split(":"))
+        except OSError:
+            continue
+        os.mknod(path, stat.S_IFBLK | 0o660, os.makedev(major, minor))
+
+
+def _setup_lock():
+    """Held from the loop nodes until losetup is done: setups start in parallel at boot."""
+    os.makedirs(LINK_DIR, exist_ok=True)
+    fd = os.open(os.path.join(LINK_DIR, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _mounted_at(loop):
+    """Mount points whose source is block device ``loop`` (loopN), by major:minor."""
+    try:
+        with open(f"/sys/block/{loop}/dev") as f:
+            dev = f.read().strip()
+    except OSError:
+        return []
+    return [m.mountpoint for m in mountinfo.mounts() if m.dev == dev]
+
+
+def setup_device(name, root="/"):
+    words = _cmdline_words(root, False, in_container(False))
+    config = genconf.read_config(
+        root, extra_devices=("zram0",) if cmdline_option(words, "systemd.zramfs") else ()
+    )
+    dev = config.devices.get(name)
+    if dev is None:
+        where = ", ".join("/" + os.path.relpath(f, root) for f in config.files) or f"no {genconf.CONF_FILE} file"
+        raise SetupError(f"{name}: no [{name}] section in the config ({where})", EXIT_USAGE)
+    if not dev.enabled:
+        raise SetupError(f"{name}: {dev.warnings[-1]}", EXIT_USAGE)
+    for warning in config.warnings + dev.warnings:
+        log(f"{name}: {warning}")
+    if dev.problems:
+        raise SetupError(f"{name}: refused: " + "; ".join(dev.problems), EXIT_USAGE)
+    if dev.disksize == 0:
+        raise SetupError(f"{name}: zram-size is 0", EXIT_USAGE)
+    common = ["--size", str(dev.disksize)]
+    if dev.algorithm:
+        common += ["--algorithm", dev.algorithm]
+    if dev.mem_limit:
+        common += ["--mem-limit", str(dev.mem_limit)]
+    lock = _setup_lock()
+    try:
+        _make_loop_nodes()
+        if dev.is_swap:
+            _zramfs("swapon", name, "--priority", str(dev.swap_priority), *common)
+            return
+        mountpoint = System().swap_mountpoint(name)
+        os.makedirs(mountpoint, mode=0o700, exist_ok=True)
+        _zramfs("mount", mountpoint, "--name", name, *common)
+        try:
+            loop = _tool(["losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096",
+                          os.path.join(mountpoint, "disk")])
+        except BaseException:
+            _zramfs("umount", mountpoint, check=False)
+            raise
+    finally:
+        os.close(lock)
+    try:
+        _tool(["mkfs", "-t", dev.effective_fs_type, loop])
+        link = os.path.join(LINK_DIR, name)
+        tmp = link + ".new"
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(loop, tmp)
+        os.replace(tmp, link)
+    except BaseException:
+        subprocess.run(["losetup", "-d", loop])
+        _zramfs("umount", mountpoint, check=False)
+        raise
+    log(f"{name}: {dev.effective_fs_type} on {loop}, for {dev.mount_point}")
+
+
+def reset_device(name):
+    """Undo a setup without reading the config: swapoff/detach/unmount whatever is there."""
+    system = System()
+    for loop in system.loops_for(os.path.join(system.swap_mountpoint(name), "disk")):
+        loop = os.path.basename(loop)
+        points = _mounted_at(loop)
+        if points:
+            raise SetupError(f"{name}: /dev/{loop} is still mounted at {', '.join(points)}", EXIT_IN_USE)
+    code = _zramfs("swapoff", name, check=False)
+    if code not in (EXIT_OK, EXIT_NOT_FOUND):
+        raise SetupError(f"{name}: zramfs swapoff failed (exit {code})", code)
+    link = os.path.join(LINK_DIR, name)
+    if os.path.lexists(link):
+        os.unlink(link)
+
+
+USAGE = f"""usage: {PROG} NORMAL_DIR [EARLY_DIR LATE_DIR]
+       {PROG} --setup-device zramN
+       {PROG} --reset-device zramN"""
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    root = os.environ.get("ZRAMFS_GENERATOR_ROOT")
+    try:
+        if len(argv) == 2 and argv[0] in ("--setup-device", "--reset-device"):
+            name = argv[1].removeprefix("/dev/")
+            if not genconf.is_device_name(name):
+                raise SetupError(f"'{argv[1]}' is not a device name like zram0", EXIT_USAGE)
+            if argv[0] == "--setup-device":
+                setup_device(name, root or "/")
+            else:
+                reset_device(name)
+            return EXIT_OK
+        if 1 <= len(argv) <= 3 and not any(a.startswith("-") for a in argv):
+            return generate(argv[0], root or "/", test_mode=root is not None)
+    except SetupError as e:
+        log(str(e))
+        return e.code
+    except OSError as e:
+        log(f"error: {e}")
+        return EXIT_FAILURE
+    print(USAGE, file=sys.stderr)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
