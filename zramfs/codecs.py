@@ -282,7 +282,7 @@ class AlgorithmParamsRequest(NamedTuple):
         reads the dictionary file."""
         if self.algo is not None and self.algo != selected:
             raise InvalidCodecParamsError(
-                f"algo={self.algo} is not this device's algorithm ({selected}); write comp_algorithm first"
+                f"algo={self.algo} is not this device's algorithm ({selected})"
             )
         if self.priority != 0:
             raise InvalidCodecParamsError(

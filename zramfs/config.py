@@ -205,9 +205,13 @@ class DeviceConfig:
     """
 
     mountpoint: str
-    size: int
+    # disksize in bytes; None: mount the device uninitialised (zram's
+    # initstate 0), for a write to its `disksize` file to initialise.
+    size: int | None
     algorithm: str = DEFAULT_ALGORITHM
     mem_limit: int = 0  # zram's "no limit"
+    # zram's algorithm_params text ("level=3 dict=/path"); "" for none.
+    algorithm_params: str = ""
     name: str = DEFAULT_NAME
     fuse_backend: str = DEFAULT_BACKEND
     # FUSE reader threads; None: the FUSE layer's default.
@@ -220,12 +224,15 @@ class DeviceConfig:
         """The daemon's arguments (after ``python -m zramfs.daemon``); `from_args` reads them back."""
         argv = [
             self.mountpoint,
-            "--size", str(self.size),
             "--algorithm", self.algorithm,
             "--mem-limit", str(self.mem_limit),
             "--name", self.name,
             "--fuse-backend", self.fuse_backend,
         ]  # fmt: skip
+        if self.size is not None:
+            argv += ["--size", str(self.size)]
+        if self.algorithm_params:
+            argv += ["--algorithm-params", self.algorithm_params]
         if self.threads is not None:
             argv += ["--threads", str(self.threads)]
         if self.run_dir is not None:
@@ -243,8 +250,12 @@ class DeviceConfig:
                 raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r}") from None
 
         parser.add_argument("mountpoint")
-        parser.add_argument("--size", type=size, required=True, help="disksize in bytes (K/M/G... suffixes accepted)")
+        parser.add_argument(
+            "--size", type=size, default=None,
+            help="disksize in bytes (K/M/G... suffixes accepted); without it the device starts uninitialised",
+        )  # fmt: skip
         parser.add_argument("--algorithm", default=DEFAULT_ALGORITHM)
+        parser.add_argument("--algorithm-params", default="", help="zram's algorithm_params, e.g. 'level=3'")
         parser.add_argument("--mem-limit", type=size, default=0, help="bytes; 0 = no limit")
         parser.add_argument("--name", default=DEFAULT_NAME, help="the mount's source name (shown in /proc/mounts)")
         parser.add_argument("--fuse-backend", default=DEFAULT_BACKEND, choices=backends)

@@ -7,9 +7,12 @@ around it: signals, readiness, hardening against swap deadlocks, cleanup.
 The CLI (``zramfs mount``/``swapon``) starts it through `zramfs.launch`,
 isolated from the caller's directory and environment.
 
-    python -I -m zramfs.daemon MOUNTPOINT --size BYTES [--algorithm lz4]
-        [--mem-limit BYTES] [--name zram0] [--fuse-backend dev] [--threads N]
-        [--run-dir DIR] [--ready-fd FD]
+    python -I -m zramfs.daemon MOUNTPOINT [--size BYTES] [--algorithm lz4]
+        [--algorithm-params TEXT] [--mem-limit BYTES] [--name zram0]
+        [--fuse-backend dev] [--threads N] [--run-dir DIR] [--ready-fd FD]
+
+Without --size the device starts uninitialised, as zram's does: a write to
+MOUNTPOINT/disksize initialises it.
 
 The arguments are a `zramfs.config.DeviceConfig`, written by its `argv` and
 read back by its one parser.
@@ -50,8 +53,8 @@ from contextlib import AsyncExitStack
 import trio
 
 from zramfs.config import DeviceConfig
-from zramfs.device import BlockDevice, DeviceError
-from zramfs.fs import Filesystem
+from zramfs.device import DeviceError
+from zramfs.fs import Filesystem, FsError
 from zramfs.fuse import BACKENDS, DEFAULT_THREADS, MountError, Session
 
 # The starting side lives in zramfs.launch (it must not import trio, which
@@ -197,6 +200,22 @@ async def _wait_until_answering(mountpoint):
         raise SetupError(f"{path} does not answer: {e.strerror}") from None
 
 
+def build_filesystem(config):
+    """The Filesystem of `config`, set up through the same calls as zram's
+    attribute files: comp_algorithm, algorithm_params and mem_limit, then,
+    with a size, disksize (a daemon started with --size is initialised at
+    once; without, it waits for a write to `disksize`).  FsError when a
+    setting is refused, with the message the attribute write would get."""
+    fs = Filesystem()
+    fs.set_algorithm(config.algorithm)
+    if config.algorithm_params:
+        fs.set_algorithm_params(config.algorithm_params)
+    fs.set_mem_limit(str(config.mem_limit))
+    if config.size is not None:
+        fs.init_size(config.size)
+    return fs
+
+
 async def run(config, ready):
     """The daemon's body; returns the exit code."""
     mountpoint = config.mountpoint
@@ -206,16 +225,16 @@ async def run(config, ready):
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with AsyncExitStack() as stack:
             try:
-                device = BlockDevice(config.size, algorithm=config.algorithm, mem_limit=config.mem_limit)
+                fs = build_filesystem(config)
                 session = Session(
-                    Filesystem(device),
+                    fs,
                     mountpoint,
                     fsname=config.name,
                     backend=config.fuse_backend,
                     threads=DEFAULT_THREADS if config.threads is None else config.threads,
                 )
                 session.mount()
-            except (MountError, DeviceError, ValueError) as e:
+            except (MountError, DeviceError, FsError, ValueError) as e:
                 raise SetupError(str(e)) from None
             # LIFO: stop (unmount) runs before close (release the fd).
             stack.callback(session.close)
@@ -234,7 +253,10 @@ async def run(config, ready):
                     setup_error = e
                     nursery.cancel_scope.cancel()
                 else:
-                    _log(f"serving {mountpoint} ({config.size} bytes, {device.algorithm})")
+                    if fs.device is None:
+                        _log(f"serving {mountpoint} (uninitialised: write its disksize file to start)")
+                    else:
+                        _log(f"serving {mountpoint} ({config.size} bytes, {fs.algorithm})")
                     if config.run_dir is not None:
                         _write_record(config)
                     ready.ready()

@@ -389,7 +389,12 @@ class Filesystem:
             raise InvalidValueError("disksize must be more than 0")
         if size > _DISKSIZE_MAX:
             raise InvalidValueError(f"disksize {text.strip()!r} does not fit 64 bits")
-        size = (size + PAGE_SIZE - 1) & -PAGE_SIZE
+        self.init_size((size + PAGE_SIZE - 1) & -PAGE_SIZE)
+
+    def init_size(self, size):
+        """Initialise with ``size`` bytes as it is (the daemon's --size, which
+        the CLI has checked): a size that is not a whole number of pages is
+        refused, not rounded."""
         with self._lock:
             if self.device is not None:
                 raise BusyError("disksize cannot change on an initialised device (write reset first)")
@@ -399,7 +404,7 @@ class Filesystem:
                 raise InvalidValueError(str(exc)) from None
             try:
                 self.device = BlockDevice(size, codec=codec, mem_limit=self._mem_limit)
-            except InvalidDiskSizeError as exc:  # the slot table cannot be reserved
+            except InvalidDiskSizeError as exc:  # the slot table cannot be reserved, or a bad size
                 raise OutOfMemoryError(str(exc)) from None
         self._resized()
 

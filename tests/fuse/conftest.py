@@ -40,7 +40,7 @@ def start(tmp_path, backend):
         with open(log, "w") as stderr:
             kwargs.setdefault("fuse_backend", backend)
             proc = spawn_daemon(mountpoint, size, stderr=stderr, timeout=20, **kwargs)
-        d = Daemon(proc, Path(mountpoint), log, size)
+        d = Daemon(proc, Path(mountpoint), log, size or 0)
         started.append(d)
         return d
 
@@ -63,9 +63,5 @@ def zram(start):
 @pytest.fixture
 def uninitialised(start):
     """One running daemon whose device is uninitialised (initstate 0, disk
-    of size 0), as zram's is after a reset: mounted with a size, then reset
-    through its `reset` file."""
-    d = start()
-    d.store("reset", "1\n")
-    d.disksize = 0
-    return d
+    of size 0): started without a size, as `zramfs mount` without --size."""
+    return start(size=None)

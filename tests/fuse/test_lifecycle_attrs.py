@@ -204,3 +204,24 @@ def test_reset_of_an_uninitialised_device_puts_the_defaults_back(uninitialised):
     d.store("reset", "1")
     assert d.attr("comp_algorithm").startswith("[lz4] ")
     assert d.attr("mem_limit") == "0\n"
+
+
+def test_reset_after_a_daemon_started_with_a_size(zram):
+    # --size is only a shortcut for writing disksize: reset undoes it.
+    zram.store("reset", "1")
+    assert zram.attr("initstate") == "0\n"
+    assert os.stat(zram.disk).st_size == 0
+    zram.store("disksize", "1M")
+    assert os.stat(zram.disk).st_size == MiB
+
+
+def test_daemon_takes_algorithm_params(start, tmp_path):
+    sample = b"".join(b"%06d zramfs sample\n" % i for i in range(4000))
+    (tmp_path / "dict").write_bytes(sample[:8192])
+    d = start(size=None, algorithm="zstd", algorithm_params=f"level=7 dict={tmp_path / 'dict'}")
+    assert d.attr("comp_algorithm").split().count("[zstd]") == 1
+    d.store("disksize", "1M")
+    write_disk(d, 0, sample[: 16 * PAGE])
+    assert read_disk(d, 0, 16 * PAGE) == sample[: 16 * PAGE]
+    # Set before init, they are busy now, as if written to the files.
+    assert errno_of(d.store, "algorithm_params", "level=1") == errno.EBUSY

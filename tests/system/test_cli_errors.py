@@ -47,7 +47,6 @@ def test_mount_bad_input(zramfs_env):
     a_file = os.path.join(env.root, "file")
     open(a_file, "w").close()
     one_line(env.cli("mount", a_file, "--size", "64M"), 2, f"{a_file} is not a directory")
-    one_line(env.cli("mount", env.root), 2, "mount: the following arguments are required: --size")
     one_line(env.cli("mount", env.root, "--size", "0"), 2, "size must be greater than 0")
     assert env.leftovers() == {}
 

@@ -128,3 +128,17 @@ def test_a_write_at_mem_limit_through_loop_is_enospc(zramfs_env, backend):
         detach(env, loop)
     env.ok("umount", mnt)
     assert env.leftovers() == {}
+
+
+def test_mount_without_size_is_uninitialised(zramfs_env):
+    env = zramfs_env
+    mnt = os.path.join(env.root, "zramfs")
+    os.mkdir(mnt)
+    proc = env.ok("mount", mnt, "--name", "zramt-uninit", "--algorithm", "zstd", "--algorithm-params", "level=5")
+    assert proc.stdout == f"zramt-uninit: uninitialised, mounted at {mnt} (write its disksize to start)\n"
+    assert attr(mnt, "initstate") == "0\n"
+    assert attr(mnt, "comp_algorithm").split().count("[zstd]") == 1
+    store(mnt, "disksize", "8M")
+    assert env.device("zramt-uninit")["disksize"] == 8 * MiB
+    env.ok("umount", mnt)
+    assert env.leftovers() == {}

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from zramfs import launch, system
-from zramfs.codecs import get_codec
+from zramfs.codecs import get_codec, parse_algorithm_params
 from zramfs.config import ConfigError, DeviceConfig, check_disksize, check_name, parse_size
 from zramfs.fuse import BACKENDS, UnknownBackendError, supports_discard
 
@@ -100,6 +100,7 @@ def device_config(args, *, size, mountpoint, name, sys_):
         mountpoint=mountpoint,
         size=size,
         algorithm=args.algorithm,
+        algorithm_params=args.algorithm_params,
         mem_limit=mem_limit(args.mem_limit),
         name=name,
         fuse_backend=args.fuse_backend,
@@ -108,8 +109,11 @@ def device_config(args, *, size, mountpoint, name, sys_):
 
 
 def check_options(args):
-    """Check the device options mount and swapon share (--algorithm, --mem-limit, a NAME given)."""
+    """Check the device options mount and swapon share (--algorithm, --algorithm-params, --mem-limit,
+    a NAME given)."""
     check_algorithm(args.algorithm)
+    # InvalidCodecParamsError: the message the algorithm_params file would give, exit 2.
+    parse_algorithm_params(args.algorithm_params).resolve(args.algorithm)
     mem_limit(args.mem_limit)
     if args.name is not None:
         check_name(args.name)

@@ -1,4 +1,9 @@
-"""``zramfs mount MOUNTPOINT --size SIZE``: one device, its `disk` on MOUNTPOINT."""
+"""``zramfs mount MOUNTPOINT [--size SIZE]``: one device, its `disk` on MOUNTPOINT.
+
+Without --size the device is mounted uninitialised, as zram's devices are
+before their disksize is written: ``echo 1G > MOUNTPOINT/disksize``
+initialises it.
+"""
 
 import os
 import sys
@@ -14,7 +19,7 @@ from ._errors import EXIT_OK
 def cmd_mount(args):
     """Mount a device; return once it answers (or become its daemon, with --foreground)."""
     mountpoint = mountpoint_arg(args.mountpoint)
-    size = disksize(args.size)
+    size = disksize(args.size) if args.size is not None else None
     check_options(args)
     need_fuse(args.fuse_backend)
     # Missing, not a directory, already a mount point: typed MountErrors.
@@ -37,5 +42,8 @@ def cmd_mount(args):
     except BaseException:
         undo.run()
         raise
-    print(f"{name}: {human(size, long=True)} {config.algorithm}, mounted at {mountpoint}")
+    if size is None:
+        print(f"{name}: uninitialised, mounted at {mountpoint} (write its disksize to start)")
+    else:
+        print(f"{name}: {human(size, long=True)} {config.algorithm}, mounted at {mountpoint}")
     return EXIT_OK

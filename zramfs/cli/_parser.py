@@ -38,17 +38,21 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    def device_options(p, *, size_required):
+    def device_options(p, *, size_default):
         p.add_argument(
             "--size",
-            required=size_required,
-            help="disksize: bytes, K/M/G/T/P/E suffix or N%% of RAM; a multiple of 4 KiB"
-            + ("" if size_required else " (default min(ram/2, 4G))"),
+            help="disksize: bytes, K/M/G/T/P/E suffix or N%% of RAM; a multiple of 4 KiB " + size_default,
         )
         p.add_argument(
             "--algorithm",
             default=DEFAULT_ALGORITHM,
             help=f"compression algorithm: {', '.join(CODECS)} (default {DEFAULT_ALGORITHM})",
+        )
+        p.add_argument(
+            "--algorithm-params",
+            default="",
+            metavar="PARAMS",
+            help="zram's algorithm_params for the algorithm: 'level=N', 'dict=PATH' (zstd, lz4, lz4hc)",
         )
         p.add_argument("--mem-limit", help="memory limit for compressed data (like zram's mem_limit)")
         p.add_argument(
@@ -60,7 +64,7 @@ def build_parser():
 
     p = sub.add_parser("mount", help="mount a zramfs device (its `disk` file) on MOUNTPOINT")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
-    device_options(p, size_required=True)
+    device_options(p, size_default="(default: none, the device starts uninitialised; write its disksize file)")
     p.add_argument("--name", help="device name, the mount's source (default first free zramN)")
     p.add_argument("--foreground", action="store_true", help="run the daemon in this process")
     p.set_defaults(func=cmd_mount)
@@ -71,7 +75,7 @@ def build_parser():
 
     p = sub.add_parser("swapon", help="set up compressed swap: mount, losetup, mkswap, swapon")
     p.add_argument("name", metavar="NAME", nargs="?", help="device name (default first free zramN)")
-    device_options(p, size_required=False)
+    device_options(p, size_default="(default min(ram/2, 4G))")
     p.add_argument(
         "--priority",
         type=int,
