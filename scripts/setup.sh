@@ -65,9 +65,10 @@ fi
 
 # fuse3: /dev/fuse's userspace side (fusermount3); util-linux: losetup, swapon,
 # fallocate, fstrim; libfuse3-dev, pkg-config, gcc, python3-dev: to build the
-# optional pyfuse3 backend; e2fsprogs: mkfs/fsck for the disk tests; fio: the
+# optional pyfuse3 backend; liblzo2-dev: to build python-lzo (the lzo codec);
+# e2fsprogs: mkfs/fsck for the disk tests; fio: the
 # benchmarks.
-packages=(python3-venv python3-dev fuse3 util-linux mount e2fsprogs kmod libfuse3-dev pkg-config gcc)
+packages=(python3-venv python3-dev fuse3 util-linux mount e2fsprogs kmod libfuse3-dev liblzo2-dev pkg-config gcc)
 # systemd-container: systemd-nspawn, which boots a real systemd for
 # tests/system/test_systemd.py.
 [ "$with_tests" = 1 ] && packages+=(fio systemd-container)
@@ -124,8 +125,8 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup.sh: creating .venv"
     python3 -m venv .venv
 fi
-extras="pyfuse3"
-[ "$with_tests" = 1 ] && extras="pyfuse3,test,bench"
+extras="pyfuse3,lzo"
+[ "$with_tests" = 1 ] && extras="pyfuse3,lzo,test,bench"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]" 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
 # pip's own exit status is lost in the pipe above; check the result instead.

@@ -15,8 +15,15 @@ Codecs know nothing of slots, pools or locks: they are pure functions of a
 page, like the kernel's ``crypto_comp``/``zcomp`` backends that zram calls
 through ``zcomp_compress``.
 
-The names are the kernel's (``comp_algorithm`` lists ``lz4 lz4hc zstd
-deflate``), so a person who knows zram picks the same word here.
+The names are the kernel's (``comp_algorithm`` lists ``lzo lz4 lz4hc zstd
+deflate``, in the kernel's order), so a person who knows zram picks the same
+word here.  ``lzo`` is LZO1X-1, the kernel's lzo, through python-lzo (the
+``zramfs[lzo]`` extra; it builds against liblzo2, which scripts/setup.sh
+installs); without it, lzo is not listed and naming it says how to get it.
+The kernel's other names have no Python implementation and are refused with
+the closest codec named, never swapped for one silently (``NOT_IN_THIS_BUILD``):
+``lzo-rle`` (zram's default: LZO1X with zero runs coded by length, a stream
+format of its own) and ``842`` (IBM's, made for POWER's hardware unit).
 
 Every codec may be called from several threads at once (compression runs
 outside the device lock).  lz4 and zlib are stateless calls that release the
@@ -45,6 +52,11 @@ from typing import Callable, NamedTuple
 import lz4.block
 import zstandard
 
+try:
+    import lzo
+except ImportError:  # the optional zramfs[lzo] extra
+    lzo = None
+
 from allocator import PAGE_SIZE
 
 __all__ = [
@@ -55,6 +67,7 @@ __all__ = [
     "AlgorithmParamsRequest",
     "Codec",
     "InvalidCodecParamsError",
+    "NOT_IN_THIS_BUILD",
     "UnknownAlgorithmError",
     "get_codec",
     "parse_algorithm_params",
@@ -181,6 +194,19 @@ def _zstd(level, dictionary):
     return compress, decompress
 
 
+def _lzo(level, dictionary):
+    # level 1: lzo1x_1, the kernel's lzo; 2-9: lzo1x_999 (python-lzo's
+    # only other level): smaller, much slower to compress, same decoder.
+    # python-lzo takes only read-only bytes, not the device's memoryviews.
+    def compress(page, _c=lzo.compress, _l=level):
+        return _c(bytes(page), _l, False)
+
+    def decompress(data, _d=lzo.decompress, _n=PAGE_SIZE):
+        return _d(bytes(data), False, _n)
+
+    return compress, decompress
+
+
 def _deflate(level, dictionary):
     # Raw deflate (wbits=-15): no zlib header or adler32, as the kernel's
     # deflate backend stores it.  No dictionary: get_codec refuses one
@@ -205,6 +231,7 @@ class _Algorithm:
 
 # In the order comp_algorithm lists them.  Level ranges are the libraries'.
 _ALGORITHMS = {
+    **({"lzo": _Algorithm(_lzo, 1, 1, 9, False)} if lzo is not None else {}),
     "lz4": _Algorithm(_lz4, None, 1, 65537, True),
     "lz4hc": _Algorithm(_lz4hc, 9, 1, 12, True),
     "zstd": _Algorithm(_zstd, 3, 1, 22, True),
@@ -213,11 +240,27 @@ _ALGORITHMS = {
 
 CODECS = tuple(_ALGORITHMS)
 
+#: Kernel algorithm names this build cannot offer, and why, naming the
+#: closest codec it has.  Refused (UnknownAlgorithmError: EINVAL at the
+#: comp_algorithm file, exit 2 in the CLI), never replaced silently: a config
+#: written for the kernel should say what it gets.
+NOT_IN_THIS_BUILD = {
+    "lzo-rle": "zram's default has no Python implementation (LZO1X with run-length coded zeros, its own "
+    "stream format); the closest here is " + ("lzo" if lzo is not None else "lz4"),
+    "842": "842 has no Python implementation (IBM's algorithm for POWER's compression unit); "
+    "the closest here is lz4",
+}
+if lzo is None:
+    NOT_IN_THIS_BUILD["lzo"] = "lzo needs python-lzo, which is not installed (pip install 'zramfs[lzo]'); the closest here is lz4"
+
 
 def _algorithm(name):
     try:
         return _ALGORITHMS[name]
     except (KeyError, TypeError):
+        why = NOT_IN_THIS_BUILD.get(name) if isinstance(name, str) else None
+        if why is not None:
+            raise UnknownAlgorithmError(f"compression algorithm {name!r} is not in this build: {why}") from None
         raise UnknownAlgorithmError(
             f"unknown compression algorithm {name!r}; known: {' '.join(CODECS)}"
         ) from None

@@ -56,6 +56,7 @@ from zramfs.codecs import (
     DEFAULT_ALGORITHM,
     AlgorithmParams,
     InvalidCodecParamsError,
+    UnknownAlgorithmError,
     get_codec,
     parse_algorithm_params,
 )
@@ -431,8 +432,10 @@ class Filesystem:
         name = _strip_newline(text)
         if len(name) >= _MAX_ALGO_NAME:
             raise ArgumentTooLongError(f"algorithm name of {len(name)} bytes is too long")
-        if name not in CODECS:
-            raise InvalidValueError(f"unknown compression algorithm {name!r}; this build has: {' '.join(CODECS)}")
+        try:
+            get_codec(name)
+        except UnknownAlgorithmError as exc:  # says why for lzo-rle, 842
+            raise InvalidValueError(str(exc)) from None
         with self._lock:
             if self.device is not None:
                 raise BusyError("the algorithm cannot change on an initialised device (write reset first)")

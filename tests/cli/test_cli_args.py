@@ -13,7 +13,7 @@ import pytest
 
 from zramfs import cli, mountinfo, system
 from zramfs.cli import _common
-from zramfs.codecs import UnknownAlgorithmError
+from zramfs.codecs import CODECS, NOT_IN_THIS_BUILD, UnknownAlgorithmError
 from zramfs.config import InvalidNameError, SizeError
 from zramfs.launch import DaemonStartError
 from zramfs.fuse import (
@@ -40,7 +40,9 @@ def run(capsys, *argv):
         (["swapon", "--size", "4097"], "size 4097 is not a multiple of 4096 bytes (the page size)"),
         (["swapon", "--size", "4X"], "size '4X' is not a number of bytes, a number with a K/M/G/T/P/E suffix, or N% of RAM"),
         (["swapon", "--size="], "size is empty"),
-        (["swapon", "--algorithm", "lzo"], "unknown compression algorithm 'lzo'; known: lz4 lz4hc zstd deflate"),
+        (["swapon", "--algorithm", "lzma"], f"unknown compression algorithm 'lzma'; known: {' '.join(CODECS)}"),
+        (["swapon", "--algorithm", "lzo-rle"], f"compression algorithm 'lzo-rle' is not in this build: {NOT_IN_THIS_BUILD['lzo-rle']}"),
+        (["swapon", "--algorithm", "842"], f"compression algorithm '842' is not in this build: {NOT_IN_THIS_BUILD['842']}"),
         (["swapon", "--priority", "-2"], "priority -2 is not between -1 and 32767"),
         (["swapon", "--priority", "32768"], "priority 32768 is not between -1 and 32767"),
         (["swapon", "--priority", "x"], "swapon: argument --priority: invalid int value: 'x'"),
@@ -62,7 +64,7 @@ def run(capsys, *argv):
         (["mount", " \t", "--size", "64M"], "MOUNTPOINT is empty"),
         (["umount", ""], "MOUNTPOINT is empty"),
         (["mount", "/mnt", "--size", "1G", "--name", ".x"], "name '.x' must be 1 to 64 letters, digits, '_', '.' or '-', not starting with '_', '.' or '-'"),
-        (["mount", "/mnt", "--size", "1G", "--algorithm", "zlib"], "unknown compression algorithm 'zlib'; known: lz4 lz4hc zstd deflate"),
+        (["mount", "/mnt", "--size", "1G", "--algorithm", "zlib"], f"unknown compression algorithm 'zlib'; known: {' '.join(CODECS)}"),
         (["umount"], "umount: the following arguments are required: MOUNTPOINT"),
         (["swapoff"], "give a NAME or --all"),
         (["swapoff", "zram0", "--all"], "give a NAME or --all, not both"),

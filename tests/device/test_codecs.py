@@ -14,6 +14,7 @@ from zramfs.codecs import (
     PAGE_SIZE,
     AlgorithmParams,
     AlgorithmParamsRequest,
+    NOT_IN_THIS_BUILD,
     InvalidCodecParamsError,
     UnknownAlgorithmError,
     get_codec,
@@ -33,7 +34,9 @@ def _pages():
 
 
 def test_names_in_comp_algorithm_order():
-    assert CODECS == ("lz4", "lz4hc", "zstd", "deflate")
+    # The kernel's order (zcomp.c's backends[]): lzo (when python-lzo is
+    # installed), lz4, lz4hc, zstd, deflate.
+    assert CODECS in (("lzo", "lz4", "lz4hc", "zstd", "deflate"), ("lz4", "lz4hc", "zstd", "deflate"))
     assert DEFAULT_ALGORITHM == "lz4"
 
 
@@ -60,14 +63,15 @@ def test_levels_round_trip(name, level):
 
 
 def test_default_levels():
-    assert [get_codec(n).level for n in CODECS] == [None, 9, 3, 6]
+    defaults = {"lzo": 1, "lz4": None, "lz4hc": 9, "zstd": 3, "deflate": 6}
+    assert [get_codec(n).level for n in CODECS] == [defaults[n] for n in CODECS]
 
 
-@pytest.mark.parametrize("name", ["lzo", "LZ4", "", "lzo-rle"])
+@pytest.mark.parametrize("name", ["lzma", "LZ4", "", "lzo1x"])
 def test_unknown_algorithm(name):
     with pytest.raises(
         UnknownAlgorithmError,
-        match=rf"^unknown compression algorithm '{name}'; known: lz4 lz4hc zstd deflate$",
+        match=rf"^unknown compression algorithm '{name}'; known: {' '.join(CODECS)}$",
     ):
         get_codec(name)
 
@@ -236,3 +240,21 @@ def test_a_device_with_a_dictionary_codec(name):
         dev.write(0, data)
         assert dev.read(0, len(data)) == data
         assert dev.stats().compr_data_size < len(data) // 4
+
+
+@pytest.mark.parametrize("name", sorted(NOT_IN_THIS_BUILD))
+def test_kernel_names_this_build_lacks_say_why_and_what_is_closest(name):
+    with pytest.raises(UnknownAlgorithmError, match=rf"^compression algorithm '{name}' is not in this build: .*closest here is (lzo|lz4)$"):
+        get_codec(name)
+
+
+@pytest.mark.skipif("lzo" not in CODECS, reason="python-lzo (the zramfs[lzo] extra) is not installed")
+def test_lzo_is_lzo1x_1_as_the_kernel_stores_it():
+    import lzo
+
+    codec = get_codec("lzo")
+    page = _pages()["fio60"]
+    data = codec.compress(memoryview(page))
+    # Raw LZO1X-1, no header: what the kernel's lzo backend stores.
+    assert data == lzo.compress(page, 1, False)
+    assert codec.decompress(data) == page

@@ -47,7 +47,7 @@ def test_an_uninitialised_device(uninitialised):
     d = uninitialised
     assert d.attr("initstate") == "0\n"
     assert d.attr("disksize") == "0\n"
-    assert d.attr("comp_algorithm").startswith("[lz4] ")
+    assert "[lz4]" in d.attr("comp_algorithm").split()
     assert [int(x) for x in d.attr("mm_stat").split()] == [0] * 9
     assert [int(x) for x in d.attr("io_stat").split()] == [0] * 4
     assert os.stat(d.disk).st_size == 0
@@ -88,7 +88,7 @@ def test_the_whole_lifecycle(uninitialised, tmp_path):
     assert d.attr("initstate") == "0\n"
     assert d.attr("disksize") == "0\n"
     assert os.stat(d.disk).st_size == 0
-    assert d.attr("comp_algorithm").startswith("[lz4] ")
+    assert "[lz4]" in d.attr("comp_algorithm").split()
     assert d.attr("mem_limit") == "0\n"
     assert [int(x) for x in d.attr("mm_stat").split()] == [0] * 9
 
@@ -135,7 +135,7 @@ def test_after_init_the_settings_are_busy(zram):
     # mem_limit stays writable.
     zram.store("mem_limit", "16M")
     assert zram.mm_stat()["mem_limit"] == 16 * MiB
-    assert zram.attr("comp_algorithm").startswith("[lz4] ")
+    assert "[lz4]" in zram.attr("comp_algorithm").split()
     zram.assert_alive()
 
 
@@ -151,7 +151,7 @@ def test_comp_algorithm_takes_every_listed_name(uninitialised, name):
 )
 def test_comp_algorithm_errors(uninitialised, bad, err):
     assert errno_of(uninitialised.store, "comp_algorithm", bad) == err
-    assert uninitialised.attr("comp_algorithm").startswith("[lz4] ")
+    assert "[lz4]" in uninitialised.attr("comp_algorithm").split()
 
 
 @pytest.mark.parametrize(
@@ -202,7 +202,7 @@ def test_reset_of_an_uninitialised_device_puts_the_defaults_back(uninitialised):
     d.store("comp_algorithm", "zstd")
     d.store("mem_limit", "8M")
     d.store("reset", "1")
-    assert d.attr("comp_algorithm").startswith("[lz4] ")
+    assert "[lz4]" in d.attr("comp_algorithm").split()
     assert d.attr("mem_limit") == "0\n"
 
 
@@ -225,3 +225,11 @@ def test_daemon_takes_algorithm_params(start, tmp_path):
     assert read_disk(d, 0, 16 * PAGE) == sample[: 16 * PAGE]
     # Set before init, they are busy now, as if written to the files.
     assert errno_of(d.store, "algorithm_params", "level=1") == errno.EBUSY
+
+
+@pytest.mark.parametrize("name", ["lzo-rle", "842"])
+def test_kernel_names_this_build_lacks_are_einval(uninitialised, name):
+    # zram-generator and kernel configs name these; zramfs refuses them
+    # (never a silent substitute), as zram refuses a backend it lacks.
+    assert errno_of(uninitialised.store, "comp_algorithm", name + "\n") == errno.EINVAL
+    assert name not in uninitialised.attr("comp_algorithm").replace("[", " ").replace("]", " ").split()

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from zramfs.codecs import CODECS
+
 
 def one_line(proc, code, message):
     assert (proc.returncode, proc.stderr) == (code, f"zramfs: error: {message}\n"), proc.stdout
@@ -25,7 +27,7 @@ def one_line(proc, code, message):
         (["--size", "1.5K"], "size '1.5K' is not a number of bytes, a number with a K/M/G/T/P/E suffix, or N% of RAM"),
         (["--size=-4G"], "size '-4G' is negative"),
         (["--size", "big"], "size 'big' is not a number of bytes, a number with a K/M/G/T/P/E suffix, or N% of RAM"),
-        (["--algorithm", "lzo"], "unknown compression algorithm 'lzo'; known: lz4 lz4hc zstd deflate"),
+        (["--algorithm", "lzma"], f"unknown compression algorithm 'lzma'; known: {' '.join(CODECS)}"),
         (["--mem-limit", "lots"], "size 'lots' is not a number of bytes, a number with a K/M/G/T/P/E suffix, or N% of RAM"),
         (["--priority", "40000"], "priority 40000 is not between -1 and 32767"),
         (["--priority", "high"], "swapon: argument --priority: invalid int value: 'high'"),
