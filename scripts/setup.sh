@@ -105,7 +105,7 @@ if [ "$mode" = system ]; then
     fi
     # A copy, not an editable install: the system's zramfs must not change
     # when this clone does.
-    "$destdir$venv_dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade . 2>&1 \
+    "$destdir$venv_dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade ".[lzo]" 2>&1 \
         | grep -v "is ignored: it is neither a file nor a directory" || true
     "$destdir$venv_dir/bin/python" -c "import zramfs.generator, allocator, trio, lz4" \
         || { echo "setup.sh: error: zramfs did not install into $destdir$venv_dir" >&2; exit 1; }
