@@ -1,6 +1,7 @@
 """Test tiers and the one place their "can this machine run it" checks live.
 
-Tiers are folders (tests/allocator, tests/device, tests/fuse, tests/system);
+Tiers are folders (tests/allocator, tests/device, tests/cli, tests/generator,
+tests/fuse, tests/system; shared helpers in tests/_support);
 the fuse and system folders mark their tests with the matching marker.  A test
 whose needs are not met is skipped with the reason -- unless
 ZRAMFS_SYSTEM_TESTS=require (what .ci/run and scripts/test.sh set), where the
@@ -9,15 +10,8 @@ same unmet need is a failure, so CI can never go green by skipping.
 
 import os
 import shutil
-import sys
 
 import pytest
-
-# scripts/ holds tooling the tests share with the benchmark (memcg.py,
-# swap_workload.py); every tier may import it.
-SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
-if SCRIPTS not in sys.path:
-    sys.path.insert(0, SCRIPTS)
 
 REQUIRE = os.environ.get("ZRAMFS_SYSTEM_TESTS", "auto") == "require"
 

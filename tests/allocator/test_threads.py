@@ -1,65 +1,48 @@
 """Many threads at once on one pool, with compaction running beside them."""
 
 import random
-import threading
 
 from allocator import Pool
 from allocator._check import check_pool
+from tests._support.threads import run_threads
 
 
 def test_many_threads_and_compaction():
     pool = Pool()
-    errors = []
-    done = threading.Event()
     results = {}
 
     def worker(seed):
         rng = random.Random(seed)
         mine = {}
-        try:
-            for i in range(1500):
-                if mine and rng.random() < 0.4:
-                    h = rng.choice(list(mine))
-                    assert pool.read(h) == mine.pop(h)
-                    pool.free(h)
+        for i in range(1500):
+            if mine and rng.random() < 0.4:
+                h = rng.choice(list(mine))
+                assert pool.read(h) == mine.pop(h)
+                pool.free(h)
+            else:
+                size = rng.choice([rng.randint(1, 200), rng.randint(1500, 1800),
+                                   rng.randint(3000, 4096)])
+                h = pool.malloc(size)
+                data = (seed.to_bytes(2, "little") + i.to_bytes(4, "little")) * (size // 6 + 1)
+                data = data[:size]
+                if rng.random() < 0.5:
+                    pool.write(h, data)
                 else:
-                    size = rng.choice([rng.randint(1, 200), rng.randint(1500, 1800),
-                                       rng.randint(3000, 4096)])
-                    h = pool.malloc(size)
-                    data = (seed.to_bytes(2, "little") + i.to_bytes(4, "little")) * (size // 6 + 1)
-                    data = data[:size]
-                    if rng.random() < 0.5:
-                        pool.write(h, data)
-                    else:
-                        with pool.map(h, "w") as view:
-                            view[:] = data
-                    assert h not in mine
-                    mine[h] = data
-            for h, data in mine.items():
-                assert pool.read(h) == data
-            results[seed] = mine
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+                    with pool.map(h, "w") as view:
+                        view[:] = data
+                assert h not in mine
+                mine[h] = data
+        for h, data in mine.items():
+            assert pool.read(h) == data
+        results[seed] = mine
 
-    def compactor():
-        try:
-            while not done.is_set():
-                pool.compact()
-                pool.stats()
-        except BaseException as exc:  # pragma: no cover
-            errors.append(exc)
+    def compactor(stop):
+        while not stop.is_set():
+            pool.compact()
+            pool.stats()
 
-    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(8)]
-    comp = threading.Thread(target=compactor)
-    comp.start()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    done.set()
-    comp.join(timeout=120)
     try:
-        assert not errors, errors
+        run_threads(worker, 8, beside=compactor)
         assert len(results) == 8
         check_pool(pool)
         everything = {h: d for mine in results.values() for h, d in mine.items()}

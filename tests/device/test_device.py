@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from allocator import Pool, PoolFullError
+from tests._support.threads import run_threads
 from zramfs.codecs import CODECS, Codec, UnknownAlgorithmError, get_codec
 from zramfs.device import (
     PAGE_SIZE,
@@ -630,23 +631,6 @@ def switch_often():
     sys.setswitchinterval(interval)
 
 
-def _run_threads(target, n):
-    errors = []
-
-    def wrapped(i):
-        try:
-            target(i)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=wrapped, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert errors == []
-
-
 @pytest.mark.usefixtures("switch_often")
 def test_concurrent_writers_and_readers():
     nthreads, blocks = 4, 64
@@ -682,7 +666,7 @@ def test_concurrent_writers_and_readers():
             assert got == data
         final[t] = bytes(model)
 
-    _run_threads(writer, nthreads)
+    run_threads(writer, nthreads)
     for t in range(nthreads):
         assert dev.read(t * blocks * PAGE_SIZE, blocks * PAGE_SIZE) == final[t]
     s = dev.stats()
@@ -704,7 +688,7 @@ def test_concurrent_unaligned_writes_into_one_block_lose_nothing():
             # else; every round rewrites them with the round number.
             dev.write(t * 1000 + 8, r.to_bytes(8, "little"))
 
-    _run_threads(writer, nthreads)
+    run_threads(writer, nthreads)
     for t in range(nthreads):
         assert dev.read(t * 1000 + 8, 8) == (rounds - 1).to_bytes(8, "little")
 
@@ -722,7 +706,7 @@ def test_concurrent_same_block_writes_land_whole():
             else:
                 seen.append(dev.read(0, PAGE_SIZE))
 
-    _run_threads(worker, 4)
+    run_threads(worker, 4)
     assert set(seen) <= set(versions[:3]) | {bytes(PAGE_SIZE)}
     assert dev.read(0, PAGE_SIZE) in versions[:3]
     s = dev.stats()
@@ -736,30 +720,25 @@ def test_compaction_while_reading_and_writing():
     dev = BlockDevice(blocks * PAGE_SIZE)
     pages = [fio_page() for _ in range(blocks)]
     dev.write(0, b"".join(pages))
-    stop = threading.Event()
+
+    def compactor(stop):
+        while not stop.is_set():
+            dev.compact()
 
     def worker(t):
-        if t == 0:
-            while not stop.is_set():
-                dev.compact()
-            return
-        rng = random.Random(t)
-        try:
-            for _ in range(400):
-                i = rng.randrange(t - 1, blocks, 3)  # each worker owns every third block
-                if rng.random() < 0.3:
-                    dev.discard(i * PAGE_SIZE, PAGE_SIZE)
-                    pages[i] = bytes(PAGE_SIZE)
-                elif rng.random() < 0.5:
-                    pages[i] = fio_page()
-                    dev.write(i * PAGE_SIZE, pages[i])
-                else:
-                    assert dev.read(i * PAGE_SIZE, PAGE_SIZE) == pages[i]
-        finally:
-            if t == 1:
-                stop.set()
+        rng = random.Random(t + 1)
+        for _ in range(400):
+            i = rng.randrange(t, blocks, 3)  # each worker owns every third block
+            if rng.random() < 0.3:
+                dev.discard(i * PAGE_SIZE, PAGE_SIZE)
+                pages[i] = bytes(PAGE_SIZE)
+            elif rng.random() < 0.5:
+                pages[i] = fio_page()
+                dev.write(i * PAGE_SIZE, pages[i])
+            else:
+                assert dev.read(i * PAGE_SIZE, PAGE_SIZE) == pages[i]
 
-    _run_threads(worker, 4)
+    run_threads(worker, 3, beside=compactor)
     assert dev.read(0, blocks * PAGE_SIZE) == b"".join(pages)
 
 

@@ -16,7 +16,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from fuse_helpers import DISKSIZE, Daemon, stop_daemon
+from tests._support.fuse import DISKSIZE, Daemon, stop_daemon
 
 from zramfs.daemon import spawn_daemon
 from zramfs.fuse import BACKENDS

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from memcg import proc_status_kib
+from tests._support.threads import run_threads
 from zramfs.fs import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
 from zramfs.fuse import supports_discard
 
@@ -254,30 +255,19 @@ def test_stat_of_disk(zram):
 
 
 def test_two_reader_threads_under_concurrent_io(start):
-    import threading
-
     d = start(threads=2)
-    errors = []
 
     def worker(i):
+        fd = os.open(d.disk, os.O_RDWR)
         try:
-            fd = os.open(d.disk, os.O_RDWR)
-            try:
-                data = compressible(2 * MiB, seed=100 + i)
-                for _ in range(3):
-                    os.pwrite(fd, data, i * 2 * MiB)
-                    assert os.pread(fd, len(data), i * 2 * MiB) == data
-            finally:
-                os.close(fd)
-        except BaseException as e:  # reported below
-            errors.append(e)
+            data = compressible(2 * MiB, seed=100 + i)
+            for _ in range(3):
+                os.pwrite(fd, data, i * 2 * MiB)
+                assert os.pread(fd, len(data), i * 2 * MiB) == data
+        finally:
+            os.close(fd)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    run_threads(worker, 6)
     assert d.mm_stat()["orig_data_size"] == 12 * MiB
 
 

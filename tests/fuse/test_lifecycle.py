@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from fuse_helpers import DISKSIZE, stop_daemon
+from tests._support.fuse import DISKSIZE, stop_daemon
 
 from zramfs.daemon import DaemonStartError, spawn_daemon, start_background
 from zramfs.fuse import is_mounted

@@ -1,8 +1,8 @@
-"""Fixtures for the system tier (helpers in system_helpers.py)."""
+"""Fixtures for the system tier (helpers in tests/_support/system.py)."""
 
 import pytest
 
-from system_helpers import ZramfsEnv
+from tests._support.system import ZramfsEnv
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from system_helpers import BACKENDS
+from tests._support.system import BACKENDS
 
 MiB = 1 << 20
 

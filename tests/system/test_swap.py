@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from system_helpers import BACKENDS, SCRIPTS
+from tests._support.system import BACKENDS, SCRIPTS
 
 from memcg import memory_cgroup
 

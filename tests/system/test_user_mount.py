@@ -25,7 +25,7 @@ import tempfile
 import time
 
 import pytest
-from system_helpers import BACKENDS, REPO
+from tests._support.system import BACKENDS, REPO
 
 from zramfs.fuse._mount import unmount
 

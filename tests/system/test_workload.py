@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from system_helpers import SCRIPTS
+from tests._support.system import SCRIPTS
 
 import memcg
 import swap_workload

@@ -1,0 +1,1 @@
+"""zramfs test suite: one folder per tier, shared helpers in _support."""
