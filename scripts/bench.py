@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -331,7 +332,7 @@ def _more_write_passes(target, dev, size, args, runtime, first):
 
 
 def fio_target(target, size, runtime):
-    results = {}
+    results: dict[str, dict] = {}
     with contextlib.ExitStack() as stack:
         target.stack = stack
         dev = target.create(size)
@@ -592,7 +593,7 @@ def main(argv=None):
         return 2
 
     wanted = args.targets.split(",")
-    factories = {"kernel": lambda: KernelZram(None), "zramfs": lambda: Zramfs(None, "dev"),
+    factories: dict[str, Callable[[], KernelZram | Zramfs]] = {"kernel": lambda: KernelZram(None), "zramfs": lambda: Zramfs(None, "dev"),
                  "zramfs-pyfuse3": lambda: Zramfs(None, "pyfuse3")}
     unknown = [t for t in wanted if t not in factories]
     if unknown:
@@ -614,7 +615,7 @@ def main(argv=None):
     # SIGTERM takes the same way out as Ctrl-C, so the ExitStacks unwind.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     size = args.size_mib * MIB
-    results = {}
+    results: dict[str, dict] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="zramfs-bench-") as saved:
             # The settings `zramfs swapon` applies hold for the whole run, so

@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     rows = []
 
     t = Timer()
-    handles = []
+    handles: list[int] = []
     append = handles.append
     for data in blocks:
         h = malloc(len(data))

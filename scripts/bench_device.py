@@ -35,7 +35,7 @@ def main():
     parser.add_argument("--mib", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    best = {}
+    best: dict[str, tuple[float, float]] = {}
     for _ in range(args.repeat):
         dev, result = run(args)
         for name, (cpu, wall) in result.items():

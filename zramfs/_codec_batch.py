@@ -39,7 +39,7 @@ __all__ = ["BatchCodec"]
 _FRAME_HEADER_SIZE = 15  # magic, FLG, BD, 8-byte content size, header checksum
 _LE32 = [n.to_bytes(4, "little") for n in range(PAGE_SIZE + 1)]
 _FRAME_END = bytes(4)
-_frame_headers = {}
+_frame_headers: dict[int, bytes] = {}
 
 
 def _frame_header(count):

@@ -58,6 +58,7 @@ each block whole, as on any block device.
 import operator
 import threading
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from allocator import PAGE_SHIFT, PAGE_SIZE, Pool, PoolFullError, PoolLimitError
@@ -394,6 +395,7 @@ class BlockDevice:
         end = first + count
         # What the slots hold now (a copy: they change below), and the
         # largest info word on each side: below PAGE_SIZE means no flag.
+        old: Sequence[int]
         if count == 1:  # a 4 KiB write or an edge: no min/max over one item
             top = infos[0]
             old = (slot_infos[first],)
@@ -419,14 +421,16 @@ class BlockDevice:
                 slot_infos[first] = top
                 table.account(old, infos)
                 return
+        objs: Sequence
         if not top:
             objs = ()
         elif uniform:
             objs = payloads
         else:
             objs = [payload for info, payload in zip(infos, payloads) if info & SIZE_MASK]
-        new_handles = self._store_locked(objs) if objs else ()
+        new_handles: Sequence[int] = self._store_locked(objs) if objs else ()
 
+        dead: Sequence[int]
         if not old_top:
             dead = ()
         elif old_top < PAGE_SIZE and (count == 1 or min(old)):  # all ordinary objects
@@ -456,6 +460,7 @@ class BlockDevice:
         MemLimitError, counted in failed_writes, past mem_limit or a full pool."""
         pool = self._pool
         limit = self._limit_pages
+        new_handles: Sequence[int]
         try:
             if limit or len(objs) > 1:
                 new_handles = pool.store_many(objs, limit)
@@ -541,6 +546,7 @@ class BlockDevice:
         with self._lock:
             self._num_writes += last - first + 1
             try:
+                edges: Sequence[tuple[int, int, int, memoryview]]
                 if partial:
                     edges = ((0, first, head, view),)
                 else:
@@ -679,6 +685,7 @@ class BlockDevice:
         last = (end - 1) >> PAGE_SHIFT
         head = offset & _PAGE_MASK
         tail = end & _PAGE_MASK
+        edges: Sequence[tuple[int, int, int]]
         if first == last and (head or tail):
             edges = ((first, head, length),)
         else:

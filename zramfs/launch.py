@@ -155,4 +155,4 @@ def start_background(mountpoint, size, **kwargs):
     return proc.pid
 
 
-_background = []
+_background: list[subprocess.Popen] = []

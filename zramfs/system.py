@@ -245,7 +245,8 @@ class System:
 
     def run_entries(self):
         """(mountpoint names, device-directory names) found in the run directory."""
-        mountpoints, devices = set(), set()
+        mountpoints: set[str] = set()
+        devices: set[str] = set()
         try:
             entries = list(os.scandir(self.path(self.run_dir)))
         except FileNotFoundError:

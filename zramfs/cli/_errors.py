@@ -57,7 +57,7 @@ class RunDirError(CliError):
 
 
 # (exception class, exit code); walked along the MRO, so the most specific wins.
-EXIT_CODES = {
+EXIT_CODES: dict[type, int] = {
     ConfigError: EXIT_USAGE,  # SizeError, InvalidNameError, a bad mountpoint
     UnknownAlgorithmError: EXIT_USAGE,
     InvalidCodecParamsError: EXIT_USAGE,

@@ -117,7 +117,7 @@ def unmount_now(mountpoint, *, busy_timeout=0.0):
             return  # unmounted, or nothing mounted there any more
         except OSError as e:
             if e.errno != errno.EBUSY:
-                raise CommandError(f"umount {mountpoint} failed: {os.strerror(e.errno)}") from None
+                raise CommandError(f"umount {mountpoint} failed: {e.strerror}") from None
         if time.monotonic() >= deadline:
             raise DiskBusyError(f"{mountpoint} is busy (a process or loop device has files open)")
         time.sleep(0.05)
