@@ -108,5 +108,15 @@ from ._stats import ClassStats, PoolStats
 
 # The page size and the fallocate bits are the kernel's; the layers above
 # import them from here, the lowest layer, so each is defined once.
-__all__ = ["FALLOC_FL_KEEP_SIZE", "FALLOC_FL_PUNCH_HOLE", "PAGE_SHIFT", "PAGE_SIZE", "ClassStats", "Pool", "PoolError", "PoolFullError",
-           "PoolLimitError", "PoolStats"]
+__all__ = [
+    "FALLOC_FL_KEEP_SIZE",
+    "FALLOC_FL_PUNCH_HOLE",
+    "PAGE_SHIFT",
+    "PAGE_SIZE",
+    "ClassStats",
+    "Pool",
+    "PoolError",
+    "PoolFullError",
+    "PoolLimitError",
+    "PoolStats",
+]

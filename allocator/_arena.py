@@ -54,8 +54,7 @@ class Arena:
         self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
         try:
             os.ftruncate(self.fd, size)
-            self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED,
-                                 mmap.PROT_READ | mmap.PROT_WRITE)
+            self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.close(self.fd)
             raise
@@ -70,13 +69,14 @@ class Arena:
 
         Both must be page aligned.  The range reads as zeros afterwards.
         """
-        if _fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                      addr, length) != 0:
+        if _fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, addr, length) != 0:
             err = ctypes.get_errno()
             # The kernel refusing to free memory is nothing the pool can
             # recover from or hide; the range stays the pool's.
-            raise OSError(err, f"fallocate(PUNCH_HOLE) of {length >> PAGE_SHIFT} "
-                               f"pages failed: {os.strerror(err)}")
+            raise OSError(
+                err,
+                f"fallocate(PUNCH_HOLE) of {length >> PAGE_SHIFT} pages failed: {os.strerror(err)}",
+            )
 
     def close(self) -> None:
         """Unmap and close.  Views handed out must have been released."""

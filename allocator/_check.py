@@ -109,8 +109,10 @@ class ConsistencyCheck:
         if sum(ready.values()) != self._ready_pages:
             _fail(f"ready_pages {self._ready_pages}, ready zspages have {sum(ready.values())}")
         if len(ready) > READY_MAX or (self._want is not None and len(self._want) > READY_MAX):
-            _fail(f"{len(ready)} ready zspages and {len(self._want or ())} wanted, "
-                  f"more than READY_MAX ({READY_MAX})")
+            _fail(
+                f"{len(ready)} ready zspages and {len(self._want or ())} wanted, "
+                f"more than READY_MAX ({READY_MAX})"
+            )
         live = [z for z in range(1, nz) if z not in freeids and z not in ready]
 
         # Fullness lists: links, groups, masks.
@@ -172,8 +174,9 @@ class ConsistencyCheck:
                     _fail(f"zspage {z}: slot {off} is on the free list but tagged in use")
                 link = word >> 1
             if len(seen) != bump // size - inuse:
-                _fail(f"zspage {z}: free list has {len(seen)} slots, "
-                      f"expected {bump // size - inuse}")
+                _fail(
+                    f"zspage {z}: free list has {len(seen)} slots, expected {bump // size - inuse}"
+                )
         for c in range(huge):
             if zspages[c] != self._class_zspages[c]:
                 _fail(f"class {c}: {zspages[c]} zspages, counter says {self._class_zspages[c]}")
@@ -196,8 +199,11 @@ class ConsistencyCheck:
             if size >= self.huge_class_size:
                 nhuge += 1
                 page = (addr - self._huge_base) >> PAGE_SHIFT
-                if (addr < self._huge_base or (addr - self._huge_base) & (PAGE_SIZE - 1)
-                        or page in huge_pages):
+                if (
+                    addr < self._huge_base
+                    or (addr - self._huge_base) & (PAGE_SIZE - 1)
+                    or page in huge_pages
+                ):
                     _fail(f"huge handle {h}: bad address {addr:#x}")
                 huge_pages.add(page)
                 continue

@@ -62,6 +62,7 @@ class Compaction:
     _zs_inuse: memoryview
 
     if TYPE_CHECKING:
+
         def _partial(self, c: int) -> Iterator[int]: ...
         def _unlink(self, c: int, g: int, z: int) -> None: ...
         def _push(self, c: int, g: int, z: int) -> None: ...
@@ -96,9 +97,9 @@ class Compaction:
                     break
                 word = mv32[(base | off) >> 2]
                 if not word & 1:
-                    continue            # a free slot
+                    continue  # a free slot
                 if not group_mask[c]:
-                    break               # every other zspage is full
+                    break  # every other zspage is full
                 g = group_mask[c].bit_length() - 1
                 dst = group_heads[c * NR_GROUPS + g]
                 h = word >> 1

@@ -32,7 +32,8 @@ class PoolLimitError(PoolError):
     """
 
     def __init__(self, pages_used: int, max_pages: int):
-        super().__init__(f"store would take the pool to {pages_used} pages, "
-                         f"past the limit of {max_pages}")
+        super().__init__(
+            f"store would take the pool to {pages_used} pages, past the limit of {max_pages}"
+        )
         self.pages_used = pages_used
         self.max_pages = max_pages

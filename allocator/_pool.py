@@ -74,7 +74,7 @@ class _Mapping:
             # A zspage's pages are consecutive in the arena's address space
             # (see the package docstring), so every object, even one that
             # crosses a page boundary, is one slice: no copy in, none back.
-            view = pool._mv[addr:addr + size]
+            view = pool._mv[addr : addr + size]
             if self._mode == "r":
                 view = view.toreadonly()
         except BaseException:
@@ -106,22 +106,60 @@ class Pool(Compaction, ConsistencyCheck):
     """
 
     __slots__ = (
-        "_lock", "_arena", "_map", "_mv", "_mv32", "max_pages", "max_pages_per_zspage",
-        "huge_class_size", "max_objects", "_page_cap", "_max_handle",
-        "_zs_shift", "_zs_mask", "_max_zspages",
-        "_huge_base", "_huge_slots",
-        "_class_of", "_class_size", "_pages_per_zspage", "_objs_per_zspage",
-        "_group_of", "_huge_class",
-        "_group_heads", "_group_mask", "_class_zspages",
-        "_tables", "_handles", "_free_handle", "_handles_end",
-        "_zs_class", "_zs_inuse", "_zs_freeobj", "_zs_bump", "_zs_next", "_zs_prev",
-        "_zs_group", "_zs_freed", "_zs_end", "_huge_free", "_huge_next",
-        "_pages_used", "_bytes_used", "_pages_compacted",
-        "_zs_ready", "_ready_pages", "_want",
+        "_lock",
+        "_arena",
+        "_map",
+        "_mv",
+        "_mv32",
+        "max_pages",
+        "max_pages_per_zspage",
+        "huge_class_size",
+        "max_objects",
+        "_page_cap",
+        "_max_handle",
+        "_zs_shift",
+        "_zs_mask",
+        "_max_zspages",
+        "_huge_base",
+        "_huge_slots",
+        "_class_of",
+        "_class_size",
+        "_pages_per_zspage",
+        "_objs_per_zspage",
+        "_group_of",
+        "_huge_class",
+        "_group_heads",
+        "_group_mask",
+        "_class_zspages",
+        "_tables",
+        "_handles",
+        "_free_handle",
+        "_handles_end",
+        "_zs_class",
+        "_zs_inuse",
+        "_zs_freeobj",
+        "_zs_bump",
+        "_zs_next",
+        "_zs_prev",
+        "_zs_group",
+        "_zs_freed",
+        "_zs_end",
+        "_huge_free",
+        "_huge_next",
+        "_pages_used",
+        "_bytes_used",
+        "_pages_compacted",
+        "_zs_ready",
+        "_ready_pages",
+        "_want",
     )
 
-    def __init__(self, max_pages_per_zspage: int = DEFAULT_MAX_PAGES_PER_ZSPAGE,
-                 max_pages: int | None = None, max_objects: int | None = None):
+    def __init__(
+        self,
+        max_pages_per_zspage: int = DEFAULT_MAX_PAGES_PER_ZSPAGE,
+        max_pages: int | None = None,
+        max_objects: int | None = None,
+    ):
         classes = SizeClassTable(max_pages_per_zspage)
         if max_pages is not None and (type(max_pages) is not int or max_pages < 1):
             raise ValueError(f"max_pages must be None or an int >= 1, got {max_pages!r}")
@@ -162,7 +200,7 @@ class Pool(Compaction, ConsistencyCheck):
         if ((zspages + 1) << shift) + (huge << PAGE_SHIFT) > RESERVATION_BYTES:
             zs_bytes = huge_bytes = RESERVATION_BYTES // 2
         else:
-            zs_bytes = (zspages + 1) << shift   # +1: zspage id 0 is never used
+            zs_bytes = (zspages + 1) << shift  # +1: zspage id 0 is never used
             huge_bytes = huge << PAGE_SHIFT
         self._max_zspages = zs_bytes >> shift
         self._huge_base = zs_bytes
@@ -181,7 +219,8 @@ class Pool(Compaction, ConsistencyCheck):
         # inuse -> fullness group, one list per class.
         self._group_of = [
             [FULL if i == o else i * 10 // o + 1 for i in range(o + 1)]
-            for o in classes.objs_per_zspage]
+            for o in classes.objs_per_zspage
+        ]
         # heads[c * NR_GROUPS + g]: first zspage of group g of class c (0: none).
         self._group_heads = [0] * (n * NR_GROUPS)
         # Bit g of cmask[c] is set when group g of class c is not empty, so
@@ -192,11 +231,18 @@ class Pool(Compaction, ConsistencyCheck):
         # The handle table and the zspage tables, sized for every handle
         # and zspage id the pool can have; memory only where written.
         nz = self._max_zspages
-        self._tables = tables = Tables({
-            "handles": ("Q", self._max_handle + 1),
-            "zs_class": ("H", nz), "zs_inuse": ("H", nz), "zs_group": ("B", nz),
-            "zs_freeobj": ("I", nz), "zs_bump": ("I", nz),
-            "zs_next": ("I", nz), "zs_prev": ("I", nz)})
+        self._tables = tables = Tables(
+            {
+                "handles": ("Q", self._max_handle + 1),
+                "zs_class": ("H", nz),
+                "zs_inuse": ("H", nz),
+                "zs_group": ("B", nz),
+                "zs_freeobj": ("I", nz),
+                "zs_bump": ("I", nz),
+                "zs_next": ("I", nz),
+                "zs_prev": ("I", nz),
+            }
+        )
         views = tables.views
         # Handle 0 is never handed out: it stays a free entry with no next.
         # Handles from handles_end up have never been used.
@@ -208,11 +254,11 @@ class Pool(Compaction, ConsistencyCheck):
         self._zs_class = views["zs_class"]
         self._zs_inuse = views["zs_inuse"]
         self._zs_freeobj = views["zs_freeobj"]  # first free slot's offset + 1 (0: none)
-        self._zs_bump = views["zs_bump"]        # offset of the first never-used slot
-        self._zs_next = views["zs_next"]        # fullness list links; free-id list link
+        self._zs_bump = views["zs_bump"]  # offset of the first never-used slot
+        self._zs_next = views["zs_next"]  # fullness list links; free-id list link
         self._zs_prev = views["zs_prev"]
         self._zs_group = views["zs_group"]
-        self._zs_freed = 0                      # first freed id, linked through zs_next
+        self._zs_freed = 0  # first freed id, linked through zs_next
         self._zs_end = 1
         # Huge pages: slot i is the page at huge_base + (i << PAGE_SHIFT).
         self._huge_free = array("I")
@@ -354,8 +400,7 @@ class Pool(Compaction, ConsistencyCheck):
             slot = self._huge_next
             self._huge_next = slot + 1
         else:
-            raise PoolFullError(f"pool is full: all {self._huge_slots} "
-                                "huge page slots are in use")
+            raise PoolFullError(f"pool is full: all {self._huge_slots} huge page slots are in use")
         entry = ((self._huge_base + (slot << PAGE_SHIFT)) << SIZE_BITS) | size
         if h:
             self._free_handle = self._handles[h] >> SIZE_BITS
@@ -372,7 +417,8 @@ class Pool(Compaction, ConsistencyCheck):
         if self._pages_used + pages > self._page_cap:
             raise PoolFullError(
                 f"pool is full: {self._pages_used} of max_pages={self._page_cap} pages "
-                f"in use, {pages} more needed")
+                f"in use, {pages} more needed"
+            )
 
     def _new_zspage(self, c: int) -> int:
         """Make an empty zspage for class c, in no fullness list; return its id."""
@@ -380,13 +426,13 @@ class Pool(Compaction, ConsistencyCheck):
         self._check_room(ppz)
         ready = self._zs_ready[ppz]
         if ready:
-            z = ready.pop()     # its pages are in memory already
+            z = ready.pop()  # its pages are in memory already
             self._ready_pages -= ppz
         else:
             z = self._take_id()
         want = self._want
         if want is not None and len(want) < READY_MAX:
-            want.append(ppz)    # ask populate_ahead for the next one
+            want.append(ppz)  # ask populate_ahead for the next one
         self._zs_class[z] = c
         self._zs_inuse[z] = 0
         self._zs_next[z] = 0
@@ -411,7 +457,8 @@ class Pool(Compaction, ConsistencyCheck):
         z = self._zs_end
         if z >= self._max_zspages:
             raise PoolFullError(
-                f"pool is full: all {self._max_zspages - 1} zspage slots are in use")
+                f"pool is full: all {self._max_zspages - 1} zspage slots are in use"
+            )
         self._zs_end = z + 1
         return z
 
@@ -528,8 +575,7 @@ class Pool(Compaction, ConsistencyCheck):
             if sum(map(len, stacks)) >= READY_MAX:
                 # Full: the longest stack of another chain length (what
                 # the load asked for before) makes room, or nothing does.
-                old = max((n for n in range(len(stacks)) if n != ppz),
-                          key=lambda n: len(stacks[n]))
+                old = max((n for n in range(len(stacks)) if n != ppz), key=lambda n: len(stacks[n]))
                 if not stacks[old]:
                     return False
                 self._ready_pages -= old
@@ -548,7 +594,7 @@ class Pool(Compaction, ConsistencyCheck):
                 # pages in itself, as it always could.
                 self._drop_id(z, ppz)
                 if e.errno == errno.EINVAL:
-                    self._want = None   # a kernel older than 5.14: stop asking
+                    self._want = None  # a kernel older than 5.14: stop asking
                 return False
             stacks[ppz].append(z)
             self._ready_pages += ppz
@@ -648,10 +694,18 @@ class Pool(Compaction, ConsistencyCheck):
         """
         self._release_ready()
         nz = self._zs_end
-        self._tables.clear({
-            "handles": self._handles_end,
-            "zs_class": nz, "zs_inuse": nz, "zs_group": nz, "zs_freeobj": nz,
-            "zs_bump": nz, "zs_next": nz, "zs_prev": nz})
+        self._tables.clear(
+            {
+                "handles": self._handles_end,
+                "zs_class": nz,
+                "zs_inuse": nz,
+                "zs_group": nz,
+                "zs_freeobj": nz,
+                "zs_bump": nz,
+                "zs_next": nz,
+                "zs_prev": nz,
+            }
+        )
         self._free_handle = 0
         self._handles_end = 1
         self._zs_freed = 0
@@ -695,9 +749,8 @@ class Pool(Compaction, ConsistencyCheck):
         try:
             addr, size = self._lookup(handle, "write to ")
             if len(data) != size:
-                raise ValueError(
-                    f"write of {len(data)} bytes to an object of {size} bytes")
-            self._mv[addr:addr + size] = data
+                raise ValueError(f"write of {len(data)} bytes to an object of {size} bytes")
+            self._mv[addr : addr + size] = data
         finally:
             lock.release()
 
@@ -708,7 +761,7 @@ class Pool(Compaction, ConsistencyCheck):
         try:
             addr, size = self._lookup(handle, "read of ")
             # Slicing the mmap copies straight into a new bytes object.
-            return self._map[addr:addr + size]
+            return self._map[addr : addr + size]
         finally:
             lock.release()
 
@@ -726,7 +779,7 @@ class Pool(Compaction, ConsistencyCheck):
             h = self._malloc_locked(len(data))
             entry = self._handles[h]
             addr = entry >> SIZE_BITS
-            self._mv[addr:addr + (entry & SIZE_MASK)] = data
+            self._mv[addr : addr + (entry & SIZE_MASK)] = data
             return h
         finally:
             lock.release()
@@ -752,10 +805,12 @@ class Pool(Compaction, ConsistencyCheck):
             if old >= huge or not 0 < size < huge:
                 return False
             class_of = self._class_of
-            if (class_of[(size + OBJ_HEADER_SIZE + 15) >> 4]
-                    != class_of[(old + OBJ_HEADER_SIZE + 15) >> 4]):
+            if (
+                class_of[(size + OBJ_HEADER_SIZE + 15) >> 4]
+                != class_of[(old + OBJ_HEADER_SIZE + 15) >> 4]
+            ):
                 return False
-            self._mv[addr:addr + size] = data
+            self._mv[addr : addr + size] = data
             self._handles[handle] = (addr << SIZE_BITS) | size
             self._bytes_used += size - old
             return True
@@ -784,7 +839,7 @@ class Pool(Compaction, ConsistencyCheck):
                     h = malloc(len(data))
                     out.append(h)
                     addr = handles[h] >> SIZE_BITS
-                    mv[addr:addr + len(data)] = data
+                    mv[addr : addr + len(data)] = data
                     used = self._pages_used
                     if max_pages and used > max_pages:
                         raise PoolLimitError(used, max_pages)
@@ -819,7 +874,7 @@ class Pool(Compaction, ConsistencyCheck):
             append = out.append
             for handle in handles:
                 addr, size = lookup(handle, "read of ")
-                append(m[addr:addr + size])
+                append(m[addr : addr + size])
             return out
         finally:
             lock.release()
@@ -845,7 +900,7 @@ class Pool(Compaction, ConsistencyCheck):
             for handle in handles:
                 addr, size = lookup(handle, "gather of ")
                 append(prefix[size])
-                append(mv[addr:addr + size])
+                append(mv[addr : addr + size])
             append(tail)
             # The join copies while the lock still keeps every object in place.
             return b"".join(parts)
@@ -913,12 +968,17 @@ class Pool(Compaction, ConsistencyCheck):
             rows = []
             for c in range(len(self._class_size)):
                 zspages = self._class_zspages[c]
-                rows.append(ClassStats(
-                    size=self._class_size[c], pages_per_zspage=self._pages_per_zspage[c],
-                    objs_per_zspage=self._objs_per_zspage[c], zspages=zspages,
-                    objs_allocated=zspages * self._objs_per_zspage[c],
-                    objs_used=self._class_objs_used(c),
-                    pages_used=zspages * self._pages_per_zspage[c]))
+                rows.append(
+                    ClassStats(
+                        size=self._class_size[c],
+                        pages_per_zspage=self._pages_per_zspage[c],
+                        objs_per_zspage=self._objs_per_zspage[c],
+                        zspages=zspages,
+                        objs_allocated=zspages * self._objs_per_zspage[c],
+                        objs_used=self._class_objs_used(c),
+                        pages_used=zspages * self._pages_per_zspage[c],
+                    )
+                )
             return PoolStats(
                 pages_used=self._pages_used,
                 pages_ready=self._ready_pages,
@@ -927,4 +987,5 @@ class Pool(Compaction, ConsistencyCheck):
                 bytes_used=self._bytes_used,
                 huge_class_size=self.huge_class_size,
                 max_pages=self.max_pages,
-                classes=tuple(rows))
+                classes=tuple(rows),
+            )

@@ -47,15 +47,24 @@ class SizeClassTable:
     apart would only multiply half-empty zspages.
     """
 
-    __slots__ = ("size", "pages_per_zspage", "objs_per_zspage", "class_of",
-                 "huge_class_size", "max_pages_per_zspage")
+    __slots__ = (
+        "size",
+        "pages_per_zspage",
+        "objs_per_zspage",
+        "class_of",
+        "huge_class_size",
+        "max_pages_per_zspage",
+    )
 
     def __init__(self, max_pages_per_zspage: int = DEFAULT_MAX_PAGES_PER_ZSPAGE):
-        if (type(max_pages_per_zspage) is not int
-                or not MIN_CHAIN <= max_pages_per_zspage <= MAX_CHAIN):
+        if (
+            type(max_pages_per_zspage) is not int
+            or not MIN_CHAIN <= max_pages_per_zspage <= MAX_CHAIN
+        ):
             raise ValueError(
                 f"max_pages_per_zspage must be an int in {MIN_CHAIN}..{MAX_CHAIN}, "
-                f"got {max_pages_per_zspage!r}")
+                f"got {max_pages_per_zspage!r}"
+            )
         self.max_pages_per_zspage = max_pages_per_zspage
         size: list[int] = []
         ppz: list[int] = []
@@ -92,8 +101,7 @@ class SizeClassTable:
         # class.  Every class merged into it is huge too.  An object is huge
         # when its slot (size + header) would land there.
         huge = self.class_of[ZS_MAX_ALLOC_SIZE // ZS_SIZE_CLASS_DELTA]
-        largest_normal = max(
-            (s for c, s in enumerate(self.size) if c != huge), default=0)
+        largest_normal = max((s for c, s in enumerate(self.size) if c != huge), default=0)
         # size + OBJ_HEADER_SIZE <= largest_normal fits a normal class.
         self.huge_class_size = largest_normal - OBJ_HEADER_SIZE + 1
 

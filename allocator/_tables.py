@@ -43,8 +43,9 @@ class Tables:
         self._ranges = ranges
         # (The typecodes are the keys of _ITEMSIZE, which mypy cannot see.)
         self.views = {
-            name: arena.mv[start:start + length * _ITEMSIZE[code]].cast(code)  # type: ignore[call-overload]
-            for (name, (code, length)), (start, _) in zip(spec.items(), ranges.values())}
+            name: arena.mv[start : start + length * _ITEMSIZE[code]].cast(code)  # type: ignore[call-overload]
+            for (name, (code, length)), (start, _) in zip(spec.items(), ranges.values())
+        }
 
     def clear(self, used: dict[str, int]) -> None:
         """Zero the first ``used[name]`` entries of each named table and free their pages."""

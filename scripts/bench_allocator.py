@@ -85,8 +85,10 @@ class Timer:
         self.cpu = time.process_time()
 
     def per(self, n: int) -> tuple[float, float]:
-        return ((time.perf_counter() - self.wall) / n * 1e6,
-                (time.process_time() - self.cpu) / n * 1e6)
+        return (
+            (time.perf_counter() - self.wall) / n * 1e6,
+            (time.process_time() - self.cpu) / n * 1e6,
+        )
 
 
 def resident_fill(blocks: list[bytes], chain: int, repeat: int) -> tuple[float, float]:
@@ -126,13 +128,18 @@ def ratio(pool: Pool) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--blocks", type=int, default=65536,
-                    help="4 KiB blocks to store (default 65536 = 256 MiB of data)")
+    ap.add_argument(
+        "--blocks",
+        type=int,
+        default=65536,
+        help="4 KiB blocks to store (default 65536 = 256 MiB of data)",
+    )
     ap.add_argument("--data", choices=("fio", "mixed"), default="fio")
     ap.add_argument("--chain", type=int, default=8, help="max_pages_per_zspage (default 8)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=5,
-                    help="runs of the resident-pages measurement (default 5)")
+    ap.add_argument(
+        "--repeat", type=int, default=5, help="runs of the resident-pages measurement (default 5)"
+    )
     args = ap.parse_args(argv)
 
     pool = Pool(max_pages_per_zspage=args.chain)
@@ -168,7 +175,7 @@ def main(argv=None) -> int:
     rows.append(("map 'r' + one byte", *t.per(n)))
 
     half = order[: n // 2]
-    keep = order[n // 2:]
+    keep = order[n // 2 :]
     t = Timer()
     for h in half:
         free(h)
@@ -194,7 +201,7 @@ def main(argv=None) -> int:
 
     # The device's batches: a 1 MiB request is 256 objects stored under one
     # lock round (store_many), read back framed (gather), freed (free_many).
-    batches = [blocks[i:i + 256] for i in range(0, min(n, 20480) - 255, 256)]
+    batches = [blocks[i : i + 256] for i in range(0, min(n, 20480) - 255, 256)]
     prefix = [b""] * (PAGE + 1)
     stored = []
     t = Timer()
@@ -212,22 +219,35 @@ def main(argv=None) -> int:
 
     fault = page_fault_us()
     pages_per_obj = fill_pages / n
-    rows.insert(1, (f"malloc+write (resident, best of {args.repeat})",
-                    *resident_fill(blocks, args.chain, args.repeat)))
+    rows.insert(
+        1,
+        (
+            f"malloc+write (resident, best of {args.repeat})",
+            *resident_fill(blocks, args.chain, args.repeat),
+        ),
+    )
 
-    print(f"blocks: {n} ({args.data}), mean compressed size {avg:.0f} B, "
-          f"chain {args.chain}, huge_class_size {pool.huge_class_size}")
+    print(
+        f"blocks: {n} ({args.data}), mean compressed size {avg:.0f} B, "
+        f"chain {args.chain}, huge_class_size {pool.huge_class_size}"
+    )
     print(f"{'operation':34} {'wall us/op':>10} {'cpu us/op':>10}")
     for name, wall, cpu in rows:
         print(f"{name:34} {wall:10.2f} {cpu:10.2f}")
     print(f"{'page fault (bare memfd, per page)':34} {'':>10} {fault:10.2f}")
-    print(f"  -> fresh pages cost ~{fault * pages_per_obj:.2f} us of kernel time per object "
-          f"({pages_per_obj:.2f} pages/object)")
-    print(f"compaction: {freed} pages freed ({before} -> {pool.pages_used}) in "
-          f"{comp_wall * 1e3:.1f} ms wall / {comp_cpu * 1e3:.1f} ms cpu = "
-          f"{freed * PAGE / 2**20 / max(comp_wall, 1e-9):.0f} MiB/s freed")
-    print(f"pool memory / bytes_used after fill:             {fill_ratio:.4f} "
-          f"(target <= 1.03; zsmalloc {ZSMALLOC_RATIO})")
+    print(
+        f"  -> fresh pages cost ~{fault * pages_per_obj:.2f} us of kernel time per object "
+        f"({pages_per_obj:.2f} pages/object)"
+    )
+    print(
+        f"compaction: {freed} pages freed ({before} -> {pool.pages_used}) in "
+        f"{comp_wall * 1e3:.1f} ms wall / {comp_cpu * 1e3:.1f} ms cpu = "
+        f"{freed * PAGE / 2**20 / max(comp_wall, 1e-9):.0f} MiB/s freed"
+    )
+    print(
+        f"pool memory / bytes_used after fill:             {fill_ratio:.4f} "
+        f"(target <= 1.03; zsmalloc {ZSMALLOC_RATIO})"
+    )
     print(f"pool memory / bytes_used after free half+compact: {half_ratio:.4f} (target <= 1.06)")
     pool.close()
     return 0

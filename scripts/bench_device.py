@@ -42,7 +42,9 @@ def main():
             old = best.get(name, (float("inf"), float("inf")))
             best[name] = (min(old[0], cpu), min(old[1], wall))
     s = dev.stats()
-    print(f"{args.algorithm}, {args.mib} MiB fio-like 60 % compressible data, best of {args.repeat}")
+    print(
+        f"{args.algorithm}, {args.mib} MiB fio-like 60 % compressible data, best of {args.repeat}"
+    )
     print("us per 4 KiB page          thread CPU    wall")
     for name, (cpu, wall) in best.items():
         print(f"{name:26s} {cpu:8.2f} {wall:8.2f}")

@@ -30,7 +30,13 @@ import subprocess
 import sys
 import time
 
-__all__ = ["CgroupError", "MemoryCgroup", "memory_cgroup", "find_memory_hierarchy", "proc_status_kib"]
+__all__ = [
+    "CgroupError",
+    "MemoryCgroup",
+    "memory_cgroup",
+    "find_memory_hierarchy",
+    "proc_status_kib",
+]
 
 
 def proc_status_kib(pid, field):

@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0-only
-# Set up everything the tests need, then run every tier: allocator, device,
-# fuse and system.  As root the fuse and system tiers are required: a test in
+# Set up everything the tests need, then run ruff and mypy and every tier:
+# allocator, device, cli, generator, fuse and system.  As root the fuse and system tiers are required: a test in
 # them that cannot run fails instead of skipping (ZRAMFS_SYSTEM_TESTS=require).
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
 export ZRAMFS_SYSTEM_TESTS="${ZRAMFS_SYSTEM_TESTS:-require}"
-exec .venv/bin/python -m pytest "$@"
+# Lint and types first (seconds), then every test; either failing fails the run.
+lint=0
+.venv/bin/ruff check --quiet . || lint=1
+.venv/bin/ruff format --check --quiet . || lint=1
+.venv/bin/mypy || lint=1
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+if [ "$status" = 0 ] && [ "$lint" != 0 ]; then
+    echo "test.sh: ruff or mypy found problems (above)" >&2
+    status=1
+fi
+exit "$status"

@@ -51,5 +51,7 @@ def pytest_runtest_setup(item):
         if reason is None:
             continue
         if REQUIRE:
-            pytest.fail(f"ZRAMFS_SYSTEM_TESTS=require, but this {name} test {reason}", pytrace=False)
+            pytest.fail(
+                f"ZRAMFS_SYSTEM_TESTS=require, but this {name} test {reason}", pytrace=False
+            )
         pytest.skip(reason)

@@ -46,8 +46,9 @@ part of every page's compression and decompression.
 
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import lz4.block
 import zstandard
@@ -143,6 +144,7 @@ def _lz4(level, dictionary):
     # level is lz4's acceleration: 1 is the default ratio, higher is faster
     # and compresses less (the kernel's lz4 backend reads its level the same way).
     if dictionary is not None:
+
         def compress(page, _c=lz4.block.compress, _a=level or 1, _dict=dictionary):
             return _c(page, mode="fast", acceleration=_a, store_size=False, dict=_dict)
 
@@ -158,6 +160,7 @@ def _lz4(level, dictionary):
 
 def _lz4hc(level, dictionary):
     if dictionary is not None:
+
         def compress(page, _c=lz4.block.compress, _l=level, _dict=dictionary):
             return _c(page, mode="high_compression", compression=_l, store_size=False, dict=_dict)
 
@@ -251,7 +254,9 @@ NOT_IN_THIS_BUILD = {
     "the closest here is lz4",
 }
 if lzo is None:
-    NOT_IN_THIS_BUILD["lzo"] = "lzo needs python-lzo, which is not installed (pip install 'zramfs[lzo]'); the closest here is lz4"
+    NOT_IN_THIS_BUILD["lzo"] = (
+        "lzo needs python-lzo, which is not installed (pip install 'zramfs[lzo]'); the closest here is lz4"
+    )
 
 
 def _algorithm(name):
@@ -260,7 +265,9 @@ def _algorithm(name):
     except (KeyError, TypeError):
         why = NOT_IN_THIS_BUILD.get(name) if isinstance(name, str) else None
         if why is not None:
-            raise UnknownAlgorithmError(f"compression algorithm {name!r} is not in this build: {why}") from None
+            raise UnknownAlgorithmError(
+                f"compression algorithm {name!r} is not in this build: {why}"
+            ) from None
         raise UnknownAlgorithmError(
             f"unknown compression algorithm {name!r}; known: {' '.join(CODECS)}"
         ) from None
@@ -370,14 +377,20 @@ def parse_algorithm_params(text):
     for token in _split_args(text):
         key, sep, value = token.partition("=")
         if not sep or not value:
-            raise InvalidCodecParamsError(f"{token!r} has no value (algorithm_params takes key=value)")
+            raise InvalidCodecParamsError(
+                f"{token!r} has no value (algorithm_params takes key=value)"
+            )
         if key in ("priority", "level"):
             fields[key] = _kstrtoint(key, value)
         elif key in ("algo", "dict"):
             fields[key] = value
         else:
-            raise InvalidCodecParamsError(f"unknown algorithm parameter {key!r} (known: algo, priority, level, dict)")
-    return AlgorithmParamsRequest(fields["algo"], fields["priority"], fields["level"], fields["dict"])
+            raise InvalidCodecParamsError(
+                f"unknown algorithm parameter {key!r} (known: algo, priority, level, dict)"
+            )
+    return AlgorithmParamsRequest(
+        fields["algo"], fields["priority"], fields["level"], fields["dict"]
+    )
 
 
 def _split_args(text):

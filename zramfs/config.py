@@ -112,7 +112,9 @@ def memparse(text):
     """
     m = _MEMPARSE_RE.match(text)
     if m is None:
-        raise SizeError(f"size {text.strip()!r} is not a number with an optional K/M/G/T/P/E suffix")
+        raise SizeError(
+            f"size {text.strip()!r} is not a number with an optional K/M/G/T/P/E suffix"
+        )
     digits = m.group(1)
     if digits[:2] in ("0x", "0X"):
         value = int(digits[2:], 16)
@@ -255,12 +257,18 @@ class DeviceConfig:
             help="disksize in bytes (K/M/G... suffixes accepted); without it the device starts uninitialised",
         )  # fmt: skip
         parser.add_argument("--algorithm", default=DEFAULT_ALGORITHM)
-        parser.add_argument("--algorithm-params", default="", help="zram's algorithm_params, e.g. 'level=3'")
+        parser.add_argument(
+            "--algorithm-params", default="", help="zram's algorithm_params, e.g. 'level=3'"
+        )
         parser.add_argument("--mem-limit", type=size, default=0, help="bytes; 0 = no limit")
-        parser.add_argument("--name", default=DEFAULT_NAME, help="the mount's source name (shown in /proc/mounts)")
+        parser.add_argument(
+            "--name", default=DEFAULT_NAME, help="the mount's source name (shown in /proc/mounts)"
+        )
         parser.add_argument("--fuse-backend", default=DEFAULT_BACKEND, choices=backends)
         parser.add_argument("--threads", type=int, default=None, help="FUSE reader threads")
-        parser.add_argument("--run-dir", default=None, help="where the daemon writes its record and log")
+        parser.add_argument(
+            "--run-dir", default=None, help="where the daemon writes its record and log"
+        )
 
     @classmethod
     def from_args(cls, args):

@@ -82,6 +82,7 @@ EXIT_SETUP_FAILED = 1
 EXIT_USAGE = 2
 EXIT_SERVE_FAILED = 3
 
+
 class SetupError(Exception):
     """Raised when the daemon cannot set up its device or mount; the message is one line."""
 
@@ -254,7 +255,9 @@ async def run(config, ready):
                     nursery.cancel_scope.cancel()
                 else:
                     if fs.device is None:
-                        _log(f"serving {mountpoint} (uninitialised: write its disksize file to start)")
+                        _log(
+                            f"serving {mountpoint} (uninitialised: write its disksize file to start)"
+                        )
                     else:
                         _log(f"serving {mountpoint} ({config.size} bytes, {fs.algorithm})")
                     if config.run_dir is not None:
@@ -307,7 +310,12 @@ def parse_args(argv=None):
     """(DeviceConfig, --ready-fd) of a daemon command line."""
     p = _Parser(prog="python -m zramfs.daemon", description="Serve one zramfs device.")
     DeviceConfig.add_arguments(p, backends=BACKENDS)
-    p.add_argument("--ready-fd", type=int, default=None, help='write "READY" or "ERROR <msg>" here, then close it')
+    p.add_argument(
+        "--ready-fd",
+        type=int,
+        default=None,
+        help='write "READY" or "ERROR <msg>" here, then close it',
+    )
     args = p.parse_args(argv)
     return DeviceConfig.from_args(args), args.ready_fd
 

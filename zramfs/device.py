@@ -810,7 +810,7 @@ class BlockDevice:
 # block_state's flag letters, in zram's order, for the info word's flag bits.
 _BLOCK_FLAGS = ((SAME, "s"), (WB, "w"), (HUGE, "h"), (IDLE, "i"), (COMP_PRIORITY_MASK, "r"), (INCOMPRESSIBLE, "n"))
 _FLAG_BITS = SAME | WB | HUGE | IDLE | COMP_PRIORITY_MASK | INCOMPRESSIBLE
-_rest_of_line = {}
+_rest_of_line: dict[int, str] = {}
 
 
 def _block_state_rest(info):

@@ -186,9 +186,7 @@ def locate_fragments(root="/"):
             if name.endswith(".conf") and not name.startswith("."):
                 dropins[name] = os.path.join(d, name)
     files = [
-        path
-        for _name, path in sorted(dropins.items())
-        if os.path.realpath(path) != "/dev/null"
+        path for _name, path in sorted(dropins.items()) if os.path.realpath(path) != "/dev/null"
     ]
     for base in reversed(bases):
         main = os.path.join(base, CONF_FILE)
@@ -235,7 +233,18 @@ def parse_ini(text):
 # -- expressions ----------------------------------------------------------------------
 
 # fasteval's SI suffixes, which zram-generator's zram-size accepts (4k = 4000).
-_SI = {"p": 1e-12, "n": 1e-9, "µ": 1e-6, "u": 1e-6, "m": 1e-3, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+_SI = {
+    "p": 1e-12,
+    "n": 1e-9,
+    "µ": 1e-6,
+    "u": 1e-6,
+    "m": 1e-3,
+    "k": 1e3,
+    "K": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+}
 _TOKEN_RE = re.compile(
     r"\s*(?:(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(?P<si>[pnµumkKMGT](?![A-Za-z_]))?"
     r"|(?P<name>[A-Za-z_][A-Za-z_0-9]*)|(?P<op>[-+*/%^(),])|(?P<bad>\S))"
@@ -273,7 +282,10 @@ _FUNCTIONS = {
     "log": (_log, 1, 2),
     "e": (lambda: math.e, 0, 0),
     "pi": (lambda: math.pi, 0, 0),
-    **{f: (getattr(math, f), 1, 1) for f in ("sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh")},
+    **{
+        f: (getattr(math, f), 1, 1)
+        for f in ("sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh")
+    },
 }
 
 
@@ -388,8 +400,16 @@ class _Parser:
                 args.append(self.sum())
         self.take(")")
         if len(args) < least or (most is not None and len(args) > most):
-            wanted = f"{least}" if most == least else f"{least} or more" if most is None else f"{least} to {most}"
-            raise ExpressionError(f"'{self.text}': {name}() takes {wanted} arguments, got {len(args)}")
+            wanted = (
+                f"{least}"
+                if most == least
+                else f"{least} or more"
+                if most is None
+                else f"{least} to {most}"
+            )
+            raise ExpressionError(
+                f"'{self.text}': {name}() takes {wanted} arguments, got {len(args)}"
+            )
         try:
             return float(fn(*args))
         except (ValueError, OverflowError) as e:
@@ -485,7 +505,10 @@ def _set_key(dev, key, value):
 def _run_directive(program, variables):
     """``set!var = program``: run it with /bin/sh, read its output as an expression."""
     out = subprocess.run(
-        ["/bin/sh", "-c", "--", program], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
+        ["/bin/sh", "-c", "--", program],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     return evaluate(out.stdout.strip(), variables)
 
@@ -565,7 +588,9 @@ def read_config(root="/", *, ram_mib=None, extra_devices=()):
                     except ExpressionError as e:
                         config.errors.append(f"{where}: {key}: {value}: output {e}")
                 else:
-                    config.warnings.append(f"{where}: invalid outside-of-section key {key}, ignoring")
+                    config.warnings.append(
+                        f"{where}: invalid outside-of-section key {key}, ignoring"
+                    )
                 continue
             if not is_device_name(section):
                 continue  # warned at its header

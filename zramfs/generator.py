@@ -52,7 +52,12 @@ SETUP_TEMPLATE = "zramfs-setup@.service"
 LINK_DIR = "/run/zramfs-generator"
 # Where the system install puts the template; the wants links point there
 # when no unit directory under the root has it.
-UNIT_DIRS = ("etc/systemd/system", "usr/local/lib/systemd/system", "usr/lib/systemd/system", "lib/systemd/system")
+UNIT_DIRS = (
+    "etc/systemd/system",
+    "usr/local/lib/systemd/system",
+    "usr/lib/systemd/system",
+    "lib/systemd/system",
+)
 DEFAULT_UNIT_DIR = "/usr/local/lib/systemd/system"
 
 # linux/loop.h
@@ -164,7 +169,10 @@ def _describe(dev):
     if dev.problems:
         return f"zramfs {dev.name} (refused: {'; '.join(dev.problems)})"
     mib = dev.disksize / genconf.MIB
-    what = [f"disksize {dev.disksize} ({mib:.1f} MiB)", dev.algorithm or f"{codecs.DEFAULT_ALGORITHM} (default)"]
+    what = [
+        f"disksize {dev.disksize} ({mib:.1f} MiB)",
+        dev.algorithm or f"{codecs.DEFAULT_ALGORITHM} (default)",
+    ]
     if dev.mem_limit:
         what.append(f"mem_limit {dev.mem_limit}")
     if dev.is_swap:
@@ -256,17 +264,21 @@ class SetupError(Exception):
 def _zramfs(*args, check=True):
     """The zramfs CLI, through this Python (the venv zramfs-generator runs from),
     isolated as zramfs.launch starts every Python process of ours."""
-    proc = subprocess.run([sys.executable, "-I", "-m", "zramfs", *args], cwd="/", env=launch.clean_env())
+    proc = subprocess.run(
+        [sys.executable, "-I", "-m", "zramfs", *args], cwd="/", env=launch.clean_env()
+    )
     if check and proc.returncode != 0:
         raise SetupError(f"zramfs {args[0]} failed (exit {proc.returncode})", proc.returncode)
     return proc.returncode
 
 
 def _tool(argv):
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
-        raise SetupError(f"{' '.join(argv)} failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
+        raise SetupError(
+            f"{' '.join(argv)} failed: {lines[-1] if lines else f'exit {proc.returncode}'}"
+        )
     return proc.stdout.strip()
 
 
@@ -321,7 +333,10 @@ def setup_device(name, root="/"):
     )
     dev = config.devices.get(name)
     if dev is None:
-        where = ", ".join("/" + os.path.relpath(f, root) for f in config.files) or f"no {genconf.CONF_FILE} file"
+        where = (
+            ", ".join("/" + os.path.relpath(f, root) for f in config.files)
+            or f"no {genconf.CONF_FILE} file"
+        )
         raise SetupError(f"{name}: no [{name}] section in the config ({where})", EXIT_USAGE)
     if not dev.enabled:
         raise SetupError(f"{name}: {dev.warnings[-1]}", EXIT_USAGE)
@@ -346,8 +361,17 @@ def setup_device(name, root="/"):
         os.makedirs(mountpoint, mode=0o700, exist_ok=True)
         _zramfs("mount", mountpoint, "--name", name, *common)
         try:
-            loop = _tool(["losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096",
-                          os.path.join(mountpoint, "disk")])
+            loop = _tool(
+                [
+                    "losetup",
+                    "--find",
+                    "--show",
+                    "--direct-io=on",
+                    "--sector-size",
+                    "4096",
+                    os.path.join(mountpoint, "disk"),
+                ]
+            )
         except BaseException:
             _zramfs("umount", mountpoint, check=False)
             raise
@@ -375,7 +399,9 @@ def reset_device(name):
         loop = os.path.basename(loop)
         points = _mounted_at(loop)
         if points:
-            raise SetupError(f"{name}: /dev/{loop} is still mounted at {', '.join(points)}", EXIT_IN_USE)
+            raise SetupError(
+                f"{name}: /dev/{loop} is still mounted at {', '.join(points)}", EXIT_IN_USE
+            )
     code = _zramfs("swapoff", name, check=False)
     if code not in (EXIT_OK, EXIT_NOT_FOUND):
         raise SetupError(f"{name}: zramfs swapoff failed (exit {code})", code)

@@ -100,7 +100,9 @@ def spawn(config, *, timeout=READY_TIMEOUT_S, stderr=None, python=None, keep_fds
         )
     except OSError as e:
         os.close(r)
-        raise DaemonStartError(f"cannot start the zramfs daemon ({command[0]}): {e.strerror}") from None
+        raise DaemonStartError(
+            f"cannot start the zramfs daemon ({command[0]}): {e.strerror}"
+        ) from None
     finally:
         os.close(w)
     try:
@@ -133,7 +135,9 @@ def _stop_failed(proc, mountpoint, was_mounted):
         unmount(mountpoint)
 
 
-def spawn_daemon(mountpoint, size, *, timeout=READY_TIMEOUT_S, stderr=None, python=None, **settings):
+def spawn_daemon(
+    mountpoint, size, *, timeout=READY_TIMEOUT_S, stderr=None, python=None, **settings
+):
     """`spawn` for a DeviceConfig(mountpoint, size, **settings) (algorithm, mem_limit, name, ...)."""
     config = DeviceConfig(mountpoint=os.path.abspath(mountpoint), size=size, **settings)
     return spawn(config, timeout=timeout, stderr=stderr, python=python)

@@ -87,7 +87,9 @@ class DaemonRecord:
         path = os.path.join(directory, RECORD)
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"pid": self.pid, "start_time": self.start_time, "config": asdict(self.config)}, f)
+            json.dump(
+                {"pid": self.pid, "start_time": self.start_time, "config": asdict(self.config)}, f
+            )
         os.replace(tmp, path)
 
     @classmethod
@@ -322,4 +324,7 @@ class System:
 
     def devices(self):
         """Every mounted zramfs device, by name then mountpoint."""
-        return [self.device(m) for m in sorted(self.zramfs_mounts(), key=lambda m: (m.source, m.mountpoint))]
+        return [
+            self.device(m)
+            for m in sorted(self.zramfs_mounts(), key=lambda m: (m.source, m.mountpoint))
+        ]

@@ -82,5 +82,3 @@ def stop_daemon(proc, mountpoint, timeout=STOP_TIMEOUT_S):
         unmount(mountpoint)
         steps.append("unmounted-after-kill")
     return steps
-
-

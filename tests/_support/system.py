@@ -32,8 +32,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SCRIPTS = os.path.join(REPO, "scripts")  # on sys.path already: tests/conftest.py
 
 
-
-
 def _under(path, root):
     return path == root or path.startswith(root + os.sep)
 
@@ -69,7 +67,9 @@ class ZramfsEnv:
         self.root = os.path.realpath(str(root))
         self.run_dir = os.path.join(self.root, "run")
         self.env = dict(os.environ)
-        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (REPO, os.environ.get("PYTHONPATH")) if p
+        )
         self.env["ZRAMFS_RUN_DIR"] = self.run_dir
 
     # -- running things ------------------------------------------------------

@@ -19,9 +19,18 @@ from allocator._size_class import SizeClassTable
 
 
 def test_public_names_are_exported():
-    assert set(allocator.__all__) == {"FALLOC_FL_KEEP_SIZE", "FALLOC_FL_PUNCH_HOLE", "PAGE_SHIFT", "PAGE_SIZE",
-                                      "ClassStats", "Pool", "PoolError",
-                                      "PoolFullError", "PoolLimitError", "PoolStats"}
+    assert set(allocator.__all__) == {
+        "FALLOC_FL_KEEP_SIZE",
+        "FALLOC_FL_PUNCH_HOLE",
+        "PAGE_SHIFT",
+        "PAGE_SIZE",
+        "ClassStats",
+        "Pool",
+        "PoolError",
+        "PoolFullError",
+        "PoolLimitError",
+        "PoolStats",
+    }
     for name in allocator.__all__:
         if not name.isupper():
             assert getattr(allocator, name).__module__.startswith("allocator.")
@@ -167,11 +176,11 @@ def test_fullest_zspage_with_room_gets_the_object(pool):
     zs = sorted(set(zspage.values()))
     assert len(zs) == 3
     by_zs = {z: [h for h in hs if zspage[h] == z] for z in zs}
-    for h in by_zs[zs[0]][: objs - 1]:      # first zspage: 1 object left
+    for h in by_zs[zs[0]][: objs - 1]:  # first zspage: 1 object left
         pool.free(h)
-    for h in by_zs[zs[1]][:2]:              # second: objs - 2 left (fuller)
+    for h in by_zs[zs[1]][:2]:  # second: objs - 2 left (fuller)
         pool.free(h)
-    for h in by_zs[zs[2]][:1]:              # third: objs - 1 left (fullest with room)
+    for h in by_zs[zs[2]][:1]:  # third: objs - 1 left (fullest with room)
         pool.free(h)
     new = pool.malloc(size)
     assert pool._lookup(new)[0] >> pool._zs_shift == zs[2]

@@ -51,8 +51,9 @@ def test_write_of_wrong_length(filled, delta):
         n = len(data) + delta
         if n < 0:
             continue
-        with pytest.raises(ValueError,
-                           match=rf"^write of {n} bytes to an object of {len(data)} bytes$"):
+        with pytest.raises(
+            ValueError, match=rf"^write of {n} bytes to an object of {len(data)} bytes$"
+        ):
             pool.write(h, b"\xee" * n)
     _unchanged(pool, objs, before)
 
@@ -110,8 +111,9 @@ def test_map_bad_mode(filled, mode):
 
 @pytest.mark.parametrize("chain", [0, -1, 17, 100, "8", 8.0, None])
 def test_bad_max_pages_per_zspage(chain):
-    with pytest.raises(ValueError,
-                       match=rf"^max_pages_per_zspage must be an int in 1\.\.16, got {chain!r}$"):
+    with pytest.raises(
+        ValueError, match=rf"^max_pages_per_zspage must be an int in 1\.\.16, got {chain!r}$"
+    ):
         Pool(max_pages_per_zspage=chain)
 
 
@@ -123,8 +125,9 @@ def test_bad_max_pages(cap):
 
 @pytest.mark.parametrize("cap", [0, -1, 1.5, "8", True])
 def test_bad_max_objects(cap):
-    with pytest.raises(ValueError,
-                       match=rf"^max_objects must be None or an int >= 1, got {cap!r}$"):
+    with pytest.raises(
+        ValueError, match=rf"^max_objects must be None or an int >= 1, got {cap!r}$"
+    ):
         Pool(max_objects=cap)
 
 
@@ -160,8 +163,11 @@ def test_max_objects_caps_live_objects(size):
 def test_pool_full_changes_nothing(size):
     with Pool(max_pages=32) as pool:
         objs = {}
-        with pytest.raises(PoolFullError, match=r"^pool is full: \d+ of max_pages=32 pages in use, "
-                                                r"\d+ more needed$") as info:
+        with pytest.raises(
+            PoolFullError,
+            match=r"^pool is full: \d+ of max_pages=32 pages in use, "
+            r"\d+ more needed$",
+        ) as info:
             for i in range(100000):
                 h = pool.malloc(size)
                 pool.write(h, bytes([i % 256]) * size)
@@ -208,8 +214,11 @@ def test_store_many_past_its_limit_raises_and_stores_nothing(filled, size):
     pool, objs = filled
     before = pool.stats()
     limit = before.pages_used + 3
-    with pytest.raises(PoolLimitError, match=rf"^store would take the pool to \d+ pages, "
-                                             rf"past the limit of {limit}$") as info:
+    with pytest.raises(
+        PoolLimitError,
+        match=rf"^store would take the pool to \d+ pages, "
+        rf"past the limit of {limit}$",
+    ) as info:
         pool.store_many([bytes([7]) * size] * 400, limit)
     assert info.value.pages_used > limit and info.value.max_pages == limit
     _unchanged(pool, objs, before)

@@ -76,8 +76,14 @@ SCRIPT = PROLOGUE + textwrap.dedent("""
 
 
 def _run(script, mode):
-    out = subprocess.run([sys.executable, "-c", script, mode], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
+    out = subprocess.run(
+        [sys.executable, "-c", script, mode],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
     assert out.returncode == 0, out.stderr
     return map(int, out.stdout.split())
 

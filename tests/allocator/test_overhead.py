@@ -16,8 +16,10 @@ from allocator import Pool
 def _fio_like_blocks(n, seed):
     """lz4 blocks like fio's buffer_compress_percentage=60: 40 % random, 60 % zeros."""
     rng = random.Random(seed)
-    return [lz4.block.compress(rng.randbytes(1638) + bytes(4096 - 1638), store_size=False)
-            for _ in range(n)]
+    return [
+        lz4.block.compress(rng.randbytes(1638) + bytes(4096 - 1638), store_size=False)
+        for _ in range(n)
+    ]
 
 
 def _ratio(pool):
@@ -40,7 +42,7 @@ def test_overhead_on_fio_like_lz4_blocks():
             pool.free(h)
         pool.compact()
         assert _ratio(pool) <= 1.06
-        for h in handles[len(handles) // 2:]:
+        for h in handles[len(handles) // 2 :]:
             assert len(pool.read(h)) > 1600
 
 
@@ -51,13 +53,13 @@ def _open_fds():
 def test_close_gives_everything_back():
     fds = _open_fds()
     pool = Pool()
-    assert _open_fds() > fds                 # the memfd (and mmap's dup of it)
+    assert _open_fds() > fds  # the memfd (and mmap's dup of it)
     h = pool.malloc(100)
     pool.write(h, b"x" * 100)
     pool.close()
     assert _open_fds() == fds
     assert pool.pages_used == 0
-    pool.close()                             # twice is fine
+    pool.close()  # twice is fine
     with pytest.raises(ValueError):
         pool.read(h)
 

@@ -30,8 +30,9 @@ sizes = st.one_of(
 class PoolMachine(RuleBasedStateMachine):
     handles = Bundle("handles")
 
-    @initialize(chain=st.sampled_from([1, 2, 4, 8, 16]),
-                cap=st.one_of(st.none(), st.integers(1, 64)))
+    @initialize(
+        chain=st.sampled_from([1, 2, 4, 8, 16]), cap=st.one_of(st.none(), st.integers(1, 64))
+    )
     def make_pool(self, chain, cap):
         self.pool = Pool(max_pages_per_zspage=chain, max_pages=cap)
         self.model = {}
@@ -61,8 +62,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.model[h] = data
         return h
 
-    @rule(target=handles, size=st.sampled_from([40, 100, 1670, 3000]),
-          n=st.integers(1, 40))
+    @rule(target=handles, size=st.sampled_from([40, 100, 1670, 3000]), n=st.integers(1, 40))
     def malloc_batch(self, size, n):
         # Many objects of one class, so that zspages fill up and frees leave
         # holes compaction can act on.
@@ -157,6 +157,9 @@ class PoolMachine(RuleBasedStateMachine):
 
 
 PoolMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=40, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow])
+    max_examples=60,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 TestPool = PoolMachine.TestCase

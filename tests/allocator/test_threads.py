@@ -20,8 +20,9 @@ def test_many_threads_and_compaction():
                 assert pool.read(h) == mine.pop(h)
                 pool.free(h)
             else:
-                size = rng.choice([rng.randint(1, 200), rng.randint(1500, 1800),
-                                   rng.randint(3000, 4096)])
+                size = rng.choice(
+                    [rng.randint(1, 200), rng.randint(1500, 1800), rng.randint(3000, 4096)]
+                )
                 h = pool.malloc(size)
                 data = (seed.to_bytes(2, "little") + i.to_bytes(4, "little")) * (size // 6 + 1)
                 data = data[:size]

@@ -79,8 +79,9 @@ def test_compaction_keeps_handles_and_frees_pages(chain):
     with Pool(max_pages_per_zspage=chain) as pool:
         objs = {}
         for _ in range(3000):
-            size = rng.choice([rng.randint(1, 400), rng.randint(1400, 2000),
-                               rng.randint(2000, 4096)])
+            size = rng.choice(
+                [rng.randint(1, 400), rng.randint(1400, 2000), rng.randint(2000, 4096)]
+            )
             h = pool.malloc(size)
             data = rng.randbytes(size)
             pool.write(h, data)

@@ -16,8 +16,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from tests._support.fuse import DISKSIZE, Daemon, stop_daemon
 
+from tests._support.fuse import DISKSIZE, Daemon, stop_daemon
 from zramfs.daemon import spawn_daemon
 from zramfs.fuse import BACKENDS
 

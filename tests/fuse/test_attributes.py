@@ -176,9 +176,13 @@ def test_compact_with_1(zram):
 
 def test_compact_from_a_shell_redirect(zram):
     # `>` opens with O_TRUNC, which must not fail on an attribute file.
-    r = subprocess.run(["sh", "-c", f"echo 1 > {zram.mountpoint}/compact"], capture_output=True, text=True)
+    r = subprocess.run(
+        ["sh", "-c", f"echo 1 > {zram.mountpoint}/compact"], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
-    r = subprocess.run(["sh", "-c", f"echo 8M > {zram.mountpoint}/mem_limit"], capture_output=True, text=True)
+    r = subprocess.run(
+        ["sh", "-c", f"echo 8M > {zram.mountpoint}/mem_limit"], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     assert zram.attr("mem_limit") == f"{8 << 20}\n"
 

@@ -71,7 +71,10 @@ def test_unknown_name_is_enoent(zram):
 # ENOTDIR comes from VFS itself, before any filesystem is asked.
 TREE_CHANGES = {
     "create": (errno.EACCES, lambda m: open(m / "new", "w")),
-    "create-excl": (errno.EACCES, lambda m: os.open(m / "new", os.O_WRONLY | os.O_CREAT | os.O_EXCL)),
+    "create-excl": (
+        errno.EACCES,
+        lambda m: os.open(m / "new", os.O_WRONLY | os.O_CREAT | os.O_EXCL),
+    ),
     "mknod": (errno.EACCES, lambda m: os.mknod(m / "node", stat.S_IFREG | 0o600)),
     "mkfifo": (errno.EPERM, lambda m: os.mkfifo(m / "fifo")),
     "mkdir": (errno.EPERM, lambda m: os.mkdir(m / "dir")),
@@ -124,7 +127,11 @@ def test_mode_and_owner_of_disk_and_the_root_are_fixed(zram, name):
     expect_errno(errno.EPERM, os.chown, path, -1, 65534)
     expect_errno(errno.EPERM, os.chown, path, 65534, -1)
     after = os.stat(path)
-    assert (after.st_mode, after.st_uid, after.st_gid) == (before.st_mode, before.st_uid, before.st_gid)
+    assert (after.st_mode, after.st_uid, after.st_gid) == (
+        before.st_mode,
+        before.st_uid,
+        before.st_gid,
+    )
     r = subprocess.run(["chmod", "666", str(path)], capture_output=True, text=True)
     assert r.returncode != 0
     assert "Operation not permitted" in r.stderr
@@ -163,7 +170,14 @@ def test_other_users_cannot_open_disk(public_mountpoint, start):
     assert "Permission denied" in r.stderr
     # ...but may read the world-readable stats (allow_other).
     r = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(zram.mountpoint / "mm_stat")],
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "cat",
+            str(zram.mountpoint / "mm_stat"),
+        ],
         capture_output=True,
         text=True,
     )

@@ -34,7 +34,7 @@ def test_block_state_lists_the_stored_slots_with_zram_flags(zram):
     fill(zram, pages)
     lines = zram.attr("block_state").splitlines(keepends=True)
     # "%12zd %12u.%06d %c%c%c%c%c%c\n": index, access time, s w h i r n.
-    assert [line[:12] for line in lines] == ["%12d" % i for i in sorted(pages)]
+    assert [line[:12] for line in lines] == [f"{i:12d}" for i in sorted(pages)]
     for line in lines:
         assert re.fullmatch(r" {0,11}\d+ +\d+\.\d{6} [s.][w.][h.][i.][r.][n.]\n", line), line
         assert len(line) == 12 + 1 + 19 + 1 + 6 + 1
@@ -62,8 +62,24 @@ def classes(d):
     """classes's rows and its Total line, checked against zsmalloc's layout."""
     head, *rows, blank, total = d.attr("classes").splitlines()
     assert head.split() == [
-        "class", "size", "10%", "20%", "30%", "40%", "50%", "60%", "70%", "80%", "90%", "99%", "100%",
-        "obj_allocated", "obj_used", "pages_used", "pages_per_zspage", "freeable",
+        "class",
+        "size",
+        "10%",
+        "20%",
+        "30%",
+        "40%",
+        "50%",
+        "60%",
+        "70%",
+        "80%",
+        "90%",
+        "99%",
+        "100%",
+        "obj_allocated",
+        "obj_used",
+        "pages_used",
+        "pages_per_zspage",
+        "freeable",
     ]
     assert blank == ""
     assert total.split()[0] == "Total"

@@ -45,7 +45,14 @@ def test_public_names():
     for name in zramfs.fuse.__all__:
         assert hasattr(zramfs.fuse, name), name
     assert "dev" in zramfs.fuse.BACKENDS
-    for name in ("Session", "errno_for", "BACKENDS", "MountError", "MountpointBusyError", "NoFuseDeviceError"):
+    for name in (
+        "Session",
+        "errno_for",
+        "BACKENDS",
+        "MountError",
+        "MountpointBusyError",
+        "NoFuseDeviceError",
+    ):
         assert name in zramfs.fuse.__all__
 
 

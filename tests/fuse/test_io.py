@@ -9,8 +9,8 @@ import random
 import subprocess
 
 import pytest
-
 from memcg import proc_status_kib
+
 from tests._support.threads import run_threads
 from zramfs.fs import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
 from zramfs.fuse import supports_discard
@@ -152,7 +152,9 @@ def test_dd_without_notrunc(zram):
 AT_FDCWD = -100
 AT_STATX_DONT_SYNC = 0x4000
 STATX_SIZE = 0x200
-STX_SIZE_OFFSET = 40  # struct statx: mask blksize attributes nlink uid gid mode spare ino, then size
+STX_SIZE_OFFSET = (
+    40  # struct statx: mask blksize attributes nlink uid gid mode spare ino, then size
+)
 
 
 def cached_size(path):

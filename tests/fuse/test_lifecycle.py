@@ -9,11 +9,10 @@ import sys
 import time
 
 import pytest
-from tests._support.fuse import DISKSIZE, stop_daemon
 
+from tests._support.fuse import DISKSIZE, stop_daemon
 from zramfs.daemon import DaemonStartError, spawn_daemon, start_background
 from zramfs.fuse import is_mounted
-
 
 
 def wait_exit(proc, timeout=10):
@@ -136,7 +135,10 @@ def test_busy_mountpoint(zram, backend):
 
 
 def test_missing_mountpoint(tmp_path, backend):
-    assert start_error(tmp_path / "nope", fuse_backend=backend) == f"{tmp_path / 'nope'} does not exist"
+    assert (
+        start_error(tmp_path / "nope", fuse_backend=backend)
+        == f"{tmp_path / 'nope'} does not exist"
+    )
 
 
 def test_mountpoint_not_a_directory(tmp_path, backend):
@@ -160,7 +162,16 @@ def test_unknown_algorithm(tmp_path, backend):
 def test_ready_fd_gets_the_error_line(tmp_path):
     r, w = os.pipe()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "zramfs.daemon", str(tmp_path / "nope"), "--size", "4096", "--ready-fd", str(w)],
+        [
+            sys.executable,
+            "-m",
+            "zramfs.daemon",
+            str(tmp_path / "nope"),
+            "--size",
+            "4096",
+            "--ready-fd",
+            str(w),
+        ],
         pass_fds=(w,),
         stderr=subprocess.PIPE,
     )
@@ -176,7 +187,16 @@ def test_ready_fd_gets_the_error_line(tmp_path):
 def test_usage_errors_reach_the_ready_fd(tmp_path):
     r, w = os.pipe()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "zramfs.daemon", str(tmp_path), "--size", "lots", "--ready-fd", str(w)],
+        [
+            sys.executable,
+            "-m",
+            "zramfs.daemon",
+            str(tmp_path),
+            "--size",
+            "lots",
+            "--ready-fd",
+            str(w),
+        ],
         pass_fds=(w,),
         stderr=subprocess.DEVNULL,
     )
@@ -287,7 +307,10 @@ def test_not_root_on_a_directory_it_cannot_write(tmp_path):
             env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__import__("zramfs").__file__)))},
         )  # fmt: skip
         assert r.returncode == 1, r.stderr
-        assert r.stdout == f"ERROR {mnt} is not writable by uid 65534 (mount as root, or on a directory you own)\n"
+        assert (
+            r.stdout
+            == f"ERROR {mnt} is not writable by uid 65534 (mount as root, or on a directory you own)\n"
+        )
         # Hardening is root-only, and says so once.
         assert r.stderr.count("not root: memory is not locked") == 1, r.stderr
         assert not is_mounted(mnt)

@@ -24,7 +24,9 @@ def errno_of(call, *args):
 def data_of(seed, size):
     """Compressible, not same-filled: half random, half a repeated line."""
     rnd = random.Random(seed)
-    return b"".join(rnd.randbytes(PAGE // 2) + b"%08d zramfs\n" % i * 128 for i in range(size // PAGE))[:size]
+    return b"".join(
+        rnd.randbytes(PAGE // 2) + b"%08d zramfs\n" % i * 128 for i in range(size // PAGE)
+    )[:size]
 
 
 def write_disk(d, offset, data):
@@ -147,7 +149,12 @@ def test_comp_algorithm_takes_every_listed_name(uninitialised, name):
 
 @pytest.mark.parametrize(
     ("bad", "err"),
-    [("nope", errno.EINVAL), ("\n", errno.EINVAL), ("lz4 ", errno.EINVAL), ("x" * 128, errno.E2BIG)],
+    [
+        ("nope", errno.EINVAL),
+        ("\n", errno.EINVAL),
+        ("lz4 ", errno.EINVAL),
+        ("x" * 128, errno.E2BIG),
+    ],
 )
 def test_comp_algorithm_errors(uninitialised, bad, err):
     assert errno_of(uninitialised.store, "comp_algorithm", bad) == err
@@ -191,7 +198,9 @@ def test_a_zstd_dictionary(uninitialised, tmp_path):
     assert read_disk(d, 0, len(data)) == data
 
 
-@pytest.mark.parametrize(("bad", "err"), [("0", errno.EINVAL), ("x", errno.EINVAL), ("70000", errno.ERANGE)])
+@pytest.mark.parametrize(
+    ("bad", "err"), [("0", errno.EINVAL), ("x", errno.EINVAL), ("70000", errno.ERANGE)]
+)
 def test_reset_errors(zram, bad, err):
     assert errno_of(zram.store, "reset", bad) == err
     assert zram.attr("initstate") == "1\n"
@@ -232,4 +241,6 @@ def test_kernel_names_this_build_lacks_are_einval(uninitialised, name):
     # zram-generator and kernel configs name these; zramfs refuses them
     # (never a silent substitute), as zram refuses a backend it lacks.
     assert errno_of(uninitialised.store, "comp_algorithm", name + "\n") == errno.EINVAL
-    assert name not in uninitialised.attr("comp_algorithm").replace("[", " ").replace("]", " ").split()
+    assert (
+        name not in uninitialised.attr("comp_algorithm").replace("[", " ").replace("]", " ").split()
+    )

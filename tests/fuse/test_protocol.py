@@ -36,7 +36,9 @@ class Client:
 
     def send(self, opcode, nodeid=ROOT_INO, body=b""):
         self.unique += 2
-        hdr = _abi.in_header.pack(_abi.IN_HEADER_SIZE + len(body), opcode, self.unique, nodeid, 0, 0, 1, 0, 0)
+        hdr = _abi.in_header.pack(
+            _abi.IN_HEADER_SIZE + len(body), opcode, self.unique, nodeid, 0, 0, 1, 0, 0
+        )
         self.sock.send(hdr + body)
         return self.unique
 
@@ -105,7 +107,13 @@ def test_init_reply(client):
     assert (major, minor) == (7, 38)
     assert max_write == MAX_WRITE == 512 << 10
     assert max_pages == MAX_PAGES == 128
-    for flag in (_abi.MAX_PAGES, _abi.ASYNC_DIO, _abi.BIG_WRITES, _abi.ASYNC_READ, _abi.PARALLEL_DIROPS):
+    for flag in (
+        _abi.MAX_PAGES,
+        _abi.ASYNC_DIO,
+        _abi.BIG_WRITES,
+        _abi.ASYNC_READ,
+        _abi.PARALLEL_DIROPS,
+    ):
         assert flags & flag
     assert not flags & _abi.ATOMIC_O_TRUNC
 
@@ -155,7 +163,10 @@ def test_changes_to_the_tree_are_refused(client, opcode, expected):
 
 def test_mknod_of_a_regular_file_is_eacces_and_of_others_eperm(client):
     client.init()
-    for mode, expected in ((stat.S_IFREG | 0o600, errno.EACCES), (stat.S_IFIFO | 0o600, errno.EPERM)):
+    for mode, expected in (
+        (stat.S_IFREG | 0o600, errno.EACCES),
+        (stat.S_IFIFO | 0o600, errno.EPERM),
+    ):
         body = _abi.mknod_in.pack(mode, 0, 0o022, 0) + b"node\0"
         assert client.call(_abi.MKNOD, ROOT_INO, body) == (-expected, b"")
 
@@ -163,7 +174,9 @@ def test_mknod_of_a_regular_file_is_eacces_and_of_others_eperm(client):
 def test_forget_interrupt_and_batch_forget_get_no_reply(client):
     client.init()
     client.send(_abi.FORGET, DISK_INO, struct.pack("<Q", 1))
-    client.send(_abi.BATCH_FORGET, 0, _abi.batch_forget_in.pack(1, 0) + struct.pack("<QQ", DISK_INO, 1))
+    client.send(
+        _abi.BATCH_FORGET, 0, _abi.batch_forget_in.pack(1, 0) + struct.pack("<QQ", DISK_INO, 1)
+    )
     client.send(_abi.INTERRUPT, 0, struct.pack("<Q", 12345))
     unique = client.send(_abi.GETATTR, DISK_INO, _abi.getattr_in.pack(0, 0, 0))
     error, got, _ = client.recv()
@@ -194,7 +207,9 @@ def test_open_flags(client):
     client.init()
     error, payload = client.call(_abi.OPEN, DISK_INO, _abi.open_in.pack(os.O_RDWR, 0))
     assert error == 0
-    assert _abi.open_out.unpack(payload)[1] == _abi.FOPEN_DIRECT_IO | _abi.FOPEN_PARALLEL_DIRECT_WRITES
+    assert (
+        _abi.open_out.unpack(payload)[1] == _abi.FOPEN_DIRECT_IO | _abi.FOPEN_PARALLEL_DIRECT_WRITES
+    )
     error, payload = client.call(_abi.OPEN, DISK_INO + 1, _abi.open_in.pack(os.O_RDONLY, 0))
     assert _abi.open_out.unpack(payload)[1] == _abi.FOPEN_DIRECT_IO
     assert client.call(_abi.OPEN, ROOT_INO, _abi.open_in.pack(0, 0))[0] == -errno.EISDIR
@@ -261,7 +276,9 @@ def test_setattr_size(client):
 @pytest.mark.parametrize("ino", [ROOT_INO, DISK_INO])
 def test_setattr_mode_of_disk_and_root_is_eperm(client, ino):
     client.init()
-    assert client.call(_abi.SETATTR, ino, setattr_in(_abi.FATTR_MODE, mode=0o666))[0] == -errno.EPERM
+    assert (
+        client.call(_abi.SETATTR, ino, setattr_in(_abi.FATTR_MODE, mode=0o666))[0] == -errno.EPERM
+    )
 
 
 def test_setattr_mode_keeps_the_file_type(client):
@@ -291,9 +308,19 @@ def test_readdir_in_pieces(client):
             pos += _abi.dirent_size(namelen)
     assert names[:3] == [".", "..", "disk"]
     assert set(names[3:]) == {
-        "disksize", "initstate", "reset", "comp_algorithm", "algorithm_params",
-        "mem_limit", "mem_used_max", "mm_stat", "io_stat", "compact",
-        "debug_stat", "block_state", "classes",
+        "disksize",
+        "initstate",
+        "reset",
+        "comp_algorithm",
+        "algorithm_params",
+        "mem_limit",
+        "mem_used_max",
+        "mm_stat",
+        "io_stat",
+        "compact",
+        "debug_stat",
+        "block_state",
+        "classes",
     }
     assert client.call(_abi.READDIR, DISK_INO, read_in(0, 4096))[0] == -errno.ENOTDIR
 
@@ -303,23 +330,46 @@ def test_statfs(client):
     error, payload = client.call(_abi.STATFS, ROOT_INO)
     assert error == 0
     blocks, bfree, bavail, files, ffree, bsize, namelen, frsize, _ = _abi.kstatfs.unpack(payload)
-    assert (blocks, bfree, bsize, frsize, namelen) == (DISKSIZE // 4096, DISKSIZE // 4096, 4096, 4096, 255)
+    assert (blocks, bfree, bsize, frsize, namelen) == (
+        DISKSIZE // 4096,
+        DISKSIZE // 4096,
+        4096,
+        4096,
+        255,
+    )
 
 
 def test_fallocate_modes(client):
     client.init()
     client.call(_abi.WRITE, DISK_INO, write_in(0, b"\1" * 8192))
     punch = 0x02 | 0x01
-    assert client.call(_abi.FALLOCATE, DISK_INO, _abi.fallocate_in.pack(0, 0, 4096, punch, 0)) == (0, b"")
+    assert client.call(_abi.FALLOCATE, DISK_INO, _abi.fallocate_in.pack(0, 0, 4096, punch, 0)) == (
+        0,
+        b"",
+    )
     assert client.call(_abi.READ, DISK_INO, read_in(0, 8192)) == (0, bytes(4096) + b"\1" * 4096)
-    assert client.call(_abi.FALLOCATE, DISK_INO, _abi.fallocate_in.pack(0, 0, 4096, 0x08, 0))[0] == -errno.EOPNOTSUPP
-    assert client.call(_abi.FALLOCATE, DISK_INO + 1, _abi.fallocate_in.pack(0, 0, 4096, punch, 0))[0] == -errno.EOPNOTSUPP
+    assert (
+        client.call(_abi.FALLOCATE, DISK_INO, _abi.fallocate_in.pack(0, 0, 4096, 0x08, 0))[0]
+        == -errno.EOPNOTSUPP
+    )
+    assert (
+        client.call(_abi.FALLOCATE, DISK_INO + 1, _abi.fallocate_in.pack(0, 0, 4096, punch, 0))[0]
+        == -errno.EOPNOTSUPP
+    )
 
 
 def test_truncated_requests_get_an_errno_and_the_loop_goes_on(session_factory):
     session, client = session_factory()
     client.init()
-    for opcode in (_abi.READ, _abi.WRITE, _abi.SETATTR, _abi.OPEN, _abi.FALLOCATE, _abi.READDIR, _abi.INIT):
+    for opcode in (
+        _abi.READ,
+        _abi.WRITE,
+        _abi.SETATTR,
+        _abi.OPEN,
+        _abi.FALLOCATE,
+        _abi.READDIR,
+        _abi.INIT,
+    ):
         error, _ = client.call(opcode, DISK_INO, b"\1\2")
         assert error == -errno.EIO
     assert session.errors == 7

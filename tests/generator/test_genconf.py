@@ -69,8 +69,7 @@ def _setup(root, name):
     return subprocess.run(
         [sys.executable, "-m", "zramfs.generator", "--setup-device", name],
         env={**os.environ, "ZRAMFS_GENERATOR_ROOT": root},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
         timeout=60,
     )
@@ -96,9 +95,15 @@ def _setup(root, name):
             "[zram0]\nzram-size = ram * (\n",
             "zram0: refused: zram-size 'ram * (': expected a number, found the end",
         ),
-        ("[zram0]\nhost-memory-limit = 1024\n", "zram0: system has too much memory (7825 MiB), "
-         "host-memory-limit is 1024 MiB, not creating it"),
-        ("[zram1]\n", "zram0: no [zram0] section in the config (/etc/zramfs/zramfs-generator.conf)"),
+        (
+            "[zram0]\nhost-memory-limit = 1024\n",
+            "zram0: system has too much memory (7825 MiB), "
+            "host-memory-limit is 1024 MiB, not creating it",
+        ),
+        (
+            "[zram1]\n",
+            "zram0: no [zram0] section in the config (/etc/zramfs/zramfs-generator.conf)",
+        ),
     ],
 )
 def test_setup_refuses_with_one_line(tmp_path, conf, line):
@@ -114,7 +119,11 @@ def test_system_install_and_uninstall_into_destdir(tmp_path):
     for _ in range(2):  # a second run changes nothing and does not fail
         proc = subprocess.run(
             [os.path.join(REPO, "scripts", "setup.sh"), "--system"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=600,
         )
         assert proc.returncode == 0, proc.stdout
     links = {
@@ -125,22 +134,37 @@ def test_system_install_and_uninstall_into_destdir(tmp_path):
     for path, target in links.items():
         assert os.readlink(dest / path) == target
     for unit in ("zramfs-setup@.service", "zramfs-swap@.service"):
-        with open(dest / "usr/local/lib/systemd/system" / unit) as f, open(os.path.join(REPO, "systemd", unit)) as g:
+        with (
+            open(dest / "usr/local/lib/systemd/system" / unit) as f,
+            open(os.path.join(REPO, "systemd", unit)) as g,
+        ):
             assert f.read() == g.read()
     # The installed generator runs, from its own environment.
     out = tmp_path / "units"
     conf_root = _root(tmp_path / "conf", "[zram0]\n")
     proc = subprocess.run(
         [str(dest / "opt/zramfs/bin/zramfs-generator"), str(out)],
-        env={**os.environ, "ZRAMFS_GENERATOR_ROOT": conf_root}, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "ZRAMFS_GENERATOR_ROOT": conf_root},
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
     assert os.path.islink(out / "swap.target.wants" / "zramfs-setup@zram0.service")
     for _ in range(2):
         proc = subprocess.run(
             [os.path.join(REPO, "scripts", "setup.sh"), "--uninstall"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=120,
         )
         assert proc.returncode == 0, proc.stdout
     left = [os.path.join(d, f) for d, ds, fs in os.walk(dest) for f in fs + ds]
-    assert sorted(os.path.relpath(p, dest) for p in left) == ["opt", "usr", "usr/local", "usr/local/lib", "usr/local/sbin"]
+    assert sorted(os.path.relpath(p, dest) for p in left) == [
+        "opt",
+        "usr",
+        "usr/local",
+        "usr/local/lib",
+        "usr/local/sbin",
+    ]

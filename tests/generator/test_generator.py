@@ -44,8 +44,7 @@ def run_generator(root, outdir, *, env=None):
     return subprocess.run(
         [sys.executable, "-m", "zramfs.generator", outdir, outdir + ".early", outdir + ".late"],
         env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
         timeout=60,
     )
@@ -109,9 +108,10 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path):
         proc = subprocess.run(
             [sys.executable, "-m", "zramfs.generator", *argv],
             env={**os.environ, "ZRAMFS_GENERATOR_ROOT": str(tmp_path)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            capture_output=True,
             text=True,
         )
         assert proc.returncode == 2, argv
-        assert proc.stderr.startswith(("usage: zramfs-generator", "zramfs-generator: ")), proc.stderr
+        assert proc.stderr.startswith(("usage: zramfs-generator", "zramfs-generator: ")), (
+            proc.stderr
+        )

@@ -82,8 +82,12 @@ def test_a_failed_setup_leaves_not_even_the_run_directory(zramfs_env, argv, code
     mnt = os.path.join(env.root, "mnt")
     os.mkdir(mnt)
     proc = env.cli(*[a.format(mnt=mnt) for a in argv])
-    assert proc.returncode in (code, 2), proc.stderr  # 2 once sizes are checked before the daemon starts
-    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("zramfs: error: "), proc.stderr
+    assert proc.returncode in (code, 2), (
+        proc.stderr
+    )  # 2 once sizes are checked before the daemon starts
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("zramfs: error: "), (
+        proc.stderr
+    )
     assert env.leftovers() == {}
     assert not os.path.exists(env.run_dir)
 
@@ -173,7 +177,15 @@ def test_fixture_cleanup_removes_ext4_on_a_dead_daemon(zramfs_env):
     os.mkdir(ext4)
     env.ok("mount", zmount, "--size", "64M", "--name", "zramt10")
     loop = subprocess.run(
-        ["losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", f"{zmount}/disk"],
+        [
+            "losetup",
+            "--find",
+            "--show",
+            "--direct-io=on",
+            "--sector-size",
+            "4096",
+            f"{zmount}/disk",
+        ],
         capture_output=True,
         text=True,
         check=True,

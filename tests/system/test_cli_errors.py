@@ -24,15 +24,33 @@ def one_line(proc, code, message):
         (["--size", "0"], "size must be greater than 0"),
         (["--size", "12345"], "size 12345 is not a multiple of 4096 bytes (the page size)"),
         (["--size", "0x1001"], "size 4097 is not a multiple of 4096 bytes (the page size)"),
-        (["--size", "1.5K"], "size '1.5K' is not a number of bytes, a number with a K/M/G/T/P/E suffix, or N% of RAM"),
+        (
+            ["--size", "1.5K"],
+            "size '1.5K' is not a number of bytes, a number with a K/M/G/T/P/E suffix, or N% of RAM",
+        ),
         (["--size=-4G"], "size '-4G' is negative"),
-        (["--size", "big"], "size 'big' is not a number of bytes, a number with a K/M/G/T/P/E suffix, or N% of RAM"),
-        (["--algorithm", "lzma"], f"unknown compression algorithm 'lzma'; known: {' '.join(CODECS)}"),
-        (["--mem-limit", "lots"], "size 'lots' is not a number of bytes, a number with a K/M/G/T/P/E suffix, or N% of RAM"),
+        (
+            ["--size", "big"],
+            "size 'big' is not a number of bytes, a number with a K/M/G/T/P/E suffix, or N% of RAM",
+        ),
+        (
+            ["--algorithm", "lzma"],
+            f"unknown compression algorithm 'lzma'; known: {' '.join(CODECS)}",
+        ),
+        (
+            ["--mem-limit", "lots"],
+            "size 'lots' is not a number of bytes, a number with a K/M/G/T/P/E suffix, or N% of RAM",
+        ),
         (["--priority", "40000"], "priority 40000 is not between -1 and 32767"),
         (["--priority", "high"], "swapon: argument --priority: invalid int value: 'high'"),
-        (["--fuse-backend", "nbd"], "swapon: argument --fuse-backend: invalid choice: 'nbd' (choose from 'dev', 'pyfuse3')"),
-        (["../etc"], "name '../etc' must be 1 to 64 letters, digits, '_', '.' or '-', not starting with '_', '.' or '-'"),
+        (
+            ["--fuse-backend", "nbd"],
+            "swapon: argument --fuse-backend: invalid choice: 'nbd' (choose from 'dev', 'pyfuse3')",
+        ),
+        (
+            ["../etc"],
+            "name '../etc' must be 1 to 64 letters, digits, '_', '.' or '-', not starting with '_', '.' or '-'",
+        ),
     ],
 )
 def test_swapon_bad_input(zramfs_env, args, message):
@@ -102,8 +120,12 @@ def test_name_in_use(zramfs_env):
 
 # An ordinary user with no capabilities at all (util-linux's setpriv).
 AS_NOBODY = (
-    "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-    "--inh-caps=-all", "--bounding-set=-all",
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=-all",
+    "--bounding-set=-all",
 )
 
 
@@ -117,10 +139,21 @@ def test_not_root(zramfs_env):
     """
     env = zramfs_env
     for args, code, message in [
-        (["swapon", "zramt0", "--size", "64M"], 3, "swapon needs root (it mounts, attaches a loop device and enables swap)"),
-        (["swapoff", "zramt0"], 3, "swapoff needs root (it disables swap, detaches a loop device and unmounts)"),
-        (["mount", env.root, "--size", "64M"], 3,
-         f"{env.root} is not writable by uid 65534 (mount as root, or on a directory you own)"),
+        (
+            ["swapon", "zramt0", "--size", "64M"],
+            3,
+            "swapon needs root (it mounts, attaches a loop device and enables swap)",
+        ),
+        (
+            ["swapoff", "zramt0"],
+            3,
+            "swapoff needs root (it disables swap, detaches a loop device and unmounts)",
+        ),
+        (
+            ["mount", env.root, "--size", "64M"],
+            3,
+            f"{env.root} is not writable by uid 65534 (mount as root, or on a directory you own)",
+        ),
         (["umount", env.root], 6, f"{env.root} is not a zramfs mount"),
     ]:
         one_line(env.cli(*args, prefix=AS_NOBODY), code, message)
@@ -135,8 +168,23 @@ def test_no_dev_fuse(zramfs_env):
     env = zramfs_env
     script = 'mount -t tmpfs zramt-nodev /dev && exec "$@"'
     proc = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-         sys.executable, "-m", "zramfs", "swapon", "zramt0", "--size", "64M"],
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            sys.executable,
+            "-m",
+            "zramfs",
+            "swapon",
+            "zramt0",
+            "--size",
+            "64M",
+        ],
         env=env.env,
         capture_output=True,
         text=True,

@@ -59,7 +59,9 @@ def test_ext4_on_zramfs(zramfs_env, backend):
     ext4 = os.path.join(env.root, "ext4")
     os.mkdir(zmount)
     os.mkdir(ext4)
-    proc = env.ok("mount", zmount, "--size", "1G", "--name", "zramt-disk", "--fuse-backend", backend)
+    proc = env.ok(
+        "mount", zmount, "--size", "1G", "--name", "zramt-disk", "--fuse-backend", backend
+    )
     assert proc.stdout == f"zramt-disk: 1 GiB lz4, mounted at {zmount}\n"
     row = env.device("zramt-disk")
     assert row["backend"] == backend and row["disksize"] == 1 << 30

@@ -22,7 +22,9 @@ def sh(*argv):
 
 
 def attach(disk):
-    return sh("losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", disk).strip()
+    return sh(
+        "losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", disk
+    ).strip()
 
 
 def detach(env, loop):
@@ -134,8 +136,20 @@ def test_mount_without_size_is_uninitialised(zramfs_env):
     env = zramfs_env
     mnt = os.path.join(env.root, "zramfs")
     os.mkdir(mnt)
-    proc = env.ok("mount", mnt, "--name", "zramt-uninit", "--algorithm", "zstd", "--algorithm-params", "level=5")
-    assert proc.stdout == f"zramt-uninit: uninitialised, mounted at {mnt} (write its disksize to start)\n"
+    proc = env.ok(
+        "mount",
+        mnt,
+        "--name",
+        "zramt-uninit",
+        "--algorithm",
+        "zstd",
+        "--algorithm-params",
+        "level=5",
+    )
+    assert (
+        proc.stdout
+        == f"zramt-uninit: uninitialised, mounted at {mnt} (write its disksize to start)\n"
+    )
     assert attr(mnt, "initstate") == "0\n"
     assert attr(mnt, "comp_algorithm").split().count("[zstd]") == 1
     store(mnt, "disksize", "8M")

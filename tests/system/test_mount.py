@@ -20,7 +20,18 @@ def test_mount_options_reach_the_device_and_status_shows_them(zramfs_env):
     env = zramfs_env
     mnt = os.path.join(env.root, "mnt")
     os.mkdir(mnt)
-    env.ok("mount", mnt, "--size", "64M", "--name", "zramt-m", "--algorithm", "zstd", "--mem-limit", "8M")
+    env.ok(
+        "mount",
+        mnt,
+        "--size",
+        "64M",
+        "--name",
+        "zramt-m",
+        "--algorithm",
+        "zstd",
+        "--mem-limit",
+        "8M",
+    )
     with open(f"{mnt}/comp_algorithm") as f:
         assert "[zstd]" in f.read().split()
     with open(f"{mnt}/mem_limit") as f:
@@ -29,13 +40,24 @@ def test_mount_options_reach_the_device_and_status_shows_them(zramfs_env):
         assert int(f.read()) == 64 * MiB
     # 1 MiB of text-like data, so DATA, COMPR and TOTAL have something to show.
     with open(f"{mnt}/disk", "r+b") as f:
-        f.write(b"".join(b"line %08d of some compressible text\n" % i for i in range(27000))[: 1 << 20])
+        f.write(
+            b"".join(b"line %08d of some compressible text\n" % i for i in range(27000))[: 1 << 20]
+        )
     mm_stat = env.mm_stat(mnt)
 
     out = env.ok("status").stdout.splitlines()
     header = out[0].split()
     assert header == [
-        "NAME", "DISKSIZE", "DATA", "COMPR", "TOTAL", "ALGORITHM", "LOOP", "MOUNTPOINT", "BACKEND", "DISCARD",
+        "NAME",
+        "DISKSIZE",
+        "DATA",
+        "COMPR",
+        "TOTAL",
+        "ALGORITHM",
+        "LOOP",
+        "MOUNTPOINT",
+        "BACKEND",
+        "DISCARD",
     ]
     (row,) = [line.split() for line in out[1:] if line.split()[0] == "zramt-m"]
     assert row[0:2] == ["zramt-m", "64M"]
@@ -53,7 +75,18 @@ def test_mount_options_reach_the_device_and_status_shows_them(zramfs_env):
 
 def _foreground(env, mnt, name):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "zramfs", "mount", mnt, "--size", "64M", "--name", name, "--foreground"],
+        [
+            sys.executable,
+            "-m",
+            "zramfs",
+            "mount",
+            mnt,
+            "--size",
+            "64M",
+            "--name",
+            name,
+            "--foreground",
+        ],
         env=env.env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -91,7 +124,10 @@ def test_foreground_until_sigterm(zramfs_env):
 def test_umount_not_zramfs(zramfs_env):
     env = zramfs_env
     proc = env.cli("umount", env.root)
-    assert (proc.returncode, proc.stderr) == (6, f"zramfs: error: {env.root} is not a zramfs mount\n")
+    assert (proc.returncode, proc.stderr) == (
+        6,
+        f"zramfs: error: {env.root} is not a zramfs mount\n",
+    )
 
 
 def test_two_auto_named_mounts_at_once_get_two_names(zramfs_env):
@@ -135,7 +171,9 @@ PLANTED_FOR_BOTH = ("zramfs", "allocator", "lz4", "zstandard", "ctypes", "json")
 def _plant(directory, names, marker):
     for name in names:
         with open(os.path.join(directory, f"{name}.py"), "w") as f:
-            f.write(f"open({marker!r}, 'a').write({name!r} + ' imported from the working directory\\n')\n")
+            f.write(
+                f"open({marker!r}, 'a').write({name!r} + ' imported from the working directory\\n')\n"
+            )
 
 
 def test_nothing_is_imported_from_the_working_directory_or_pythonpath(zramfs_env):
@@ -152,7 +190,9 @@ def test_nothing_is_imported_from_the_working_directory_or_pythonpath(zramfs_env
     os.mkdir(plant)
     marker = os.path.join(env.root, "marker")
     zramfs_command = os.path.join(os.path.dirname(sys.executable), "zramfs")
-    assert os.access(zramfs_command, os.X_OK), "the zramfs console script is not installed in this venv"
+    assert os.access(zramfs_command, os.X_OK), (
+        "the zramfs console script is not installed in this venv"
+    )
     mnt = os.path.join(env.root, "mnt")
     os.mkdir(mnt)
 

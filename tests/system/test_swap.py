@@ -13,11 +13,9 @@ import threading
 import time
 
 import pytest
-
-from tests._support.system import BACKENDS, SCRIPTS
-
 from memcg import memory_cgroup
 
+from tests._support.system import BACKENDS, SCRIPTS
 from zramfs import tuning
 from zramfs.config import default_swap_size
 
@@ -59,8 +57,14 @@ def test_swap_under_memory_pressure(zramfs_env, backend):
     loop, mountpoint = row["loop"], row["mountpoint"]
     assert mountpoint == os.path.join(env.run_dir, "zramt0")
     with open("/proc/swaps") as f:
-        rivals = [l.split()[0] for l in list(f)[1:] if l.split()[0] != loop and int(l.split()[4]) >= PRIORITY]
-    assert not rivals, f"other swap areas share priority {PRIORITY} (a concurrent test run?): {rivals}"
+        rivals = [
+            row.split()[0]
+            for row in list(f)[1:]
+            if row.split()[0] != loop and int(row.split()[4]) >= PRIORITY
+        ]
+    assert not rivals, (
+        f"other swap areas share priority {PRIORITY} (a concurrent test run?): {rivals}"
+    )
     assert proc.stdout == (
         f"zramt0: 512 MiB lz4 swap on {loop} (priority {PRIORITY}"
         + ("" if row["discard"] else ", no discard")
@@ -149,7 +153,7 @@ def test_swapon_defaults(zramfs_env):
     assert row["disksize"] == default_swap_size()
     assert row["loop"] == loop
     with open("/proc/swaps") as f:
-        (line,) = [l for l in f if l.startswith(loop + " ")]
+        (line,) = [row for row in f if row.startswith(loop + " ")]
     assert line.split()[4] == "100"  # priority
     env.ok("swapoff", name)
     assert env.leftovers() == {}
@@ -190,7 +194,9 @@ def test_swapon_sets_page_cluster_and_the_last_swapoff_puts_it_back(zramfs_env, 
     assert not os.path.exists(env.run_dir)  # the saved settings, and the directory, are gone
 
 
-def test_swapon_leaves_page_cluster_alone_when_it_is_already_right(zramfs_env, page_cluster, halt_poll):
+def test_swapon_leaves_page_cluster_alone_when_it_is_already_right(
+    zramfs_env, page_cluster, halt_poll
+):
     env = zramfs_env
     with open(PAGE_CLUSTER, "w") as f:
         f.write("3")
@@ -218,7 +224,9 @@ def halt_poll():
         f.write(old)
 
 
-def test_swapon_lets_an_idle_vcpu_poll_and_the_last_swapoff_stops_it(zramfs_env, halt_poll, page_cluster):
+def test_swapon_lets_an_idle_vcpu_poll_and_the_last_swapoff_stops_it(
+    zramfs_env, halt_poll, page_cluster
+):
     env = zramfs_env
     if halt_poll is None:
         # Not a KVM guest with haltpoll: there is nothing to tune, and
@@ -238,7 +246,9 @@ def test_swapon_lets_an_idle_vcpu_poll_and_the_last_swapoff_stops_it(zramfs_env,
     assert env.leftovers() == {}
 
 
-SWAPON_LINE = re.compile(r"(zram\d+|zramt\d+): 16 MiB lz4 swap on (/dev/loop\d+) \(priority 5\), mounted at (\S+)\n")
+SWAPON_LINE = re.compile(
+    r"(zram\d+|zramt\d+): 16 MiB lz4 swap on (/dev/loop\d+) \(priority 5\), mounted at (\S+)\n"
+)
 
 
 @pytest.mark.parametrize("attempt", range(3))

@@ -122,7 +122,9 @@ class Container:
             if time.monotonic() > deadline:
                 raise AssertionError(f"systemd in the container did not come up: {self.log()}")
             time.sleep(0.2)
-        state = self.run("systemctl", "is-system-running", "--wait", check=False, timeout=120).stdout.strip()
+        state = self.run(
+            "systemctl", "is-system-running", "--wait", check=False, timeout=120
+        ).stdout.strip()
         assert state in ("running", "degraded"), f"system is {state}: {self.log()}"
 
     def _find_leader(self):
@@ -143,15 +145,29 @@ class Container:
 
     def run(self, *argv, check=True, timeout=60):
         proc = subprocess.run(
-            ["nsenter", "-t", str(self.leader), "-m", "-u", "-i", "-p", "-r", "-w",
-             "env", "-i", f"PATH={PATH}", *argv],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            [
+                "nsenter",
+                "-t",
+                str(self.leader),
+                "-m",
+                "-u",
+                "-i",
+                "-p",
+                "-r",
+                "-w",
+                "env",
+                "-i",
+                f"PATH={PATH}",
+                *argv,
+            ],
+            capture_output=True,
             text=True,
             timeout=timeout,
         )
         if check and proc.returncode != 0:
-            raise AssertionError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr}{proc.stdout}")
+            raise AssertionError(
+                f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr}{proc.stdout}"
+            )
         return proc
 
     def unit(self, name, *props):
@@ -205,7 +221,9 @@ def container(tmp_path):
     if NSPAWN is None:
         message = "needs systemd-nspawn (apt package systemd-container)"
         if os.environ.get("ZRAMFS_SYSTEM_TESTS") == "require":
-            pytest.fail(f"ZRAMFS_SYSTEM_TESTS=require, but this system test {message}", pytrace=False)
+            pytest.fail(
+                f"ZRAMFS_SYSTEM_TESTS=require, but this system test {message}", pytrace=False
+            )
         pytest.skip(message)
     loops_before = _loops()
     c = Container(str(tmp_path))
@@ -250,7 +268,9 @@ def test_boot_use_stop_and_a_broken_config(container):
     assert len(swaps) == 3 and swaps[0].startswith("/dev/loop"), swaps
     # mkswap keeps the first page for its header.
     assert int(swaps[1]) == 128 * 2**20 - 4096 and swaps[2] == "50"
-    status = {d["name"]: d for d in json.loads(c.run("zramfs", "status", "--json").stdout)["zramfs"]}
+    status = {
+        d["name"]: d for d in json.loads(c.run("zramfs", "status", "--json").stdout)["zramfs"]
+    }
     assert set(status) == {"zram0", "zram1"}, status
 
     source, fstype = c.run("findmnt", "-n", "-o", "SOURCE,FSTYPE", "/var/tmp/zfs").stdout.split()
@@ -260,7 +280,9 @@ def test_boot_use_stop_and_a_broken_config(container):
     written = c.run("sha256sum", "/var/tmp/zfs/data").stdout.split()[0]
     c.run("sync")
     # Read back past the page cache, from the compressed device.
-    back = c.run("sh", "-c", "dd if=/var/tmp/zfs/data iflag=direct bs=1M status=none | sha256sum").stdout.split()[0]
+    back = c.run(
+        "sh", "-c", "dd if=/var/tmp/zfs/data iflag=direct bs=1M status=none | sha256sum"
+    ).stdout.split()[0]
     assert back == written
 
     # Stop both: swapoff, unmount, loop devices detached, daemons gone.
@@ -279,7 +301,9 @@ def test_boot_use_stop_and_a_broken_config(container):
 
     # A broken config: a failed unit, and the reason in one journal line.
     os.makedirs(os.path.join(c.tmp, "etc-zramfs", "zramfs-generator.conf.d"))
-    with open(os.path.join(c.tmp, "etc-zramfs", "zramfs-generator.conf.d", "50-broken.conf"), "w") as f:
+    with open(
+        os.path.join(c.tmp, "etc-zramfs", "zramfs-generator.conf.d", "50-broken.conf"), "w"
+    ) as f:
         f.write(BROKEN)
     c.run("systemctl", "daemon-reload")
     assert c.run("systemctl", "start", "zramfs-setup@zram2.service", check=False).returncode != 0
@@ -308,7 +332,11 @@ def test_boot_use_stop_and_a_broken_config(container):
     with open(console) as f:
         f.seek(booted)
         shutdown = f.read()
-    for done in ("Unmounted var-tmp-zfs.mount", "Stopped zramfs-setup@zram0.service", "Stopped zramfs-setup@zram1.service"):
+    for done in (
+        "Unmounted var-tmp-zfs.mount",
+        "Stopped zramfs-setup@zram0.service",
+        "Stopped zramfs-setup@zram1.service",
+    ):
         assert done in shutdown, shutdown
     assert "FAILED" not in shutdown, shutdown
     assert c.proc.returncode == 0, c.log()

@@ -25,8 +25,8 @@ import tempfile
 import time
 
 import pytest
-from tests._support.system import BACKENDS, REPO
 
+from tests._support.system import BACKENDS, REPO
 from zramfs.fuse._mount import unmount
 
 NOBODY = 65534
@@ -134,7 +134,9 @@ class UserMount:
             )  # fmt: skip
             if self.holder.stdout.readline() != b"ready\n":
                 self.cleanup()
-                pytest.fail(f"cannot bind a 0666 node over /dev/fuse in a private mount namespace ({node})")
+                pytest.fail(
+                    f"cannot bind a 0666 node over /dev/fuse in a private mount namespace ({node})"
+                )
             self.prefix = ("nsenter", f"--target={self.holder.pid}", "--mount")
 
     @property
@@ -216,7 +218,13 @@ def test_user_mounts_writes_and_unmounts(user_mount, tmp_path, backend):
     assert (fstype, source) == ("fuse.zramfs", NAME)
     assert f"user_id={NOBODY}" in opts.split(",")
 
-    r = um.run("sh", "-c", 'printf zramfs-user | dd of="$1" conv=notrunc status=none && head -c 11 "$1"', "sh", um.disk)
+    r = um.run(
+        "sh",
+        "-c",
+        'printf zramfs-user | dd of="$1" conv=notrunc status=none && head -c 11 "$1"',
+        "sh",
+        um.disk,
+    )
     assert (r.returncode, r.stdout, r.stderr) == (0, "zramfs-user", "")
     r = um.cli("status", "--json")
     assert r.returncode == 0, r.stderr
@@ -228,7 +236,10 @@ def test_user_mounts_writes_and_unmounts(user_mount, tmp_path, backend):
     r = um.run(
         "sh", "-c", 'exec 3<"$1"; shift; exec "$@"', "sh", um.disk, um.python, "-m", "zramfs", "umount", um.mnt,
     )  # fmt: skip
-    assert (r.returncode, r.stderr) == (5, f"zramfs: error: {um.mnt} is busy (a process or loop device has files open)\n")
+    assert (r.returncode, r.stderr) == (
+        5,
+        f"zramfs: error: {um.mnt} is busy (a process or loop device has files open)\n",
+    )
     assert len(um.mounts()) == 1 and len(_daemons(um.mnt)) == 1
 
     r = um.cli("umount", um.mnt)

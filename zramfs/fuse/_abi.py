@@ -136,7 +136,9 @@ assert setattr_in.size == 88
 open_in = struct.Struct("<II")  # flags open_flags
 mknod_in = struct.Struct("<IIII")  # mode rdev umask padding (+ name)
 open_out = struct.Struct("<QII")  # fh open_flags padding
-release_in_fh = struct.Struct("<Q")  # release_in's first field: fh (then flags release_flags lock_owner)
+release_in_fh = struct.Struct(
+    "<Q"
+)  # release_in's first field: fh (then flags release_flags lock_owner)
 read_in = struct.Struct("<QQIIQII")  # fh offset size read_flags lock_owner flags padding
 write_in = struct.Struct("<QQIIQII")  # fh offset size write_flags lock_owner flags padding
 assert write_in.size == 40

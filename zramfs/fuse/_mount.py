@@ -47,7 +47,13 @@ FUSERMOUNT_TIMEOUT_S = 30.0
 FUSECTL = "/sys/fs/fuse/connections"
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+_libc.mount.argtypes = (
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+)
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 
 
@@ -174,7 +180,13 @@ def _mount_fusermount(mountpoint, fsname, subtype):
     try:
         try:
             proc = subprocess.run(
-                [fusermount, "-o", f"fsname={fsname},subtype={subtype},default_permissions", "--", mountpoint],
+                [
+                    fusermount,
+                    "-o",
+                    f"fsname={fsname},subtype={subtype},default_permissions",
+                    "--",
+                    mountpoint,
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -185,9 +197,13 @@ def _mount_fusermount(mountpoint, fsname, subtype):
                 check=False,
             )
         except FileNotFoundError:
-            raise FusermountMissingError(f"{FUSERMOUNT} not found: install fuse3, or mount as root") from None
+            raise FusermountMissingError(
+                f"{FUSERMOUNT} not found: install fuse3, or mount as root"
+            ) from None
         except subprocess.TimeoutExpired:
-            raise MountError(f"mount {mountpoint}: {FUSERMOUNT} did not finish within {FUSERMOUNT_TIMEOUT_S:g} s") from None
+            raise MountError(
+                f"mount {mountpoint}: {FUSERMOUNT} did not finish within {FUSERMOUNT_TIMEOUT_S:g} s"
+            ) from None
         theirs.close()  # now a failed fusermount3 reads as EOF, not a hang
         fds = []
         if proc.returncode == 0:
@@ -214,7 +230,9 @@ def _unmount_fusermount(mountpoint, lazy):
     if not is_mounted(mountpoint):
         return False
     argv = [fusermount_path(), "-u", *(["-z"] if lazy else []), "--", mountpoint]
-    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+    )
     if proc.returncode == 0:
         return True
     if not is_mounted(mountpoint):

@@ -61,8 +61,8 @@ from zramfs.fuse._mount import (
     DEFAULT_THREADS,
     MountedSession,
     MountError,
-    abort_connection,
     MountpointBusyError,
+    abort_connection,
     check_mountpoint,
     is_mounted,
     unmount,
@@ -72,7 +72,7 @@ from zramfs.fuse._session import ATTR_VALID_S, ENTRY_VALID_S
 try:
     import pyfuse3
 except ImportError:  # an optional extra, zramfs[pyfuse3]; mount() says so
-    pyfuse3 = None
+    pyfuse3 = None  # type: ignore[assignment]
 
 # What this backend can do; the CLI (swapon leaves out --discard and says
 # why) and `zramfs status` read it as `Pyfuse3Session.supports_discard`.
@@ -127,7 +127,7 @@ def _entry(attr):
     return e
 
 
-class _Operations(pyfuse3.Operations if pyfuse3 is not None else object):
+class _Operations(pyfuse3.Operations if pyfuse3 is not None else object):  # type: ignore[misc]
     """pyfuse3's request handlers, each one Filesystem call.
 
     pyfuse3 lets only FUSEError out of a handler: anything else ends
@@ -200,7 +200,9 @@ class _Operations(pyfuse3.Operations if pyfuse3 is not None else object):
     async def read(self, fh, off, size):
         try:
             if size >= _THREAD_MIN_BYTES:
-                return await trio.to_thread.run_sync(self._fs.read, fh, off, size, fh, limiter=self.limiter)
+                return await trio.to_thread.run_sync(
+                    self._fs.read, fh, off, size, fh, limiter=self.limiter
+                )
             return self._fs.read(fh, off, size, fh)
         except Exception as exc:
             raise self._fuse_error(exc) from None
@@ -208,7 +210,9 @@ class _Operations(pyfuse3.Operations if pyfuse3 is not None else object):
     async def write(self, fh, off, buf):
         try:
             if len(buf) >= _THREAD_MIN_BYTES:
-                return await trio.to_thread.run_sync(self._fs.write, fh, off, buf, limiter=self.limiter)
+                return await trio.to_thread.run_sync(
+                    self._fs.write, fh, off, buf, limiter=self.limiter
+                )
             return self._fs.write(fh, off, buf)
         except Exception as exc:
             raise self._fuse_error(exc) from None
@@ -334,13 +338,17 @@ class Pyfuse3Session(MountedSession):
         """Mount through libfuse3; raises MountError subclasses."""
         global _active
         if pyfuse3 is None:
-            raise Pyfuse3UnavailableError("the pyfuse3 backend needs pyfuse3 (pip install 'zramfs[pyfuse3]')")
+            raise Pyfuse3UnavailableError(
+                "the pyfuse3 backend needs pyfuse3 (pip install 'zramfs[pyfuse3]')"
+            )
         # The default backend's exact one-line refusals, before libfuse
         # prints its own to stderr.
         check_mountpoint(self.mountpoint)
         with _active_lock:
             if _active is not None:
-                raise Pyfuse3BusyError(f"pyfuse3 already serves {_active.mountpoint} in this process")
+                raise Pyfuse3BusyError(
+                    f"pyfuse3 already serves {_active.mountpoint} in this process"
+                )
             _active = self
         options = {f"fsname={self.fsname}", *_MOUNT_OPTIONS}
         if os.geteuid() != 0:
@@ -360,7 +368,9 @@ class Pyfuse3Session(MountedSession):
                 _active = None
             if is_mounted(self.mountpoint):  # mounted on meanwhile
                 raise MountpointBusyError(f"{self.mountpoint} is already a mount point") from None
-            raise MountError(f"mount {self.mountpoint}: libfuse3 refused (its message is above)") from None
+            raise MountError(
+                f"mount {self.mountpoint}: libfuse3 refused (its message is above)"
+            ) from None
         self._initialized = True
         self._remember_mount()
 

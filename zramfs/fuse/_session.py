@@ -177,7 +177,9 @@ class DevSession(MountedSession):
         self._stopping = False
         self._more = threading.Event() if self.threads > 1 else None
         helpers = [
-            threading.Thread(target=self._reader, args=(True,), name=f"zramfs-fuse-{i}", daemon=True)
+            threading.Thread(
+                target=self._reader, args=(True,), name=f"zramfs-fuse-{i}", daemon=True
+            )
             for i in range(1, self.threads)
         ]
         for t in helpers:
@@ -395,7 +397,15 @@ class DevSession(MountedSession):
         table[_abi.CREATE] = self._create
         table[_abi.MKNOD] = self._mknod
         # The header's nodeid is a directory in each: the parent (LINK: the new one).
-        for op in (_abi.MKDIR, _abi.UNLINK, _abi.RMDIR, _abi.RENAME, _abi.RENAME2, _abi.LINK, _abi.SYMLINK):
+        for op in (
+            _abi.MKDIR,
+            _abi.UNLINK,
+            _abi.RMDIR,
+            _abi.RENAME,
+            _abi.RENAME2,
+            _abi.LINK,
+            _abi.SYMLINK,
+        ):
             table[op] = self._change_tree
         return table
 
@@ -411,10 +421,14 @@ class DevSession(MountedSession):
         self._reply(unique)
 
     def _init(self, unique, nodeid, mv, n):
-        major, minor, max_readahead, flags, _flags2 = _abi.init_in.unpack_from(mv, _abi.IN_HEADER_SIZE)
+        major, minor, max_readahead, flags, _flags2 = _abi.init_in.unpack_from(
+            mv, _abi.IN_HEADER_SIZE
+        )
         if major > _abi.KERNEL_VERSION:
             # The kernel will retry INIT with the major we name.
-            self._reply(unique, _abi.init_out.pack(_abi.KERNEL_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)[:8])
+            self._reply(
+                unique, _abi.init_out.pack(_abi.KERNEL_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)[:8]
+            )
             return
         if major < _abi.KERNEL_VERSION:
             self._reply_error(unique, errno.EPROTO)
@@ -542,8 +556,12 @@ class DevSession(MountedSession):
         try:
             os.writev(
                 self.fd,
-                (_abi.out_header.pack(16 + _abi.notify_inval_inode_out.size, _abi.NOTIFY_INVAL_INODE, 0),
-                 _abi.notify_inval_inode_out.pack(DISK_INO, -1, 0)),
+                (
+                    _abi.out_header.pack(
+                        16 + _abi.notify_inval_inode_out.size, _abi.NOTIFY_INVAL_INODE, 0
+                    ),
+                    _abi.notify_inval_inode_out.pack(DISK_INO, -1, 0),
+                ),
             )
         except OSError as e:
             if e.errno not in (errno.ENOENT, errno.ENODEV):
@@ -567,7 +585,9 @@ class DevSession(MountedSession):
         s = self.fs.statfs()
         self._reply(
             unique,
-            _abi.kstatfs.pack(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize, 0),
+            _abi.kstatfs.pack(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize, 0
+            ),
         )
 
     def _fallocate(self, unique, nodeid, mv, n):
