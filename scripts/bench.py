@@ -96,8 +96,17 @@ IDLE_RSS_TARGET = 20 * MIB
 # zram's wall time, so that the swap row measures the device.
 WORKLOAD_CPU_SHARE = 0.10
 
-# The two settings the suite runs under, in this order.
-SETTINGS = ("machine", "swapon")
+# The settings the suite can run under: the machine's own; those `zramfs
+# swapon` applies; and, on KVM guests, halt polling off, as on VMs whose
+# kernel command line has guest_halt_poll_ns=0 (the setting a `zramfs
+# mount` user there gets).  Each is (settings, at_least) for tuning.apply,
+# put back after its suite.  The default runs the first two.
+SETTINGS = {
+    "machine": None,
+    "swapon": (tuning.SWAP_SETTINGS, tuning.AT_LEAST),
+    "nopoll": ({tuning.HALT_POLL_NS: "0"}, frozenset()),
+}
+DEFAULT_SETTINGS = "machine,swapon"
 
 
 def log(msg):
@@ -668,9 +677,10 @@ def main(argv=None):
     p.add_argument("--targets", default="kernel,zramfs,zramfs-pyfuse3,memserver",
                    help="comma-separated: kernel, zramfs, zramfs-pyfuse3, memserver (the C libfuse memory "
                         "server, fio only); those not available are left out")
-    p.add_argument("--settings", default=",".join(SETTINGS),
+    p.add_argument("--settings", default=DEFAULT_SETTINGS,
                    help="comma-separated, run in this order: machine (its own settings), swapon (those "
-                        "`zramfs swapon` applies, put back afterwards); default both")
+                        "`zramfs swapon` applies), nopoll (guest_halt_poll_ns 0, KVM guests only); each is "
+                        f"put back after its suite (default {DEFAULT_SETTINGS})")
     p.add_argument("--no-fio", action="store_true")
     p.add_argument("--no-swap", action="store_true")
     p.add_argument("--quick", action="store_true", help="tiny sizes: proves the benchmark works, measures nothing")
@@ -744,11 +754,17 @@ def main(argv=None):
                 os.mkdir(saved)
                 # Each setting holds for its whole suite, so every target,
                 # kernel zram included, runs on the same machine.
+                if setting == "nopoll" and not os.path.exists(tuning.HALT_POLL_NS):
+                    log("no haltpoll driver (not a KVM guest): the nopoll suite left out")
+                    continue
                 try:
-                    if setting == "swapon":
-                        for path, (old, new) in tuning.apply(saved).items():
-                            log(f"swapon settings: {path} {old} -> {new}")
+                    if SETTINGS[setting]:
+                        wants, at_least = SETTINGS[setting]
+                        for path, (old, new) in tuning.apply(saved, wants, at_least=at_least).items():
+                            log(f"{setting} settings: {path} {old} -> {new}")
                     settings[setting] = tuning.current()
+                    if any(settings[setting] == settings[earlier] for earlier in settings if earlier != setting):
+                        log(f"{setting} settings: the same values as an earlier suite's on this machine")
                     log(f"{setting} settings: " + ", ".join(f"{os.path.basename(k)}={v}"
                                                            for k, v in settings[setting].items()))
                     results[setting] = run_suite(targets, factories, args, size, workload)
