@@ -17,11 +17,14 @@ writes a JSON file (and PNG charts when matplotlib is installed).  It is a
 benchmark, never a timed test: numbers go to BENCHMARKS.md by hand, with
 date and machine.
 
-Every device, loop device, swap area, mount and cgroup it makes is undone on
-the way out, Ctrl-C included.
+Every device, loop device, swap area, mount, server and cgroup it makes is
+undone on the way out, Ctrl-C included, and every setting it changed is put
+back.  Exit codes: 0 done, 1 a page came back wrong, 2 bad arguments or a
+missing tool (fio, cc, pkg-config fuse3), 3 not root, 130 interrupted.
 
-    sudo .venv/bin/python scripts/bench.py                 # the full run
-    sudo .venv/bin/python scripts/bench.py --quick         # seconds; proves it works
+    sudo .venv/bin/python scripts/bench.py                 # the full run, ~8 minutes
+    sudo .venv/bin/python scripts/bench.py --settings machine,swapon,nopoll
+    sudo .venv/bin/python scripts/bench.py --quick         # about a minute; proves it works
 """
 
 import argparse
