@@ -191,3 +191,23 @@ def test_bench_says_in_one_line_when_it_cannot_build(tmp_path, env, args, messag
     assert _state() == before
     assert tuning.current() == settings
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not os.path.exists(tuning.HALT_POLL_NS), reason="no haltpoll driver (not a KVM guest)")
+def test_bench_nopoll_suite_turns_halt_polling_off_and_puts_it_back(tmp_path):
+    before = _state()
+    settings = tuning.current()
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "bench.py"), "--quick", "--no-swap", "--targets", "memserver",
+         "--settings", "nopoll", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((out / "bench.json").read_text())
+    assert report["meta"]["settings"]["nopoll"][tuning.HALT_POLL_NS] == "0"
+    assert report["results"]["nopoll"]["memserver"]["fio"]["randread_4k_qd1"]["iops"] > 0
+    assert tuning.current() == settings
+    assert _state() == before
