@@ -194,7 +194,7 @@ int main(int argc, char **argv)
 	struct fuse_session *se = fuse_session_new(&args, &ops, sizeof(ops), NULL);
 	if (!se)
 		return 1;
-	int ret = 1;
+	int ret = -1;
 	if (fuse_set_signal_handlers(se) == 0) {
 		if (fuse_session_mount(se, argv[1]) == 0) {
 			struct fuse_loop_config config = {.clone_fd = 0, .max_idle_threads = 10};
@@ -204,5 +204,6 @@ int main(int argc, char **argv)
 		fuse_remove_signal_handlers(se);
 	}
 	fuse_session_destroy(se);
-	return ret ? 1 : 0;
+	/* A positive value is the signal that ended the loop: a clean stop. */
+	return ret < 0 ? 1 : 0;
 }
