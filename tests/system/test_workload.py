@@ -1,4 +1,5 @@
-"""scripts/swap_workload.py and scripts/memcg.py themselves: the checker catches bad pages, cgroups go away."""
+"""scripts/swap_workload.c (built by scripts/swap_workload.py) and scripts/memcg.py themselves:
+the checker catches bad pages, bad input and a missing compiler get one line, cgroups go away."""
 
 import json
 import os
@@ -13,49 +14,78 @@ import memcg
 import swap_workload
 
 
-def test_workload_passes_on_plain_memory():
-    result = swap_workload.run(mib=4, touches=5000, rewrite=0.5, seed=3)
-    assert result["bad_pages"] == 0 and result["pages"] == 1024
-    assert result["rewrites"] > 0
+@pytest.fixture(scope="module")
+def workload(tmp_path_factory):
+    return swap_workload.compile_c("swap_workload", str(tmp_path_factory.mktemp("build")))
 
 
-def test_workload_catches_a_stale_page(monkeypatch):
-    """A page that comes back with an old generation is counted (what a lost swap write looks like)."""
-    content = swap_workload.Pages.content
-    calls = []
+def _run(workload, *args):
+    proc = subprocess.run([workload, *map(str, args)], capture_output=True, text=True)
+    return proc.returncode, (json.loads(proc.stdout) if proc.stdout.strip() else None), proc.stderr
 
-    def stale_for_page_7(self, index, generation):
-        # Page 7 is written with generation 0 (first call), but checked as
-        # if it had been rewritten (generation 1).
-        if index == 7:
-            calls.append(generation)
-            if len(calls) > 1:
-                generation += 1
-        return content(self, index, generation)
 
-    monkeypatch.setattr(swap_workload.Pages, "content", stale_for_page_7)
-    result = swap_workload.run(mib=1, touches=0, rewrite=0.0, seed=3)
+def test_workload_passes_on_plain_memory(workload):
+    code, result, _err = _run(workload, "--mib", 4, "--touches", 5000, "--rewrite", 0.5, "--seed", 3)
+    assert code == 0
+    assert result["bad_pages"] == 0 and result["pages"] == 4 * (1 << 20) // os.sysconf("SC_PAGE_SIZE")
+    assert 0 < result["rewrites"] < 5000
+    # Its own CPU time is reported next to the wall time.
+    assert result["user_s"] >= 0 and result["sys_s"] >= 0 and result["wall_s"] > 0
+
+
+def test_workload_catches_a_stale_page(workload):
+    """A page that holds the next version while the table says the old one
+    (what a lost swap write looks like) is counted, once, and fails the run."""
+    code, result, _err = _run(workload, "--mib", 1, "--touches", 0, "--stale-page", 7)
+    assert code == 1
     assert result["bad_pages"] == 1
 
 
-def test_pages_compress_about_2_to_1_and_differ():
+def test_pages_compress_about_2_to_1_and_differ(workload):
     import lz4.block
 
-    pages = swap_workload.Pages(1)
-    sizes = [len(lz4.block.compress(pages.content(i, g), store_size=False)) for i in range(100) for g in range(3)]
-    ratio = sum(sizes) / (4096 * len(sizes))
+    page_size = os.sysconf("SC_PAGE_SIZE")
+    data = subprocess.run([workload, "--dump", "100"], capture_output=True, check=True).stdout
+    pages = [data[i : i + page_size] for i in range(0, len(data), page_size)]
+    assert len(pages) == 300  # 100 pages, versions 0-2
+    sizes = [len(lz4.block.compress(p, store_size=False)) for p in pages]
+    ratio = sum(sizes) / (page_size * len(sizes))
     assert 0.45 < ratio < 0.6
-    assert len({pages.content(i, g) for i in range(100) for g in range(3)}) == 300
+    assert len(set(pages)) == 300
 
 
-def test_workload_cli_exit_code_and_json():
+@pytest.mark.parametrize("args, message", [
+    (["--mib", "0"], "--mib must be at least 1"),
+    (["--rewrite", "2"], "--rewrite must be between 0 and 1"),
+    (["--touches", "x"], "option values must be integers"),
+    (["--bogus", "1"], "unknown option"),
+])
+def test_workload_bad_arguments_get_one_line(workload, args, message):
+    code, result, err = _run(workload, *args)
+    assert code == 2 and result is None
+    assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_workload_cli_builds_runs_and_passes_the_exit_code():
     proc = subprocess.run(
         [sys.executable, os.path.join(SCRIPTS, "swap_workload.py"), "--mib", "2", "--touches", "100"],
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
-    assert set(json.loads(proc.stdout)) >= {"wall_s", "pages", "touches", "bad_pages"}
+    assert set(json.loads(proc.stdout)) >= {"wall_s", "user_s", "sys_s", "pages", "touches", "bad_pages"}
+
+
+def test_workload_cli_without_a_compiler_says_so_in_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(SCRIPTS, "swap_workload.py"), "--mib", "2"],
+        capture_output=True,
+        text=True,
+        env={"PATH": str(tmp_path)},
+    )
+    assert proc.returncode == 3
+    assert proc.stderr.strip().splitlines() == [
+        "swap_workload.py: error: cannot build swap_workload.c: no C compiler (cc); scripts/setup.sh installs gcc"]
 
 
 def test_memory_cgroup_limits_and_is_removed():
