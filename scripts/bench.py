@@ -48,9 +48,9 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, REPO)
 
 import memcg  # noqa: E402  (scripts/memcg.py: run a command in a memory cgroup)
+import swap_workload  # noqa: E402  (scripts/swap_workload.py: compiles the C programs)
 
 from allocator import PAGE_SIZE  # noqa: E402
-import swap_workload  # noqa: E402  (scripts/swap_workload.py: compiles the C programs)
 from zramfs import tuning  # noqa: E402
 from zramfs.system import System, parse_mm_stat  # noqa: E402
 
@@ -77,10 +77,30 @@ WORKLOADS = [
     # for one stall of this VM to move the result by 20 %.  (A second write
     # pass would overwrite, another workload: the write is repeated onto the
     # emptied device instead, WRITE_PASSES.)
-    ("seq_read_1m", "1 MiB sequential read", ["--rw=read", "--bs=1M", "--ioengine=psync", "--loops=4"], "bw"),
-    ("randread_4k_qd1", "4 KiB random read QD1", ["--rw=randread", "--bs=4k", "--ioengine=psync", "--time_based"], "iops"),
-    ("randwrite_4k_qd1", "4 KiB random write QD1", ["--rw=randwrite", "--bs=4k", "--ioengine=psync", "--time_based"], "iops"),
-    ("randread_4k_qd16", "4 KiB random read QD16", ["--rw=randread", "--bs=4k", "--ioengine=libaio", "--iodepth=16", "--time_based"], "iops"),
+    (
+        "seq_read_1m",
+        "1 MiB sequential read",
+        ["--rw=read", "--bs=1M", "--ioengine=psync", "--loops=4"],
+        "bw",
+    ),
+    (
+        "randread_4k_qd1",
+        "4 KiB random read QD1",
+        ["--rw=randread", "--bs=4k", "--ioengine=psync", "--time_based"],
+        "iops",
+    ),
+    (
+        "randwrite_4k_qd1",
+        "4 KiB random write QD1",
+        ["--rw=randwrite", "--bs=4k", "--ioengine=psync", "--time_based"],
+        "iops",
+    ),
+    (
+        "randread_4k_qd16",
+        "4 KiB random read QD16",
+        ["--rw=randread", "--bs=4k", "--ioengine=libaio", "--iodepth=16", "--time_based"],
+        "iops",
+    ),
 ]
 
 # Issue 16's targets for zramfs, as ratios to a reference target: kernel
@@ -127,8 +147,9 @@ def run(cmd, finish=False):
     after it can be cleaned up."""
     # A session of its own: a Ctrl-C at the terminal reaches only this
     # script, which stops the command in order.
-    with subprocess.Popen(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          start_new_session=True) as proc:
+    with subprocess.Popen(
+        cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    ) as proc:
         try:
             out, err = proc.communicate()
         except BaseException:
@@ -214,6 +235,7 @@ def cleanup(cmd, timeout=10.0):
 
 # -- targets ---------------------------------------------------------------
 
+
 class KernelZram:
     """A kernel zram device from hot_add, lz4, removed again on close."""
 
@@ -291,10 +313,20 @@ class Zramfs:
         disk = f"{self.mountpoint}/disk"
         self.stack.callback(_unmount_if_mounted, self.mountpoint)
         self.stack.callback(_detach_loops, disk)
-        self._cli("mount", self.mountpoint, "--size", str(size), "--name", self.name,
-                  "--fuse-backend", self.backend)
-        return run(["losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", disk],
-                   finish=True).strip()
+        self._cli(
+            "mount",
+            self.mountpoint,
+            "--size",
+            str(size),
+            "--name",
+            self.name,
+            "--fuse-backend",
+            self.backend,
+        )
+        return run(
+            ["losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", disk],
+            finish=True,
+        ).strip()
 
     def swapon(self, size):
         self.mountpoint = SYSTEM.swap_mountpoint(self.name)
@@ -316,7 +348,10 @@ class Zramfs:
         pid = self.daemon_pid()
         if pid is None:
             return None
-        return {"rss": memcg.proc_status_kib(pid, "VmRSS") * 1024, "peak_rss": memcg.proc_status_kib(pid, "VmHWM") * 1024}
+        return {
+            "rss": memcg.proc_status_kib(pid, "VmRSS") * 1024,
+            "peak_rss": memcg.proc_status_kib(pid, "VmHWM") * 1024,
+        }
 
 
 class MemServer:
@@ -336,20 +371,31 @@ class MemServer:
         self.stack.callback(_rmdir, os.path.dirname(self.mountpoint))
         self.stack.callback(_rmdir, self.mountpoint)
         disk = f"{self.mountpoint}/disk"
-        proc = subprocess.Popen([self.binary, self.mountpoint, str(size)], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [self.binary, self.mountpoint, str(size)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         # Callbacks run last-in first-out: the loop device goes, then the server.
         self.stack.callback(self._stop, proc)
         self.stack.callback(_detach_loops, disk)
         deadline = time.monotonic() + 10
         while SYSTEM.mount_at(self.mountpoint) is None:
             if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().strip() if proc.poll() is not None else "no mount after 10 s"
-                raise RuntimeError(f"fuse_memserver did not mount: {err.splitlines()[-1] if err else proc.returncode}")
+                err = (
+                    proc.stderr.read().strip() if proc.poll() is not None else "no mount after 10 s"
+                )
+                raise RuntimeError(
+                    f"fuse_memserver did not mount: {err.splitlines()[-1] if err else proc.returncode}"
+                )
             time.sleep(0.02)
-        return run(["losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", disk],
-                   finish=True).strip()
+        return run(
+            ["losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", disk],
+            finish=True,
+        ).strip()
 
     def _stop(self, proc):
         # SIGTERM: libfuse's handler leaves the loop and unmounts.
@@ -372,9 +418,18 @@ def _rmdir(path):
 
 # -- workloads -------------------------------------------------------------
 
+
 def run_fio(dev, size, args, runtime):
-    cmd = ["fio", "--name=bench", f"--filename={dev}", f"--size={size}", "--output-format=json",
-           f"--runtime={runtime}", *FIO_DATA, *args]
+    cmd = [
+        "fio",
+        "--name=bench",
+        f"--filename={dev}",
+        f"--size={size}",
+        "--output-format=json",
+        f"--runtime={runtime}",
+        *FIO_DATA,
+        *args,
+    ]
     out = json.loads(run(cmd))
     job = out["jobs"][0]
     side = job["write"] if job["write"]["io_bytes"] else job["read"]
@@ -429,8 +484,10 @@ def swap_target(target, args, workload):
     limit = ws // 3
     with contextlib.ExitStack() as stack:
         target.stack = stack
-        log(f"{target.label}: swap workload ({args.swap_mib} MiB working set, cgroup limit {limit // MIB} MiB, "
-            f"{args.swap_disksize_mib} MiB device)")
+        log(
+            f"{target.label}: swap workload ({args.swap_mib} MiB working set, cgroup limit {limit // MIB} MiB, "
+            f"{args.swap_disksize_mib} MiB device)"
+        )
         dev = target.swapon(args.swap_disksize_mib * MIB)
         cmd = [workload, "--mib", str(args.swap_mib), "--touches", str(args.swap_touches)]
         sampler = SwapSampler(target, dev)
@@ -477,7 +534,7 @@ class SwapSampler:
     def __init__(self, target, dev):
         self.target = target
         self.dev = dev
-        self.samples = []   # (seconds, slots in use, bytes stored)
+        self.samples = []  # (seconds, slots in use, bytes stored)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -517,6 +574,7 @@ class SwapSampler:
 
 # -- report ----------------------------------------------------------------
 
+
 def ratio(value, reference):
     if value is None or not reference:
         return None
@@ -531,7 +589,10 @@ def metric_value(res, key):
 def render_table(results):
     keys = list(results)
     ref = results.get("kernel")
-    refs = {"kernel": (ref or {}).get("fio"), "memserver": (results.get("memserver") or {}).get("fio")}
+    refs = {
+        "kernel": (ref or {}).get("fio"),
+        "memserver": (results.get("memserver") or {}).get("fio"),
+    }
     head = "| workload | " + " | ".join(results[k]["label"] for k in keys) + " |"
     lines = [head, "|" + "---|" * (len(keys) + 1)]
     for key, title, _args, metric in WORKLOADS:
@@ -557,7 +618,11 @@ def render_table(results):
     row = ["daemon RSS, idle (MiB)"]
     for k in keys:
         idle = (results[k].get("fio") or {}).get("rss_idle")
-        row.append(f"{idle['rss'] / MIB:.0f}{' ✓' if idle['rss'] <= IDLE_RSS_TARGET else ' ✗'}" if idle else "—")
+        row.append(
+            f"{idle['rss'] / MIB:.0f}{' ✓' if idle['rss'] <= IDLE_RSS_TARGET else ' ✗'}"
+            if idle
+            else "—"
+        )
     lines.append("| " + " | ".join(row) + " |")
     kwall = (ref or {}).get("swap", {}).get("wall_s")
     for label, getter in (
@@ -608,18 +673,29 @@ def render_table(results):
     row = ["swap: peak slots in use / stored (MiB)"]
     for k in keys:
         slots = (results[k].get("swap") or {}).get("slots")
-        row.append(f"{slots['peak_slots_bytes'] / MIB:.0f} / {slots['peak_stored_bytes'] / MIB:.0f}"
-                   if slots else "—")
+        row.append(
+            f"{slots['peak_slots_bytes'] / MIB:.0f} / {slots['peak_stored_bytes'] / MIB:.0f}"
+            if slots
+            else "—"
+        )
     lines.append("| " + " | ".join(row) + " |")
     row = ["fio: compression ratio (orig/compr)"]
     for k in keys:
         mm = (results[k].get("fio") or {}).get("mm_stat_after_fill")
-        row.append(f"{mm['orig_data_size'] / mm['compr_data_size']:.2f}" if mm and mm["compr_data_size"] else "—")
+        row.append(
+            f"{mm['orig_data_size'] / mm['compr_data_size']:.2f}"
+            if mm and mm["compr_data_size"]
+            else "—"
+        )
     lines.append("| " + " | ".join(row) + " |")
     row = ["fio: mem_used_total / compr_data_size"]
     for k in keys:
         mm = (results[k].get("fio") or {}).get("mm_stat_after_fill")
-        row.append(f"{mm['mem_used_total'] / mm['compr_data_size']:.3f}" if mm and mm["compr_data_size"] else "—")
+        row.append(
+            f"{mm['mem_used_total'] / mm['compr_data_size']:.3f}"
+            if mm and mm["compr_data_size"]
+            else "—"
+        )
     lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -633,6 +709,7 @@ def _mark(key, r):
 def render_png(results, path):
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -646,7 +723,9 @@ def render_png(results, path):
     width = 0.8 / max(1, len(keys))
     for i, k in enumerate(keys):
         vals = [metric_value(results[k]["fio"], w) / metric_value(ref, w) for w, *_ in WORKLOADS]
-        ax.bar([x + i * width for x in range(len(WORKLOADS))], vals, width, label=results[k]["label"])
+        ax.bar(
+            [x + i * width for x in range(len(WORKLOADS))], vals, width, label=results[k]["label"]
+        )
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(len(WORKLOADS))])
     ax.set_xticklabels([t for _k, t, *_ in WORKLOADS], rotation=20, ha="right", fontsize=8)
@@ -673,21 +752,41 @@ def run_suite(targets, factories, args, size, workload):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size-mib", type=int, default=256, help="device and fio size (default 256)")
-    p.add_argument("--runtime", type=int, default=10, help="seconds per random-I/O fio job (default 10)")
-    p.add_argument("--swap-mib", type=int, default=768, help="swap workload working set (default 768)")
-    p.add_argument("--swap-disksize-mib", type=int, default=None,
-                   help="swap device size (default twice --swap-mib)")
-    p.add_argument("--swap-touches", type=int, default=300_000, help="random page touches (default 300000)")
-    p.add_argument("--targets", default="kernel,zramfs,zramfs-pyfuse3,memserver",
-                   help="comma-separated: kernel, zramfs, zramfs-pyfuse3, memserver (the C libfuse memory "
-                        "server, fio only); those not available are left out")
-    p.add_argument("--settings", default=DEFAULT_SETTINGS,
-                   help="comma-separated, run in this order: machine (its own settings), swapon (those "
-                        "`zramfs swapon` applies), nopoll (guest_halt_poll_ns 0, KVM guests only); each is "
-                        f"put back after its suite (default {DEFAULT_SETTINGS})")
+    p.add_argument(
+        "--runtime", type=int, default=10, help="seconds per random-I/O fio job (default 10)"
+    )
+    p.add_argument(
+        "--swap-mib", type=int, default=768, help="swap workload working set (default 768)"
+    )
+    p.add_argument(
+        "--swap-disksize-mib",
+        type=int,
+        default=None,
+        help="swap device size (default twice --swap-mib)",
+    )
+    p.add_argument(
+        "--swap-touches", type=int, default=300_000, help="random page touches (default 300000)"
+    )
+    p.add_argument(
+        "--targets",
+        default="kernel,zramfs,zramfs-pyfuse3,memserver",
+        help="comma-separated: kernel, zramfs, zramfs-pyfuse3, memserver (the C libfuse memory "
+        "server, fio only); those not available are left out",
+    )
+    p.add_argument(
+        "--settings",
+        default=DEFAULT_SETTINGS,
+        help="comma-separated, run in this order: machine (its own settings), swapon (those "
+        "`zramfs swapon` applies), nopoll (guest_halt_poll_ns 0, KVM guests only); each is "
+        f"put back after its suite (default {DEFAULT_SETTINGS})",
+    )
     p.add_argument("--no-fio", action="store_true")
     p.add_argument("--no-swap", action="store_true")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: proves the benchmark works, measures nothing")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes: proves the benchmark works, measures nothing",
+    )
     p.add_argument("--out", default="bench-results", help="folder for bench.json and bench.png")
     args = p.parse_args(argv)
     if args.quick:
@@ -697,8 +796,10 @@ def main(argv=None):
     if args.swap_disksize_mib < args.swap_mib:
         # The workload pushes two thirds of its pages out; a device barely
         # bigger than that ends in the OOM killer, not in a measurement.
-        print(f"bench.py: error: --swap-disksize-mib must be at least --swap-mib ({args.swap_mib})",
-              file=sys.stderr)
+        print(
+            f"bench.py: error: --swap-disksize-mib must be at least --swap-mib ({args.swap_mib})",
+            file=sys.stderr,
+        )
         return 2
     if os.geteuid() != 0:
         print("bench.py: error: needs root (zram, loop devices, swap, cgroups)", file=sys.stderr)
@@ -709,8 +810,10 @@ def main(argv=None):
     with open("/proc/swaps") as f:
         busy = [line.split()[0] for line in f.read().splitlines()[1:]]
     if busy and not args.no_swap:
-        print(f"bench.py: error: swap already active ({', '.join(busy)}); the swap workload needs it off",
-              file=sys.stderr)
+        print(
+            f"bench.py: error: swap already active ({', '.join(busy)}); the swap workload needs it off",
+            file=sys.stderr,
+        )
         return 2
 
     wanted = args.targets.split(",")
@@ -722,12 +825,18 @@ def main(argv=None):
     }
     unknown = [t for t in wanted if t not in factories]
     if unknown:
-        print(f"bench.py: error: unknown target {unknown[0]!r} (known: {', '.join(factories)})", file=sys.stderr)
+        print(
+            f"bench.py: error: unknown target {unknown[0]!r} (known: {', '.join(factories)})",
+            file=sys.stderr,
+        )
         return 2
     settings_wanted = args.settings.split(",")
     unknown = [s for s in settings_wanted if s not in SETTINGS]
     if unknown:
-        print(f"bench.py: error: unknown setting {unknown[0]!r} (known: {', '.join(SETTINGS)})", file=sys.stderr)
+        print(
+            f"bench.py: error: unknown setting {unknown[0]!r} (known: {', '.join(SETTINGS)})",
+            file=sys.stderr,
+        )
         return 2
     targets = []
     for t in wanted:
@@ -753,7 +862,9 @@ def main(argv=None):
             try:
                 workload = None if args.no_swap else swap_workload.compile_c("swap_workload", tmp)
                 if "memserver" in targets and not args.no_fio:
-                    MemServer.binary = swap_workload.compile_c("fuse_memserver", tmp, packages=["fuse3"])
+                    MemServer.binary = swap_workload.compile_c(
+                        "fuse_memserver", tmp, packages=["fuse3"]
+                    )
             except swap_workload.BuildError as e:
                 print(f"bench.py: error: {e}", file=sys.stderr)
                 return 2
@@ -768,13 +879,25 @@ def main(argv=None):
                 try:
                     if SETTINGS[setting]:
                         wants, at_least = SETTINGS[setting]
-                        for path, (old, new) in tuning.apply(saved, wants, at_least=at_least).items():
+                        for path, (old, new) in tuning.apply(
+                            saved, wants, at_least=at_least
+                        ).items():
                             log(f"{setting} settings: {path} {old} -> {new}")
                     settings[setting] = tuning.current()
-                    if any(settings[setting] == settings[earlier] for earlier in settings if earlier != setting):
-                        log(f"{setting} settings: the same values as an earlier suite's on this machine")
-                    log(f"{setting} settings: " + ", ".join(f"{os.path.basename(k)}={v}"
-                                                           for k, v in settings[setting].items()))
+                    if any(
+                        settings[setting] == settings[earlier]
+                        for earlier in settings
+                        if earlier != setting
+                    ):
+                        log(
+                            f"{setting} settings: the same values as an earlier suite's on this machine"
+                        )
+                    log(
+                        f"{setting} settings: "
+                        + ", ".join(
+                            f"{os.path.basename(k)}={v}" for k, v in settings[setting].items()
+                        )
+                    )
                     results[setting] = run_suite(targets, factories, args, size, workload)
                 finally:
                     tuning.restore(saved)
@@ -784,9 +907,9 @@ def main(argv=None):
 
     os.makedirs(args.out, exist_ok=True)
     meta = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * PAGE_SIZE / 2**30:.0f} GiB, "
-                   f"Linux {platform.release()}",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {os.cpu_count()} cores, "
+        f"{os.sysconf('SC_PHYS_PAGES') * PAGE_SIZE / 2**30:.0f} GiB, Linux {platform.release()}",
         "args": vars(args),
         "settings": settings,
     }
@@ -802,8 +925,12 @@ def main(argv=None):
         if png:
             pngs.append(png)
     log(f"wrote {args.out}/bench.json" + "".join(f" and {p}" for p in pngs))
-    bad = [f"{t} ({setting})" for setting, res in results.items() for t in res
-           if (res[t].get("swap") or {}).get("bad_pages")]
+    bad = [
+        f"{t} ({setting})"
+        for setting, res in results.items()
+        for t in res
+        if (res[t].get("swap") or {}).get("bad_pages")
+    ]
     if bad:
         print(f"bench.py: error: bad pages on {', '.join(bad)}", file=sys.stderr)
         return 1

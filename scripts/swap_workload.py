@@ -36,20 +36,34 @@ def compile_c(name, directory, packages=()):
     ``packages`` are pkg-config names whose flags are added (``fuse3``)."""
     cc = shutil.which("cc")
     if cc is None:
-        raise BuildError(f"cannot build {name}.c: no C compiler (cc); scripts/setup.sh installs gcc")
+        raise BuildError(
+            f"cannot build {name}.c: no C compiler (cc); scripts/setup.sh installs gcc"
+        )
     flags = []
     if packages:
-        pc = subprocess.run(["pkg-config", "--cflags", "--libs", *packages], capture_output=True, text=True) \
-            if shutil.which("pkg-config") else None
+        pc = (
+            subprocess.run(
+                ["pkg-config", "--cflags", "--libs", *packages], capture_output=True, text=True
+            )
+            if shutil.which("pkg-config")
+            else None
+        )
         if pc is None or pc.returncode:
-            raise BuildError(f"cannot build {name}.c: pkg-config finds no {' '.join(packages)} "
-                             "(apt-get install pkg-config libfuse3-dev)")
+            raise BuildError(
+                f"cannot build {name}.c: pkg-config finds no {' '.join(packages)} "
+                "(apt-get install pkg-config libfuse3-dev)"
+            )
         flags = pc.stdout.split()
     out = os.path.join(directory, name)
-    proc = subprocess.run([cc, "-O2", "-Wall", "-o", out, os.path.join(HERE, f"{name}.c"), *flags],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [cc, "-O2", "-Wall", "-o", out, os.path.join(HERE, f"{name}.c"), *flags],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode:
-        first = next((line for line in proc.stderr.splitlines() if "error" in line), proc.stderr.strip())
+        first = next(
+            (line for line in proc.stderr.splitlines() if "error" in line), proc.stderr.strip()
+        )
         raise BuildError(f"cannot build {name}.c: {first}")
     return out
 

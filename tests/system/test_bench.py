@@ -27,8 +27,12 @@ def _state():
     zrams = sorted(glob.glob("/sys/block/zram*"))
     # bench.py names its zramfs devices zbench* and mounts its C server
     # under /run/zramfs-bench; other mounts are not its business.
-    fuse = [m.mountpoint for m in mountinfo.mounts()
-            if (m.fstype == "fuse.zramfs" and m.source.startswith("zbench")) or m.mountpoint.startswith("/run/zramfs-bench")]
+    fuse = [
+        m.mountpoint
+        for m in mountinfo.mounts()
+        if (m.fstype == "fuse.zramfs" and m.source.startswith("zbench"))
+        or m.mountpoint.startswith("/run/zramfs-bench")
+    ]
     return swaps, zrams, fuse, _memservers()
 
 
@@ -67,8 +71,10 @@ def test_bench_quick_runs_every_target_and_cleans_up(tmp_path):
     report = json.loads((out / "bench.json").read_text())
     assert list(report["meta"]["settings"]) == ["machine", "swapon"]
     assert report["meta"]["settings"]["machine"] == settings
-    assert report["meta"]["settings"]["swapon"]["/proc/sys/vm/page-cluster"] == \
-        tuning.SWAP_SETTINGS["/proc/sys/vm/page-cluster"]
+    assert (
+        report["meta"]["settings"]["swapon"]["/proc/sys/vm/page-cluster"]
+        == tuning.SWAP_SETTINGS["/proc/sys/vm/page-cluster"]
+    )
     assert list(report["results"]) == ["machine", "swapon"]
     for setting, results in report["results"].items():
         _check_suite(setting, results)
@@ -87,10 +93,18 @@ def _check_suite(setting, results):
     assert set(results) == expected, setting
     for target, res in results.items():
         where = (setting, target)
-        assert set(res["fio"]) >= {"seq_write_1m", "seq_read_1m", "randread_4k_qd1",
-                                   "randwrite_4k_qd1", "randread_4k_qd16"}, where
-        assert all(res["fio"][k]["iops"] > 0 for k in res["fio"] if not k.startswith("mm_stat")
-                   and not k.startswith("rss")), where
+        assert set(res["fio"]) >= {
+            "seq_write_1m",
+            "seq_read_1m",
+            "randread_4k_qd1",
+            "randwrite_4k_qd1",
+            "randread_4k_qd16",
+        }, where
+        assert all(
+            res["fio"][k]["iops"] > 0
+            for k in res["fio"]
+            if not k.startswith("mm_stat") and not k.startswith("rss")
+        ), where
         # The write ran onto an emptied device each time: three passes where
         # discard empties it, one where it does not (pyfuse3).
         passes = res["fio"]["seq_write_1m"]["passes_mb_s"]
@@ -112,8 +126,14 @@ def _check_suite(setting, results):
         assert slots["samples"], where
 
 
-@pytest.mark.parametrize("marker", ["zramfs: 1 MiB sequential write", "C libfuse memory server: 4 KiB random read QD1",
-                                    "zramfs: swap workload"])
+@pytest.mark.parametrize(
+    "marker",
+    [
+        "zramfs: 1 MiB sequential write",
+        "C libfuse memory server: 4 KiB random read QD1",
+        "zramfs: swap workload",
+    ],
+)
 def test_bench_cleans_up_after_ctrl_c(tmp_path, marker):
     # Ctrl-C while a zramfs device is set up and fio, or the swap workload in
     # its cgroup, is running: everything the run made is gone afterwards, and
@@ -121,7 +141,13 @@ def test_bench_cleans_up_after_ctrl_c(tmp_path, marker):
     before = _state()
     settings = tuning.current()
     with subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "scripts", "bench.py"), "--quick", "--out", str(tmp_path / "out")],
+        [
+            sys.executable,
+            os.path.join(REPO, "scripts", "bench.py"),
+            "--quick",
+            "--out",
+            str(tmp_path / "out"),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -148,14 +174,23 @@ def test_bench_cleans_up_after_ctrl_c(tmp_path, marker):
     assert not os.path.exists("/run/zramfs-bench")
     with open("/proc/swaps") as f:
         assert len(f.read().splitlines()) == 1
-    assert not glob.glob("/sys/fs/cgroup/memory/zramfs-bench-*") and not glob.glob("/sys/fs/cgroup/zramfs-bench-*")
+    assert not glob.glob("/sys/fs/cgroup/memory/zramfs-bench-*") and not glob.glob(
+        "/sys/fs/cgroup/zramfs-bench-*"
+    )
 
 
 def test_bench_refuses_a_swap_device_smaller_than_the_working_set(tmp_path):
     before = _state()
     r = subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "bench.py"), "--quick",
-         "--swap-disksize-mib", "47", "--out", str(tmp_path / "out")],
+        [
+            sys.executable,
+            os.path.join(REPO, "scripts", "bench.py"),
+            "--quick",
+            "--swap-disksize-mib",
+            "47",
+            "--out",
+            str(tmp_path / "out"),
+        ],
         check=False,
         capture_output=True,
         text=True,
@@ -163,44 +198,76 @@ def test_bench_refuses_a_swap_device_smaller_than_the_working_set(tmp_path):
     )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        "bench.py: error: --swap-disksize-mib must be at least --swap-mib (48)"]
+        "bench.py: error: --swap-disksize-mib must be at least --swap-mib (48)"
+    ]
     assert _state() == before
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("env, args, message", [
-    # No cc on PATH (the tools bench.py checks first are skipped by --no-fio).
-    ({"PATH": "{tmp}"}, ["--no-fio"], "cannot build swap_workload.c: no C compiler (cc); scripts/setup.sh installs gcc"),
-    # pkg-config finds no fuse3.
-    ({"PKG_CONFIG_LIBDIR": "{tmp}", "PKG_CONFIG_PATH": ""}, ["--no-swap", "--targets", "memserver"],
-     "cannot build fuse_memserver.c: pkg-config finds no fuse3 (apt-get install pkg-config libfuse3-dev)"),
-])
+@pytest.mark.parametrize(
+    "env, args, message",
+    [
+        # No cc on PATH (the tools bench.py checks first are skipped by --no-fio).
+        (
+            {"PATH": "{tmp}"},
+            ["--no-fio"],
+            "cannot build swap_workload.c: no C compiler (cc); scripts/setup.sh installs gcc",
+        ),
+        # pkg-config finds no fuse3.
+        (
+            {"PKG_CONFIG_LIBDIR": "{tmp}", "PKG_CONFIG_PATH": ""},
+            ["--no-swap", "--targets", "memserver"],
+            "cannot build fuse_memserver.c: pkg-config finds no fuse3 (apt-get install pkg-config libfuse3-dev)",
+        ),
+    ],
+)
 def test_bench_says_in_one_line_when_it_cannot_build(tmp_path, env, args, message):
     before = _state()
     settings = tuning.current()
     env = dict(os.environ, **{k: v.format(tmp=tmp_path) for k, v in env.items()})
     r = subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "bench.py"), "--quick", *args, "--out", str(tmp_path / "out")],
+        [
+            sys.executable,
+            os.path.join(REPO, "scripts", "bench.py"),
+            "--quick",
+            *args,
+            "--out",
+            str(tmp_path / "out"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
         env=env,
     )
     assert r.returncode == 2
-    assert [line for line in r.stderr.splitlines() if not line.startswith("[")] == [f"bench.py: error: {message}"]
+    assert [line for line in r.stderr.splitlines() if not line.startswith("[")] == [
+        f"bench.py: error: {message}"
+    ]
     assert _state() == before
     assert tuning.current() == settings
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.skipif(not os.path.exists(tuning.HALT_POLL_NS), reason="no haltpoll driver (not a KVM guest)")
+@pytest.mark.skipif(
+    not os.path.exists(tuning.HALT_POLL_NS), reason="no haltpoll driver (not a KVM guest)"
+)
 def test_bench_nopoll_suite_turns_halt_polling_off_and_puts_it_back(tmp_path):
     before = _state()
     settings = tuning.current()
     out = tmp_path / "out"
     r = subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "bench.py"), "--quick", "--no-swap", "--targets", "memserver",
-         "--settings", "nopoll", "--out", str(out)],
+        [
+            sys.executable,
+            os.path.join(REPO, "scripts", "bench.py"),
+            "--quick",
+            "--no-swap",
+            "--targets",
+            "memserver",
+            "--settings",
+            "nopoll",
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

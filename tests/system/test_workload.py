@@ -6,12 +6,11 @@ import os
 import subprocess
 import sys
 
+import memcg
 import pytest
+import swap_workload
 
 from tests._support.system import SCRIPTS
-
-import memcg
-import swap_workload
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +24,13 @@ def _run(workload, *args):
 
 
 def test_workload_passes_on_plain_memory(workload):
-    code, result, _err = _run(workload, "--mib", 4, "--touches", 5000, "--rewrite", 0.5, "--seed", 3)
+    code, result, _err = _run(
+        workload, "--mib", 4, "--touches", 5000, "--rewrite", 0.5, "--seed", 3
+    )
     assert code == 0
-    assert result["bad_pages"] == 0 and result["pages"] == 4 * (1 << 20) // os.sysconf("SC_PAGE_SIZE")
+    assert result["bad_pages"] == 0 and result["pages"] == 4 * (1 << 20) // os.sysconf(
+        "SC_PAGE_SIZE"
+    )
     assert 0 < result["rewrites"] < 5000
     # Its own CPU time is reported next to the wall time.
     assert result["user_s"] >= 0 and result["sys_s"] >= 0 and result["wall_s"] > 0
@@ -54,12 +57,15 @@ def test_pages_compress_about_2_to_1_and_differ(workload):
     assert len(set(pages)) == 300
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--mib", "0"], "--mib must be at least 1"),
-    (["--rewrite", "2"], "--rewrite must be between 0 and 1"),
-    (["--touches", "x"], "option values must be integers"),
-    (["--bogus", "1"], "unknown option"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--mib", "0"], "--mib must be at least 1"),
+        (["--rewrite", "2"], "--rewrite must be between 0 and 1"),
+        (["--touches", "x"], "option values must be integers"),
+        (["--bogus", "1"], "unknown option"),
+    ],
+)
 def test_workload_bad_arguments_get_one_line(workload, args, message):
     code, result, err = _run(workload, *args)
     assert code == 2 and result is None
@@ -68,12 +74,26 @@ def test_workload_bad_arguments_get_one_line(workload, args, message):
 
 def test_workload_cli_builds_runs_and_passes_the_exit_code():
     proc = subprocess.run(
-        [sys.executable, os.path.join(SCRIPTS, "swap_workload.py"), "--mib", "2", "--touches", "100"],
+        [
+            sys.executable,
+            os.path.join(SCRIPTS, "swap_workload.py"),
+            "--mib",
+            "2",
+            "--touches",
+            "100",
+        ],
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
-    assert set(json.loads(proc.stdout)) >= {"wall_s", "user_s", "sys_s", "pages", "touches", "bad_pages"}
+    assert set(json.loads(proc.stdout)) >= {
+        "wall_s",
+        "user_s",
+        "sys_s",
+        "pages",
+        "touches",
+        "bad_pages",
+    }
 
 
 def test_workload_cli_without_a_compiler_says_so_in_one_line(tmp_path):
@@ -85,7 +105,8 @@ def test_workload_cli_without_a_compiler_says_so_in_one_line(tmp_path):
     )
     assert proc.returncode == 3
     assert proc.stderr.strip().splitlines() == [
-        "swap_workload.py: error: cannot build swap_workload.c: no C compiler (cc); scripts/setup.sh installs gcc"]
+        "swap_workload.py: error: cannot build swap_workload.c: no C compiler (cc); scripts/setup.sh installs gcc"
+    ]
 
 
 def test_memory_cgroup_limits_and_is_removed():
