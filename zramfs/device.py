@@ -1138,9 +1138,11 @@ class BlockDevice:
                     self._wb_limit = max(0, self._wb_limit - len(done))
                 stale = []
                 slot_infos = self._table.info
+                ac_time = self._table.ac_time
                 for index, block in done:
                     if slot_infos[index] & PP_SLOT:
                         self._commit_locked(index, (WB,), (block,))
+                        ac_time[index] &= ~AC_IDLE  # zram: a WB slot is never idle
                     else:
                         stale.append(block)  # rewritten meanwhile: block unused
                 if stale:
