@@ -114,20 +114,14 @@ def parse_writeback(text, nr_pages):
     that take any stored slot.  Unknown keys are ignored."""
     jobs = []
     for key, value in _args(text):
-        if not value:
-            mode_name = key if value is None else value
-            if mode_name not in _WB_MODES:
+        if not value or key == "type":
+            # A bare word is the legacy form of type=WORD (so is "WORD=").
+            name = value or key
+            if name not in _WB_MODES:
                 raise InvalidArgumentError(
-                    f"writeback: unknown mode {mode_name!r}; known: {' '.join(_WB_MODES)}"
+                    f"writeback: unknown mode {name!r}; known: {' '.join(_WB_MODES)}"
                 )
-            jobs.append((_WB_MODES[mode_name], 0, nr_pages))
-            break
-        if key == "type":
-            if value not in _WB_MODES:
-                raise InvalidArgumentError(
-                    f"writeback: unknown type {value!r}; known: {' '.join(_WB_MODES)}"
-                )
-            jobs.append((_WB_MODES[value], 0, nr_pages))
+            jobs.append((_WB_MODES[name], 0, nr_pages))
             break
         if key == "page_index":
             index = _page_index(key, value, nr_pages)

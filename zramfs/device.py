@@ -26,6 +26,16 @@ module cuts them into 4 KiB blocks ("pages", one slot each) and does what
 Writes and reads that do not cover whole blocks read-modify-write the edge
 blocks, so the device takes any offset and length inside ``disksize``.
 
+Beside the I/O path sit zram's post-processing features, each a method:
+``mark_idle`` (zram's ``idle``: stamps in the slot table's ac_time say
+which slots nobody read or wrote since), ``writeback`` (moves idle, huge or
+chosen slots to a backing block device or file, ``zramfs._backing``;
+``bd_stat``), and ``recompress`` (stores idle or huge slots again with a
+secondary algorithm set by ``set_recomp_algorithm``).  Their arguments are
+zram's text (``zramfs._pp_args``).  A written-back slot is read from the
+backing store outside the lock and checked afterwards to still be there
+(``_wb_page``); a recompressed one is decoded by its priority's codec.
+
 The slot table's layout, flags and states are ``zramfs._slots``'s.  Every
 change of a slot's state -- a write of one block or of 256, a partial
 block's read-modify-write, a discard -- goes through one method,
@@ -1057,6 +1067,10 @@ class BlockDevice:
 
         A written-back slot keeps its page raw in one block of the store
         (WB; the block number in ``handle``) and its pool object is freed;
+        raw, not compressed as zram's ``writeback_compressed`` can: each
+        page takes one O_DIRECT 4 KiB block either way, so compressed
+        objects would save no I/O or space without packing several into a
+        block, and raw pages are read back without a codec;
         it still counts in orig_data_size, and in bd_stat's bd_count.
         Same-filled and already written-back slots are never picked.
 
@@ -1078,7 +1092,7 @@ class BlockDevice:
             for mode, first, end in jobs:
                 written += self._writeback_range(mode, first, end)
             return written
-        except BackingStoreError as exc:
+        except (BackingStoreError, WritebackLimitError) as exc:
             self.writeback_error = str(exc)
             raise
         finally:
