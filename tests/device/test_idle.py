@@ -92,3 +92,11 @@ def test_bad_age_is_refused():
 
 def test_the_stamp_fits_the_slot_budget():
     assert SLOT_BYTES == 16
+
+
+def test_mark_idle_covers_every_batch_of_a_larger_device():
+    with BlockDevice(10000 * PAGE_SIZE) as dev:
+        for index in (0, 4095, 4096, 9999):
+            dev.write(index * PAGE_SIZE, page("huge"))
+        assert dev.mark_idle() == 4
+        assert idle_slots(dev) == [0, 4095, 4096, 9999]
