@@ -97,7 +97,7 @@ from ._slots import (
     SlotTable,
     SlotTableTooLargeError,
 )
-from .codecs import DEFAULT_ALGORITHM, get_codec
+from .codecs import CODECS, DEFAULT_ALGORITHM, get_codec
 
 __all__ = [
     "PAGE_SIZE",
@@ -1202,6 +1202,15 @@ class BlockDevice:
     def recomp_algorithms(self):
         """{priority: algorithm name} of the secondary algorithms set."""
         return {p: c.name for p, c in enumerate(self._codecs) if p and c is not None}
+
+    def recomp_algorithm(self):
+        """zram's ``recomp_algorithm`` text: a line per priority set, every
+        algorithm with the chosen one in brackets ("#1: lz4 lz4hc [zstd]
+        deflate"), as recomp_algorithm_show prints it."""
+        return "".join(
+            f"#{p}: " + " ".join(f"[{a}]" if a == name else a for a in CODECS) + "\n"
+            for p, name in sorted(self.recomp_algorithms.items())
+        )
 
     def recompress(self, request):
         """Recompress slots with the secondary algorithms, as a write of

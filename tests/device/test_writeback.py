@@ -368,3 +368,15 @@ def test_recompress_options(dev):
     check(dev, model)
     with pytest.raises(PostProcessBusyError):
         dev.set_recomp_algorithm("zstd", priority=2)
+
+
+def test_recomp_algorithm_text_and_bad_settings():
+    with BlockDevice(PAGE_SIZE) as dev:
+        assert dev.recomp_algorithm() == ""
+        dev.set_recomp_algorithm("zstd")
+        dev.set_recomp_algorithm("lz4hc", priority=3, level=12)
+        assert dev.recomp_algorithm() == "#1: lz4 lz4hc [zstd] deflate\n#3: lz4 [lz4hc] zstd deflate\n"
+        with pytest.raises(InvalidArgumentError, match="priority must be 1..3"):
+            dev.set_recomp_algorithm("zstd", priority=0)
+        with pytest.raises(ValueError, match="unknown compression algorithm"):
+            dev.set_recomp_algorithm("lzo")
