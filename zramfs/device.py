@@ -1016,6 +1016,15 @@ class BlockDevice:
             if old is not None:
                 old.close()
 
+    def reclaim_backing(self):
+        """Punch the holes of backing blocks freed by rewrites since the
+        last writeback or discard (zramfs._backing defers them: they are
+        freed under the lock).  For a caller with nothing else to do, like
+        populate_ahead; writeback and discard do it themselves."""
+        store = self._backing
+        if store is not None:
+            store.reclaim()
+
     @property
     def backing_dev(self):
         """The backing store's path, or None."""

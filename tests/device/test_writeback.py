@@ -186,6 +186,8 @@ def test_rewrite_and_discard_free_the_block(dev, backing):
     dev.write(PAGE_SIZE + 100, b"x" * 10)  # a partial write reads the block back
     model[1] = model[1][:100] + b"x" * 10 + model[1][110:]
     assert dev.stats().bd_count == NR - 2
+    dev.reclaim_backing()
+    assert os.stat(backing).st_blocks * 512 == (NR - 2) * PAGE_SIZE
     dev.discard(2 * PAGE_SIZE, 10 * PAGE_SIZE)
     for i in range(2, 12):
         del model[i]
