@@ -1100,7 +1100,7 @@ class BlockDevice:
             self.writeback_error = None
             written = 0
             for mode, first, end in jobs:
-                written += self._writeback_range(mode, first, end)
+                written += self._writeback_range(self._wb_filter(mode), first, end)
             return written
         except (BackingStoreError, WritebackLimitError) as exc:
             self.writeback_error = str(exc)
@@ -1120,13 +1120,63 @@ class BlockDevice:
 
         return want
 
-    def _writeback_range(self, mode, pos, end):
-        want = self._wb_filter(mode)
+    def writeback_cold(self, pages):
+        """Beyond zram: write back up to ``pages`` slots, the least recently
+        read or written first (the oldest ac_time stamps), whatever their
+        idle marks -- what a daemon calls when the pool nears a watermark.
+        Returns the number written back; errors as ``writeback``.
+
+        The cut-off stamp comes from one pass over the table (the lock
+        taken per 4096 slots) and a sort of the candidates' stamps; slots
+        at or below it are then written back in index order.
+        """
+        if self._backing is None:
+            raise NoBackingDevError("writeback needs a backing device (backing_dev)")
+        if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
+            raise InvalidArgumentError(f"pages must be an int >= 0, not {pages!r}")
+        if not self._pp_lock.acquire(blocking=False):
+            raise PostProcessBusyError("a writeback or recompression is running")
+        try:
+            self.writeback_error = None
+            skip = SAME | WB
+            table = self._table
+            stamps = []
+            for start in range(0, table.nr_slots, self._IDLE_BATCH):
+                stop = min(start + self._IDLE_BATCH, table.nr_slots)
+                with self._lock:
+                    infos = table.info[start:stop]
+                    if not max(infos):
+                        continue
+                    stamps += [
+                        stamp & ~AC_IDLE
+                        for info, stamp in zip(infos, table.ac_time[start:stop])
+                        if info and not info & skip
+                    ]
+            if not stamps or not pages:
+                return 0
+            stamps.sort()
+            cutoff = stamps[min(pages, len(stamps)) - 1]
+
+            def want(info, stamp):
+                return not info & skip and stamp & ~AC_IDLE <= cutoff
+
+            return self._writeback_range(want, 0, table.nr_slots, pages)
+        except (BackingStoreError, WritebackLimitError) as exc:
+            self.writeback_error = str(exc)
+            raise
+        finally:
+            self._pp_lock.release()
+
+    def _writeback_range(self, want, pos, end, max_pages=None):
+        """Write back the slots of [pos, end) that ``want`` picks, at most
+        ``max_pages`` (None: no limit)."""
         store = self._backing
         written = 0
-        while pos < end:
+        while pos < end and max_pages != 0:
             with self._lock:
                 count = self._wb_batch_size
+                if max_pages is not None:
+                    count = min(count, max_pages)
                 if self._wb_limit_enable:
                     if not self._wb_limit:
                         raise WritebackLimitError(
@@ -1175,6 +1225,8 @@ class BlockDevice:
                 if error is not None and not isinstance(error, BackingStoreFullError):
                     self._wb_failures += 1
             written += len(done) - len(stale)
+            if max_pages is not None:
+                max_pages -= len(done) - len(stale)
             if error is not None:
                 raise error
         return written

@@ -382,3 +382,18 @@ def test_recomp_algorithm_text_and_bad_settings():
             dev.set_recomp_algorithm("zstd", priority=0)
         with pytest.raises(ValueError, match="unknown compression algorithm"):
             dev.set_recomp_algorithm("lzo")
+
+
+def test_writeback_cold_takes_the_least_recently_used_first(dev):
+    model = {}
+    order = [5, 9, 2, 30, 17, 0, 11]  # written in this order, a second apart
+    for i in order:
+        model[i] = obj_page(i)
+        dev.write(i * PAGE_SIZE, model[i])
+        dev._epoch -= 1
+    dev.read(9 * PAGE_SIZE, PAGE_SIZE)  # now 9 is the most recent
+    assert dev.writeback_cold(3) == 3
+    assert wb_slots(dev) == sorted([5, 2, 30])
+    assert dev.writeback_cold(100) == len(order) - 3
+    assert dev.writeback_cold(1) == 0
+    check(dev, model)
