@@ -1009,9 +1009,9 @@ class BlockDevice:
         stop = min(end, pos + self._PP_SCAN)
         picked = []
         read = self._pool.read
+        if not table.info_bytes[pos * 4 : stop * 4].tobytes().strip(b"\0"):
+            return picked, stop  # nothing stored here (memcmp speed)
         infos = slot_infos[pos:stop]
-        if not max(infos, default=0):
-            return picked, stop
         for index, info, stamp in zip(range(pos, stop), infos, table.ac_time[pos:stop]):
             if info and want(info, stamp):
                 handle = table.handle[index]
@@ -1258,12 +1258,18 @@ class BlockDevice:
                 stale = []
                 slot_infos = self._table.info
                 ac_time = self._table.ac_time
+                run = []  # (index, block) of consecutive slots, one commit
                 for index, block in done:
                     if slot_infos[index] & PP_SLOT:
-                        self._commit_locked(index, (WB,), (block,))
+                        if run and index != run[-1][0] + 1:
+                            self._commit_wb_locked(run)
+                            run = []
+                        run.append((index, block))
                         ac_time[index] &= ~AC_IDLE  # zram: a WB slot is never idle
                     else:
                         stale.append(block)  # rewritten meanwhile: block unused
+                if run:
+                    self._commit_wb_locked(run)
                 if stale:
                     self._backing.free(stale)
                 self._unpick_locked(index for index, _, _ in picked)
@@ -1275,6 +1281,11 @@ class BlockDevice:
             if error is not None:
                 raise error
         return written
+
+    def _commit_wb_locked(self, run):
+        """Under the lock: consecutive slots of ``run`` [(index, block)]
+        become written back, in one change of state."""
+        self._commit_locked(run[0][0], [WB] * len(run), [block for _, block in run])
 
     @staticmethod
     def _unwritten(runs, written):
