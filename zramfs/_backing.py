@@ -248,21 +248,30 @@ class BackingStore:
                 f"at {done} bytes", errno.ENOSPC,
             )
 
-    def read(self, block):
-        """The 4096 bytes of ``block`` (O_DIRECT, into this thread's own
-        aligned buffer).  BackingIOError on failure."""
+    def read(self, block, count=1):
+        """The bytes of ``count`` blocks from ``block`` (one O_DIRECT
+        preadv into this thread's own aligned buffer).  BackingIOError on
+        failure or a short read."""
+        length = count * PAGE_SIZE
         local = self._local
         buf = getattr(local, "buf", None)
-        if buf is None:
-            buf = local.buf = mmap.mmap(-1, PAGE_SIZE)
+        if buf is None or len(buf) < length:
+            if buf is not None:
+                buf.close()
+            buf = local.buf = mmap.mmap(-1, length)
+        view = memoryview(buf)
         try:
-            done = os.preadv(self._fd, [buf], block << PAGE_SHIFT)
+            done = os.preadv(self._fd, [view[:length]], block << PAGE_SHIFT)
         except OSError as exc:
             raise BackingIOError(
-                f"read of block {block} of {self.path} failed: {exc.strerror}", exc.errno
+                f"read of {count} blocks at block {block} of {self.path} failed: {exc.strerror}",
+                exc.errno,
             ) from None
-        if done != PAGE_SIZE:
+        finally:
+            view.release()
+        if done != length:
             raise BackingIOError(
-                f"read of block {block} of {self.path} returned {done} bytes", errno.EIO
+                f"read of {count} blocks at block {block} of {self.path} returned {done} bytes",
+                errno.EIO,
             )
-        return buf[:]
+        return buf[:length]

@@ -796,11 +796,7 @@ class BlockDevice:
             elif objs is not None:
                 pages = self._decompress_many(objs)
             if pages is None:
-                decode = self._decode
-                pages = [
-                    self._wb_page(index, info, payload) if info & WB else decode(info, payload)
-                    for index, (info, payload) in enumerate(slots, first)
-                ]
+                pages = self._decode_slots(first, slots)
         except CorruptedSlotError:
             with self._lock:
                 self._failed_reads += 1
@@ -820,6 +816,55 @@ class BlockDevice:
                     piece = pages[-1]
                     pages[-1] = memoryview(piece)[: len(piece) - cut]
         return pages
+
+    def _decode_slots(self, first, slots):
+        """The pages of slots first, first + 1, ... from _snapshot.  A run
+        of written-back slots in consecutive blocks (what one writeback of
+        a stretch makes) is read with one preadv and kept as one piece,
+        then checked under the lock to be still theirs; slot by slot
+        (_wb_page) otherwise."""
+        decode = self._decode
+        pages = []
+        at = 0
+        count = len(slots)
+        while at < count:
+            info, payload = slots[at]
+            if not info & WB:
+                pages.append(decode(info, payload))
+                at += 1
+                continue
+            end = at + 1
+            while end < count and slots[end][0] & WB and slots[end][1] == payload + end - at:
+                end += 1
+            if end - at > 1 and self._wb_run(first + at, slots[at:end], pages):
+                at = end
+                continue
+            pages.append(self._wb_page(first + at, info, payload))
+            at += 1
+        return pages
+
+    def _wb_run(self, index, run, pages):
+        """Read the written-back slots from ``index`` (``run``: their
+        (info, block) from the snapshot, blocks consecutive) in one preadv;
+        append the piece to ``pages`` and return True if every slot still
+        holds its block afterwards, else False (the caller goes slot by
+        slot).  BackingIOError, counted in failed_reads, on failure."""
+        table = self._table
+        try:
+            piece = self._backing.read(run[0][1], len(run))
+        except BackingIOError:
+            with self._lock:
+                self._bd_reads += len(run)
+                self._failed_reads += 1
+            raise
+        with self._lock:
+            self._bd_reads += len(run)
+            infos = table.info[index : index + len(run)]
+            blocks = table.handle[index : index + len(run)]
+            if list(zip(infos, blocks)) != run:
+                return False
+        pages.append(piece)
+        return True
 
     def _wb_page(self, index, info, block):
         """The page of written-back slot ``index``, which held ``block``

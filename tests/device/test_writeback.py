@@ -397,3 +397,17 @@ def test_writeback_cold_takes_the_least_recently_used_first(dev):
     assert dev.writeback_cold(100) == len(order) - 3
     assert dev.writeback_cold(1) == 0
     check(dev, model)
+
+
+def test_a_run_of_written_back_pages_is_one_read_and_a_failed_one_is_eio(dev, backing):
+    model = fill(dev, ["huge"])
+    assert dev.writeback("huge") == NR
+    assert dev.read(0, NR * PAGE_SIZE) == b"".join(model[i] for i in range(NR))
+    assert dev.stats().bd_reads == NR
+    os.truncate(backing, 0)
+    with pytest.raises(BackingIOError) as info:
+        dev.read(0, 4 * PAGE_SIZE)
+    code = info.value.errno
+    del info  # its traceback holds views of the slot table, which close() unmaps
+    assert code == errno.EIO
+    assert dev.stats().failed_reads == 1
