@@ -31,13 +31,24 @@ Three arrays, indexed by slot, 16 bytes a slot, kernel zram's size:
     bits 13-20: flags, named after zram's ``enum zram_pageflags``: ``SAME``,
     ``HUGE``, ``IDLE``, ``WB`` (written back), ``INCOMPRESSIBLE``, ``DEDUP``,
     and two ``COMP_PRIORITY`` bits (non-zero: recompressed with a secondary
-    algorithm).  Only SAME and HUGE are set today; the rest are reserved for
-    idle tracking, writeback, recompression and deduplication.
-    bits 21-31: free.
-``ac_time``: 4 bytes, reserved
-    the last access, seconds since the device was created (zram's
-    ``ac_time``), for idle tracking.  Its address space is reserved with the
-    rest; nothing reads or writes it yet, so it costs no memory.
+    algorithm).  ``IDLE`` stays unused (the idle mark is in ``ac_time``) and
+    ``DEDUP`` is reserved for deduplication.
+    bit 21: ``PP_SLOT`` (zram's ZRAM_PP_SLOT): the slot was picked by a
+    running writeback or recompression, which copied its data out of the
+    lock.  Any write or discard replaces the whole info word and so drops
+    it; the post-processing installs its result only where it is still set.
+    bits 22-31: free.
+``ac_time``: 4 bytes
+    the last access (a read or a write), seconds since the device was
+    created (zram's ``ac_time``), in bits 0-30, and the idle mark in bit 31
+    (``AC_IDLE``).  zram keeps its idle mark in the flags word; here it
+    lives in the stamp, so that marking a device idle leaves every object
+    slot's info word below PAGE_SIZE and its reads and rewrites on the fast
+    paths (a flag in ``info`` would send them to the per-slot path until
+    rewritten).  An access stores the plain time, which clears the mark in
+    the same store.  Only slots that hold something are stamped, so a read
+    of never-written slots still costs no table memory; a discard zeroes
+    the stamp, as zram's slot_free does.
 
 States
 ------
@@ -54,11 +65,19 @@ A slot's state is a function of its info word:
 * huge (``HUGE | 4096``): the page, stored raw, because it compressed to
   ``huge_class_size`` bytes or more.
 
-The reserved flags will add: idle (any stored state, plus ``IDLE``),
-written back (``WB``, no pool object, the backing block in ``handle``),
-recompressed (an object with ``COMP_PRIORITY`` set) and deduplicated
-(``DEDUP``, the object shared).  ``account`` counts a state from its info
-word alone, so each new state is one more case there.
+* written back (``WB``): no pool object (size 0); ``handle`` is the block
+  of the backing store that holds the raw page.  Counted in orig_data_size
+  (zram's pages_stored) and in ``wb_pages`` (bd_stat's bd_count), not in
+  compr_data_size.
+* recompressed: an object (or a former huge page) with ``COMP_PRIORITY``
+  set, stored by that secondary algorithm; ``INCOMPRESSIBLE`` marks an
+  object no secondary algorithm could shrink.  Both are flags on the
+  object state: they move no counter.
+
+Idle (the ``AC_IDLE`` bit of ``ac_time``) is orthogonal to all of these.
+Deduplicated (``DEDUP``, the object shared) is still to come.  ``account``
+counts a state from its info word alone, so each new state is one more
+case there.
 
 Memory
 ------
@@ -91,8 +110,10 @@ __all__ = [
     "DEDUP",
     "HUGE",
     "HUGE_INFO",
+    "AC_IDLE",
     "IDLE",
     "INCOMPRESSIBLE",
+    "PP_SLOT",
     "SAME",
     "SIZE_MASK",
     "SLOT_BYTES",
@@ -113,12 +134,16 @@ SIZE_BITS = 13
 SIZE_MASK = (1 << SIZE_BITS) - 1
 SAME = 1 << 13
 HUGE = 1 << 14
-IDLE = 1 << 15  # reserved: idle tracking
-WB = 1 << 16  # reserved: written back to the backing file
-INCOMPRESSIBLE = 1 << 17  # reserved: no secondary algorithm could shrink it
+IDLE = 1 << 15  # unused: the idle mark is AC_IDLE, in ac_time
+WB = 1 << 16  # written back: handle is the backing store's block
+INCOMPRESSIBLE = 1 << 17  # no secondary algorithm could shrink it
 DEDUP = 1 << 18  # reserved: shares its object with another slot
-COMP_PRIORITY_SHIFT = 19  # reserved: 2 bits, 0 = primary algorithm
+COMP_PRIORITY_SHIFT = 19  # 2 bits, 0 = primary algorithm
 COMP_PRIORITY_MASK = 3 << COMP_PRIORITY_SHIFT
+PP_SLOT = 1 << 21  # picked by a running writeback or recompression
+
+#: The idle mark, bit 31 of a slot's ac_time (bits 0-30: seconds, 68 years).
+AC_IDLE = 1 << 31
 
 #: A huge slot's info: the raw page, size 4096.
 HUGE_INFO = HUGE | PAGE_SIZE
@@ -203,20 +228,23 @@ def check_reservable(nr_slots):
 
 
 def state_of(info):
-    """The name of the state an info word is in: "empty", "same", "object"
-    or "huge" (for tests and tools; the hot paths test bits)."""
+    """The name of the state an info word is in: "empty", "same", "object",
+    "huge" or "wb" (for tests and tools; the hot paths test bits)."""
     if not info:
         return "empty"
     if info & SAME:
         return "same"
+    if info & WB:
+        return "wb"
     if info & HUGE:
         return "huge"
     return "object"
 
 
 def _tally(infos):
-    """(stored, same, huge, compressed bytes) of slots with these info words."""
-    stored = same = huge = compr = 0
+    """(stored, same, huge, compressed bytes, written back) of slots with
+    these info words."""
+    stored = same = huge = compr = wb = 0
     for info in infos:
         if info:
             stored += 1
@@ -225,24 +253,27 @@ def _tally(infos):
                 same += 1
             elif info & HUGE:
                 huge += 1
-    return stored, same, huge, compr
+            elif info & WB:
+                wb += 1
+    return stored, same, huge, compr, wb
 
 
 class SlotTable:
-    """The slots of one device: ``handle`` (memoryview 'Q') and ``info``
-    (memoryview 'I'), indexed by slot; ``info_bytes`` is ``info`` as bytes;
-    and the counters of their states, kept by ``account``.
+    """The slots of one device: ``handle`` (memoryview 'Q'), ``info`` and
+    ``ac_time`` (memoryviews 'I'), indexed by slot; ``info_bytes`` is
+    ``info`` as bytes; and the counters of their states, kept by ``account``.
 
     Not thread safe on its own: the device guards it with its lock.
     """
 
     __slots__ = (
-        "nr_slots", "handle", "info", "info_bytes", "_map", "_arrays", "_views",
+        "nr_slots", "handle", "info", "info_bytes", "ac_time", "_map", "_arrays", "_views",
         "pages_stored", "compr_data_size", "same_pages", "huge_pages", "huge_pages_since",
+        "wb_pages",
     )
 
     def __init__(self, nr_slots):
-        handle_at, info_at, _, length = _layout(nr_slots)
+        handle_at, info_at, ac_time_at, length = _layout(nr_slots)
         try:
             self._map = _reserve(length)
         except (OSError, OverflowError) as exc:
@@ -252,15 +283,17 @@ class SlotTable:
         self.handle = whole[handle_at : handle_at + 8 * nr_slots].cast("Q")
         self.info = whole[info_at : info_at + 4 * nr_slots].cast("I")
         self.info_bytes = self.info.cast("B")
+        self.ac_time = whole[ac_time_at : ac_time_at + 4 * nr_slots].cast("I")
         # (byte offset in the mapping, bytes per slot) of each array release() frees.
-        self._arrays = ((handle_at, 8), (info_at, 4))
-        self._views = (self.info_bytes, self.info, self.handle, whole)
+        self._arrays = ((handle_at, 8), (info_at, 4), (ac_time_at, 4))
+        self._views = (self.info_bytes, self.info, self.handle, self.ac_time, whole)
         # mm_stat's columns that follow from the slots' states.
         self.pages_stored = 0  # slots not empty: orig_data_size / 4096
         self.compr_data_size = 0  # bytes in pool objects (a huge page: 4096)
         self.same_pages = 0
         self.huge_pages = 0
         self.huge_pages_since = 0  # slots that became huge, ever (never falls)
+        self.wb_pages = 0  # slots written back (bd_stat's bd_count)
 
     def account(self, old, new):
         """Count a change of state: slots whose info words were ``old`` now
@@ -290,10 +323,11 @@ class SlotTable:
         self.huge_pages += now[2] - was[2]
         self.huge_pages_since += now[2]
         self.compr_data_size += now[3] - was[3]
+        self.wb_pages += now[4] - was[4]
 
     def release(self, first, end):
         """Give the kernel back the table pages that hold only slots of
-        [first, end), which must all be empty (info and handle 0): they read
+        [first, end), which must all be empty (info, handle, ac_time 0): they read
         as zeros again, so nothing changes but RSS (see _FREE_ADVICE)."""
         for at, width in self._arrays:
             start = at + _round_page(width * first)

@@ -26,6 +26,16 @@ module cuts them into 4 KiB blocks ("pages", one slot each) and does what
 Writes and reads that do not cover whole blocks read-modify-write the edge
 blocks, so the device takes any offset and length inside ``disksize``.
 
+Beside the I/O path sit zram's post-processing features, each a method:
+``mark_idle`` (zram's ``idle``: stamps in the slot table's ac_time say
+which slots nobody read or wrote since), ``writeback`` (moves idle, huge or
+chosen slots to a backing block device or file, ``zramfs._backing``;
+``bd_stat``), and ``recompress`` (stores idle or huge slots again with a
+secondary algorithm set by ``set_recomp_algorithm``).  Their arguments are
+zram's text (``zramfs._pp_args``).  A written-back slot is read from the
+backing store outside the lock and checked afterwards to still be there
+(``_wb_page``); a recompressed one is decoded by its priority's codec.
+
 The slot table's layout, flags and states are ``zramfs._slots``'s.  Every
 change of a slot's state -- a write of one block or of 256, a partial
 block's read-modify-write, a discard -- goes through one method,
@@ -57,41 +67,63 @@ each block whole, as on any block device.
 
 import operator
 import threading
+import time
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from allocator import PAGE_SHIFT, PAGE_SIZE, Pool, PoolFullError, PoolLimitError
 
+from ._backing import BackingIOError, BackingStore, BackingStoreError, BackingStoreFullError
 from ._codec_batch import BatchCodec
+from ._pp_args import (
+    WB_HUGE,
+    WB_IDLE,
+    WB_INCOMPRESSIBLE,
+    InvalidArgumentError,
+    parse_recompress,
+    parse_writeback,
+)
 from ._slots import (
+    AC_IDLE,
     COMP_PRIORITY_MASK,
+    COMP_PRIORITY_SHIFT,
     HUGE,
     HUGE_INFO,
     IDLE,
     INCOMPRESSIBLE,
+    PP_SLOT,
     SAME,
     SIZE_MASK,
     WB,
     SlotTable,
     SlotTableTooLargeError,
 )
-from .codecs import DEFAULT_ALGORITHM, get_codec
+from .codecs import CODECS, DEFAULT_ALGORITHM, get_codec
 
 __all__ = [
     "PAGE_SIZE",
+    "BackingIOError",
+    "BackingStoreError",
+    "BackingStoreFullError",
     "BlockDevice",
     "CorruptedSlotError",
     "DeviceError",
     "DeviceStats",
     "InvalidDiskSizeError",
+    "InvalidArgumentError",
+    "InvalidIdleAgeError",
     "InvalidMemLimitError",
     "MemLimitError",
+    "NoBackingDevError",
+    "NoRecompAlgorithmError",
     "OutOfRangeError",
     "classes_table",
     "debug_stat_text",
     "io_stat_line",
     "mm_stat_line",
+    "PostProcessBusyError",
+    "WritebackLimitError",
 ]
 
 _PAGE_MASK = PAGE_SIZE - 1
@@ -124,6 +156,33 @@ class MemLimitError(DeviceError):
     becomes an I/O error for the writer."""
 
 
+class InvalidIdleAgeError(DeviceError, ValueError):
+    """Raised when ``mark_idle`` is given an age that is not an int >= 0."""
+
+
+class NoBackingDevError(DeviceError):
+    """Raised when ``writeback`` is asked for without a backing store
+    (zram: ENODEV)."""
+
+
+class PostProcessBusyError(DeviceError):
+    """Raised when a writeback or recompression is asked for while another
+    one runs (zram runs one post-processing at a time): EBUSY.  Also when a
+    backing store or a recompression algorithm would be changed while slots
+    depend on the one in place."""
+
+
+class WritebackLimitError(DeviceError):
+    """Raised when writeback stops because ``writeback_limit_enable`` is on
+    and ``writeback_limit`` is used up (zram: EIO).  The pages written back
+    before stay written back."""
+
+
+class NoRecompAlgorithmError(DeviceError, ValueError):
+    """Raised when ``recompress`` names no configured secondary algorithm
+    (zram: EINVAL)."""
+
+
 class CorruptedSlotError(DeviceError):
     """Raised when a stored object fails to decompress to a whole page.
     Counted in ``failed_reads`` (or ``failed_writes`` when it happens in a
@@ -136,6 +195,50 @@ def _undecodable(exc):
 
 def _wrong_length(page):
     return CorruptedSlotError(f"a stored object decompressed to {len(page)} bytes, not {PAGE_SIZE}")
+
+
+class _Seconds:
+    """Whole seconds on the monotonic clock since this module started
+    counting, in ``now``, kept by a thread that wakes once a second.
+
+    The I/O paths stamp every slot they touch (idle tracking), and reading
+    an int here costs ~15 ns where calling the clock costs ~150 ns on this
+    VM (int(time.monotonic() - epoch)), a few per cent of a 5.5 us 4 KiB
+    read.  A stamp may lag the clock by up to a second, which idle ages in
+    whole seconds do not notice.  The thread is started by the first
+    device (and again by a device in a forked child, where it is gone).
+    """
+
+    def __init__(self):
+        self.start = time.monotonic()
+        self.now = 0
+        self._thread = None
+        self._lock = threading.Lock()
+
+    def exact(self):
+        """The seconds now, read from the clock."""
+        return int(time.monotonic() - self.start)
+
+    def ensure_running(self):
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self.now = self.exact()
+                self._thread = threading.Thread(target=self._run, name="zramfs-clock", daemon=True)
+                self._thread.start()
+
+    def _run(self):
+        while True:
+            self.now = self.exact()
+            # Wake just after the next whole second.
+            time.sleep(1.001 - (time.monotonic() - self.start) % 1)
+
+    def advance(self, seconds):
+        """Move the clock forward (tests of idle ages)."""
+        self.start -= seconds
+        self.now = self.exact()
+
+
+_SECONDS = _Seconds()
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +265,10 @@ class DeviceStats:
     notify_free: int
     num_reads: int
     num_writes: int
+    bd_count: int = 0  # slots written back = backing blocks in use (bd_stat)
+    bd_reads: int = 0  # pages read from the backing store
+    bd_writes: int = 0  # pages written to the backing store
+    wb_failures: int = 0  # writebacks stopped by a failing backing store (beyond zram)
 
 
 class BlockDevice:
@@ -171,11 +278,12 @@ class BlockDevice:
     ``zramfs.codecs.Codec`` to use instead (another level, or one a caller
     built); ``mem_limit`` (bytes, 0 = none) caps the pool like zram's
     ``mem_limit``; ``max_pages_per_zspage`` is passed to the pool (zsmalloc's
-    chain size).
+    chain size); ``backing_dev`` (a path) is zram's ``backing_dev``, a
+    block device or a file (see zramfs._backing) for ``writeback``.
     """
 
     def __init__(self, disksize, algorithm=DEFAULT_ALGORITHM, mem_limit=0, max_pages_per_zspage=8,
-                 codec=None):
+                 codec=None, backing_dev=None):
         if isinstance(disksize, bool) or not isinstance(disksize, int):
             raise InvalidDiskSizeError(f"disksize must be an int, not {disksize!r}")
         if disksize <= 0:
@@ -185,6 +293,8 @@ class BlockDevice:
                 f"disksize {disksize} is not a multiple of {PAGE_SIZE} bytes (the page size)"
             )
         self._codec = codec if codec is not None else get_codec(algorithm)
+        # By COMP_PRIORITY: 0 the primary codec, 1..3 zram's recomp_algorithm.
+        self._codecs = [self._codec, None, None, None]
         self._batch = BatchCodec(self._codec)
         self._limit_pages = self._limit_to_pages(mem_limit)
         nr_pages = disksize >> PAGE_SHIFT
@@ -202,6 +312,10 @@ class BlockDevice:
         self.disksize = disksize
         self.algorithm = self._codec.name
         self._lock = threading.Lock()
+        # ac_time stamps count whole seconds from here (zram counts from
+        # boot); monotonic, so a clock step cannot make a slot look idle.
+        _SECONDS.ensure_running()
+        self._epoch = _SECONDS.now
         # Only a page whose compressed form is this short can be same-filled
         # (a repeated 8-byte word compresses to a few dozen bytes with every
         # codec), so _classify checks just those pages word by word instead
@@ -225,12 +339,33 @@ class BlockDevice:
         self._num_reads = 0
         self._num_writes = 0
 
+        # Writeback and recompression (zram's post-processing): one at a
+        # time, under _pp_lock, which is never taken under _lock.
+        self._pp_lock = threading.Lock()
+        self._backing = None
+        self._bd_reads = 0
+        self._bd_writes = 0
+        self._wb_failures = 0
+        self._wb_limit = 0  # pages (zram's bd_wb_limit, 4 KiB units)
+        self._wb_limit_enable = False
+        self._wb_batch_size = 32  # zram's default writeback_batch_size
+        self.writeback_error = None  # why the last writeback stopped, or None
+        self._recomp_used = [False] * 4  # a priority that stored a slot
+        if backing_dev is not None:
+            try:
+                self.set_backing_dev(backing_dev)
+            except BaseException:
+                self.close()
+                raise
+
     def close(self):
-        """Give the pool's and the slot table's memory back.  The device is
-        unusable afterwards."""
+        """Give the pool's and the slot table's memory back and close the
+        backing store.  The device is unusable afterwards."""
         with self._lock:
             self._pool.close()
             self._table.close()
+            if self._backing is not None:
+                self._backing.close()
 
     def __enter__(self):
         return self
@@ -320,19 +455,21 @@ class BlockDevice:
         return infos, payloads
 
     def _decode(self, info, payload):
-        """The page a slot holds, from its info and what _snapshot copied."""
+        """The page a slot holds, from its info and what _snapshot copied
+        (not for a written-back slot: _wb_page reads those)."""
         if info & SIZE_MASK:
             if info & HUGE:
                 return payload
-            return self._decompress(payload)
+            return self._decompress(payload, (info & COMP_PRIORITY_MASK) >> COMP_PRIORITY_SHIFT)
         if info & SAME:
             return payload.to_bytes(8, "little") * _WORDS_PER_PAGE
         return _ZERO_PAGE
 
-    def _decompress(self, obj):
-        """One object's page; CorruptedSlotError if it is not one."""
+    def _decompress(self, obj, priority=0):
+        """One object's page, by the codec of ``priority`` (the slot's
+        COMP_PRIORITY); CorruptedSlotError if it is not one."""
         try:
-            page = self._codec.decompress(obj)
+            page = self._codecs[priority].decompress(obj)
         except Exception as exc:  # each library has its own error type
             raise _undecodable(exc) from exc
         if len(page) != PAGE_SIZE:
@@ -364,16 +501,26 @@ class BlockDevice:
         """Under the lock: the (info, payload) of slot ``index``'s page with
         bytes [start, start + len(data)) replaced by ``data``."""
         ((info, payload),) = self._snapshot(index, index + 1)
-        page = bytearray(self._decode(info, payload))
+        if info & WB:
+            # Backing I/O under the lock: the price of an atomic
+            # read-modify-write of a written-back block (zram reads it
+            # synchronously in its partial write too).
+            self._bd_reads += 1
+            page = bytearray(self._backing.read(payload))
+        else:
+            page = bytearray(self._decode(info, payload))
         page[start : start + len(data)] = data
         return self._classify(self._codec.compress(page), page)
 
     # --- the one change of state --------------------------------------------------
 
-    def _commit_locked(self, first, infos, payloads):
+    def _commit_locked(self, first, infos, payloads, check_limit=True):
         """Under the lock: slots first, first + 1, ... take the info words
         ``infos`` (from _classify, or 0 to empty them) with ``payloads``
-        (an object's bytes, a same-filled slot's word; ignored for empty).
+        (an object's bytes, a same-filled slot's word, a written-back
+        slot's backing block; ignored for empty).  A slot that was written
+        back gives its block back to the backing store.  ``check_limit``
+        False stores past mem_limit (a recompression, which shrinks).
 
         The only way a slot changes.  New objects are stored first, all or
         none; if the pool would pass mem_limit (or is full) MemLimitError is
@@ -428,7 +575,7 @@ class BlockDevice:
             objs = payloads
         else:
             objs = [payload for info, payload in zip(infos, payloads) if info & SIZE_MASK]
-        new_handles: Sequence[int] = self._store_locked(objs) if objs else ()
+        new_handles: Sequence[int] = self._store_locked(objs, check_limit) if objs else ()
 
         dead: Sequence[int]
         if not old_top:
@@ -437,12 +584,19 @@ class BlockDevice:
             dead = handles[first:end].tolist()
         else:
             dead = [handle for info, handle in zip(old, handles[first:end]) if info & SIZE_MASK]
+        if old_top >= WB:  # some old slot may be written back: free its block
+            blocks = [handle for info, handle in zip(old, handles[first:end]) if info & WB]
+            if blocks:
+                self._backing.free(blocks)
         if not uniform:
             new = iter(new_handles)
             for index, info, payload in zip(range(first, end), infos, payloads):
                 slot_infos[index] = info
-                # An object's handle, a same-filled slot's word, or 0.
-                handles[index] = next(new) if info & SIZE_MASK else payload if info & SAME else 0
+                # An object's handle, a same-filled slot's word, a backing
+                # block, or 0.
+                handles[index] = (
+                    next(new) if info & SIZE_MASK else payload if info & (SAME | WB) else 0
+                )
         elif count == 1:
             slot_infos[first] = top
             handles[first] = new_handles[0] if top else 0
@@ -453,13 +607,13 @@ class BlockDevice:
             pool.free_many(dead)
         table.account(old, infos)
 
-    def _store_locked(self, objs):
+    def _store_locked(self, objs, check_limit=True):
         """Under the lock: new pool objects for ``objs``, all or none, in one
         pool lock round (1 MiB overwrite of fio-like data: 1800 -> 1540 us
         against two or three rounds per block); updates mem_used_max.
         MemLimitError, counted in failed_writes, past mem_limit or a full pool."""
         pool = self._pool
-        limit = self._limit_pages
+        limit = self._limit_pages if check_limit else 0
         new_handles: Sequence[int]
         try:
             if limit or len(objs) > 1:
@@ -506,9 +660,12 @@ class BlockDevice:
         if length == PAGE_SIZE and not offset & _PAGE_MASK:
             # One aligned block (swap, a 4 KiB-sector loop device).
             info, payload = self._classify(self._codec.compress(view), view)
+            now = _SECONDS.now - self._epoch
+            index = offset >> PAGE_SHIFT
             with self._lock:
                 self._num_writes += 1
-                self._commit_locked(offset >> PAGE_SHIFT, (info,), (payload,))
+                self._commit_locked(index, (info,), (payload,))
+                self._table.ac_time[index] = now
             return
         if not length:
             return
@@ -537,12 +694,15 @@ class BlockDevice:
                 ):
                     # Whole blocks, each an ordinary compressed object (no
                     # same-filled or huge page): no per-page Python loop.
+                    stamps = self._stamps(len(sizes))
                     with self._lock:
                         self._num_writes += len(sizes)
                         self._commit_locked(first, sizes, compressed)
+                        self._table.ac_time[first : first + len(sizes)] = stamps
                     return
                 infos, payloads = self._encode_many(compressed, pages)
 
+        stamps = self._stamps(last - first + 1)
         with self._lock:
             self._num_writes += last - first + 1
             try:
@@ -559,10 +719,11 @@ class BlockDevice:
                     info, payload = self._rmw_locked(index, start, piece)
                     infos.insert(at, info)
                     payloads.insert(at, payload)
-            except CorruptedSlotError:
+            except (CorruptedSlotError, BackingIOError):
                 self._failed_writes += 1
                 raise
             self._commit_locked(first, infos, payloads)
+            self._table.ac_time[first : last + 1] = stamps
 
     # --- the read path ----------------------------------------------------------
 
@@ -575,12 +736,17 @@ class BlockDevice:
             # send.  The same steps as below, without the lists.
             index = offset >> PAGE_SHIFT
             table = self._table
+            now = _SECONDS.now - self._epoch
             with self._lock:
                 self._num_reads += 1
                 info = table.info[index]
                 payload = table.handle[index]
                 if info & SIZE_MASK:
                     payload = self._pool.read(payload)
+                if info:
+                    table.ac_time[index] = now
+            if info & WB:
+                return self._wb_page(index, info, payload)
             try:
                 return self._decode(info, payload)
             except CorruptedSlotError:
@@ -611,6 +777,7 @@ class BlockDevice:
         objs = frame = None
         table = self._table
         batch = self._batch
+        stamps = self._stamps(count)
         with self._lock:
             self._num_reads += count
             infos = table.info[first : last + 1]
@@ -623,8 +790,10 @@ class BlockDevice:
                     frame = batch.gather_frame(self._pool.gather, handles)
                 else:
                     objs = self._pool.read_many(handles)
+                table.ac_time[first : last + 1] = stamps
             else:
                 slots = self._snapshot(first, last + 1)
+                self._stamp_stored_locked(first, infos, stamps)
         try:
             pages = None
             if frame is not None:
@@ -638,8 +807,7 @@ class BlockDevice:
             elif objs is not None:
                 pages = self._decompress_many(objs)
             if pages is None:
-                decode = self._decode
-                pages = [decode(info, payload) for info, payload in slots]
+                pages = self._decode_slots(first, slots)
         except CorruptedSlotError:
             with self._lock:
                 self._failed_reads += 1
@@ -659,6 +827,88 @@ class BlockDevice:
                     piece = pages[-1]
                     pages[-1] = memoryview(piece)[: len(piece) - cut]
         return pages
+
+    def _decode_slots(self, first, slots):
+        """The pages of slots first, first + 1, ... from _snapshot.  A run
+        of written-back slots in consecutive blocks (what one writeback of
+        a stretch makes) is read with one preadv and kept as one piece,
+        then checked under the lock to be still theirs; slot by slot
+        (_wb_page) otherwise."""
+        decode = self._decode
+        pages = []
+        at = 0
+        count = len(slots)
+        while at < count:
+            info, payload = slots[at]
+            if not info & WB:
+                pages.append(decode(info, payload))
+                at += 1
+                continue
+            end = at + 1
+            while end < count and slots[end][0] & WB and slots[end][1] == payload + end - at:
+                end += 1
+            if end - at > 1 and self._wb_run(first + at, slots[at:end], pages):
+                at = end
+                continue
+            pages.append(self._wb_page(first + at, info, payload))
+            at += 1
+        return pages
+
+    def _wb_run(self, index, run, pages):
+        """Read the written-back slots from ``index`` (``run``: their
+        (info, block) from the snapshot, blocks consecutive) in one preadv;
+        append the piece to ``pages`` and return True if every slot still
+        holds its block afterwards, else False (the caller goes slot by
+        slot).  BackingIOError, counted in failed_reads, on failure."""
+        table = self._table
+        try:
+            piece = self._backing.read(run[0][1], len(run))
+        except BackingIOError:
+            with self._lock:
+                self._bd_reads += len(run)
+                self._failed_reads += 1
+            raise
+        with self._lock:
+            self._bd_reads += len(run)
+            infos = table.info[index : index + len(run)]
+            blocks = table.handle[index : index + len(run)]
+            if list(zip(infos, blocks)) != run:
+                return False
+        pages.append(piece)
+        return True
+
+    def _wb_page(self, index, info, block):
+        """The page of written-back slot ``index``, which held ``block``
+        (with ``info``) under the lock a moment ago: read from the backing
+        store without the lock, then checked under it to be still that
+        slot's block (a rewrite and a new writeback may have moved it;
+        then the slot is read again).  BackingIOError, counted in
+        failed_reads, if the store fails (the FUSE layer answers EIO)."""
+        table = self._table
+        while True:
+            try:
+                page = self._backing.read(block)
+            except BackingIOError:
+                with self._lock:
+                    self._bd_reads += 1
+                    self._failed_reads += 1
+                raise
+            with self._lock:
+                self._bd_reads += 1
+                info_now = table.info[index]
+                block_now = table.handle[index]
+                if info_now == info and block_now == block:
+                    return page
+                if not info_now & WB:
+                    payload = self._pool.read(block_now) if info_now & SIZE_MASK else block_now
+                    break
+            info, block = info_now, block_now
+        try:
+            return self._decode(info_now, payload)
+        except CorruptedSlotError:
+            with self._lock:
+                self._failed_reads += 1
+            raise
 
     # --- discard ----------------------------------------------------------------
 
@@ -705,19 +955,546 @@ class BlockDevice:
                     # Skip a batch of empty slots at memcmp speed (== between
                     # memoryviews would compare element by element).
                     if info_bytes[start * 4 : stop * 4].tobytes() != zeros:
-                        self._commit_locked(start, array("I", zeros), None)
+                        empty = array("I", zeros)
+                        self._commit_locked(start, empty, None)
+                        # zram's slot_free zeroes ac_time too; release()
+                        # then frees the stamps' pages with the rest.
+                        table.ac_time[start:stop] = empty
                         table.release(start, stop)
                     self._notify_free += stop - start
+            if self._backing is not None:
+                self._backing.reclaim()  # punch the freed blocks, outside the lock
         for index, start, size in edges:
             with self._lock:
                 if not self._table.info[index]:
                     continue  # an empty slot already reads as zeros
                 try:
                     info, payload = self._rmw_locked(index, start, bytes(size))
-                except CorruptedSlotError:
+                except (CorruptedSlotError, BackingIOError):
                     self._failed_writes += 1
                     raise
                 self._commit_locked(index, (info,), (payload,))
+                self._table.ac_time[index] = _SECONDS.now - self._epoch
+
+    # --- idle tracking ----------------------------------------------------------
+
+    def _stamps(self, count):
+        """``count`` copies of the current ac_time stamp, as an array('I') to
+        store into a slice of the table (one C copy, no loop per slot)."""
+        return array("I", (_SECONDS.now - self._epoch,)) * count
+
+    def _stamp_stored_locked(self, first, infos, stamps):
+        """Under the lock: stamp the slots from ``first`` that hold
+        something (``infos`` their info words).  Empty ones stay unstamped,
+        so a read of never-written slots touches no table memory."""
+        if min(infos):
+            self._table.ac_time[first : first + len(infos)] = stamps
+        elif max(infos):
+            ac_time = self._table.ac_time
+            now = stamps[0]
+            for index, info in enumerate(infos, first):
+                if info:
+                    ac_time[index] = now
+
+    # mark_idle takes the lock for this many slots at a time: ~2 ms of a
+    # used device (0.5 us a slot, 256 MiB of fio-like pages: 36 ms whole).
+    _IDLE_BATCH = 4096
+
+    def mark_idle(self, age=None):
+        """Mark slots idle, as writing to zram's ``idle`` does: with ``age``
+        None ("all") every slot that holds an object or a huge page; with
+        ``age`` N (seconds, an int >= 0) those not read or written for more
+        than N seconds, and the others are unmarked (zram's mark_idle).
+        Same-filled and written-back slots are never idle, as in zram.  A
+        read or write of a slot clears its mark.  Returns how many slots
+        are marked idle now.
+
+        The mark is bit 31 of the slot's ac_time (see zramfs._slots), so
+        the info words and the I/O fast paths stay as they were.  The lock
+        is taken once per 4096 slots.
+        """
+        if age is not None and (isinstance(age, bool) or not isinstance(age, int) or age < 0):
+            raise InvalidIdleAgeError(f"idle age must be an int >= 0 seconds, not {age!r}")
+        now = _SECONDS.exact() - self._epoch
+        cutoff = None if age is None else now - age
+        table = self._table
+        info_bytes = table.info_bytes
+        ac_time = table.ac_time
+        skip = SAME | WB
+        marked = 0
+        for start in range(0, table.nr_slots, self._IDLE_BATCH):
+            stop = min(start + self._IDLE_BATCH, table.nr_slots)
+            with self._lock:
+                if not info_bytes[start * 4 : stop * 4].tobytes().strip(b"\0"):
+                    continue  # nothing stored here (memcmp speed)
+                infos = table.info[start:stop]
+                stamps = ac_time[start:stop]
+                for index, info, stamp in zip(range(start, stop), infos, stamps):
+                    if not info or info & skip:
+                        continue
+                    when = stamp & ~AC_IDLE
+                    if cutoff is None or when < cutoff:
+                        marked += 1
+                        if not stamp & AC_IDLE:
+                            ac_time[index] = when | AC_IDLE
+                    elif stamp & AC_IDLE:
+                        ac_time[index] = when
+        return marked
+
+    # --- post-processing: writeback and recompression ------------------------------
+    #
+    # Both run as zram's do (writeback_store, recompress_store): pick slots,
+    # work on copies of their data outside the lock, install the results.
+    # A picked slot gets PP_SLOT in its info word; any write or discard of
+    # it replaces the word, so a result is installed only where the flag is
+    # still set, and a slot rewritten meanwhile keeps its new data.  The
+    # lock is taken once per batch (writeback_batch_size slots), never
+    # across compression or backing I/O, so I/O to the device flows while
+    # a long writeback runs.  One post-processing runs at a time (_pp_lock):
+    # a second one gets PostProcessBusyError (EBUSY).
+
+    # A batch's scan takes the lock for at most this many slots.
+    _PP_SCAN = 4096
+
+    def _pick_locked(self, pos, end, count, want):
+        """Under the lock: up to ``count`` slots of [pos, end) that ``want``
+        (info, ac_time) accepts, scanning at most _PP_SCAN slots.  Each gets
+        PP_SLOT; returns ([(index, info, payload)], next pos), payload the
+        object's bytes copied out, or a same-filled word."""
+        table = self._table
+        slot_infos = table.info
+        stop = min(end, pos + self._PP_SCAN)
+        picked = []
+        read = self._pool.read
+        if not table.info_bytes[pos * 4 : stop * 4].tobytes().strip(b"\0"):
+            return picked, stop  # nothing stored here (memcmp speed)
+        infos = slot_infos[pos:stop]
+        for index, info, stamp in zip(range(pos, stop), infos, table.ac_time[pos:stop]):
+            if info and want(info, stamp):
+                handle = table.handle[index]
+                slot_infos[index] = info | PP_SLOT
+                picked.append((index, info, read(handle) if info & SIZE_MASK else handle))
+                if len(picked) == count:
+                    return picked, index + 1
+        return picked, stop
+
+    def _unpick_locked(self, indexes):
+        """Under the lock: drop PP_SLOT where it is still set."""
+        slot_infos = self._table.info
+        for index in indexes:
+            info = slot_infos[index]
+            if info & PP_SLOT:
+                slot_infos[index] = info & ~PP_SLOT
+
+    def _decode_picked(self, picked):
+        """Outside the lock: the pages of picked slots; a slot whose object
+        does not decode is dropped (zram skips a slot it cannot read)."""
+        pages = []
+        for index, info, payload in picked:
+            try:
+                pages.append((index, info, self._decode(info, payload)))
+            except CorruptedSlotError:
+                with self._lock:
+                    self._failed_reads += 1
+                    self._unpick_locked((index,))
+        return pages
+
+    # --- the backing store ---------------------------------------------------------
+
+    def set_backing_dev(self, path):
+        """Use the block device or file at ``path`` as the backing store
+        (zram's ``backing_dev``; see zramfs._backing for files).
+        BackingStoreError if it cannot be; PostProcessBusyError while slots
+        are written back to the store in place."""
+        with self._pp_lock:
+            with self._lock:
+                if self._table.wb_pages:
+                    raise PostProcessBusyError(
+                        f"{self._table.wb_pages} pages are written back to "
+                        f"{self._backing.path}; the backing store cannot change"
+                    )
+            store = BackingStore(path, self.disksize)
+            old, self._backing = self._backing, store
+            if old is not None:
+                old.close()
+
+    def reclaim_backing(self):
+        """Punch the holes of backing blocks freed by rewrites since the
+        last writeback or discard (zramfs._backing defers them: they are
+        freed under the lock).  For a caller with nothing else to do, like
+        populate_ahead; writeback and discard do it themselves."""
+        store = self._backing
+        if store is not None:
+            store.reclaim()
+
+    @property
+    def backing_dev(self):
+        """The backing store's path, or None."""
+        store = self._backing
+        return None if store is None else store.path
+
+    @property
+    def writeback_limit(self):
+        """zram's ``writeback_limit``: pages writeback may still write while
+        ``writeback_limit_enable`` is on (each page written takes one)."""
+        return self._wb_limit
+
+    @writeback_limit.setter
+    def writeback_limit(self, pages):
+        if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
+            raise InvalidArgumentError(f"writeback_limit must be an int >= 0 pages, not {pages!r}")
+        with self._lock:
+            self._wb_limit = pages
+
+    @property
+    def writeback_limit_enable(self):
+        """zram's ``writeback_limit_enable`` (a bool; off by default)."""
+        return self._wb_limit_enable
+
+    @writeback_limit_enable.setter
+    def writeback_limit_enable(self, value):
+        with self._lock:
+            self._wb_limit_enable = bool(value)
+
+    @property
+    def writeback_batch_size(self):
+        """zram's ``writeback_batch_size``: slots per batch (32): one lock
+        hold to pick them, one pwritev per run of free blocks."""
+        return self._wb_batch_size
+
+    @writeback_batch_size.setter
+    def writeback_batch_size(self, count):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise InvalidArgumentError(f"writeback_batch_size must be an int >= 1, not {count!r}")
+        self._wb_batch_size = count
+
+    # --- writeback -----------------------------------------------------------------
+
+    def writeback(self, request):
+        """Write slots back to the backing store, as a write of ``request``
+        (zram's syntax: "idle", "huge", "huge_idle", "incompressible",
+        "type=MODE", "page_index=N", "page_indexes=A-B", see
+        zramfs._pp_args.parse_writeback) to zram's ``writeback`` does.
+        Returns the number of pages written back.
+
+        A written-back slot keeps its page raw in one block of the store
+        (WB; the block number in ``handle``) and its pool object is freed;
+        raw, not compressed as zram's ``writeback_compressed`` can: each
+        page takes one O_DIRECT 4 KiB block either way, so compressed
+        objects would save no I/O or space without packing several into a
+        block, and raw pages are read back without a codec;
+        it still counts in orig_data_size, and in bd_stat's bd_count.
+        Same-filled and already written-back slots are never picked.
+
+        Errors, raised after what was written is installed: NoBackingDevError,
+        InvalidArgumentError (bad request), PostProcessBusyError (another
+        runs), WritebackLimitError (limit used up), BackingStoreFullError
+        (no free block), BackingIOError (the store failed: the slots of the
+        failed batch stay in RAM, nothing is lost; counted in wb_failures,
+        and the reason kept in ``writeback_error``).
+        """
+        if self._backing is None:
+            raise NoBackingDevError("writeback needs a backing device (backing_dev)")
+        jobs = parse_writeback(request, self._table.nr_slots)
+        if not self._pp_lock.acquire(blocking=False):
+            raise PostProcessBusyError("a writeback or recompression is running")
+        try:
+            self.writeback_error = None
+            written = 0
+            for mode, first, end in jobs:
+                written += self._writeback_range(self._wb_filter(mode), first, end)
+            return written
+        except (BackingStoreError, WritebackLimitError) as exc:
+            self.writeback_error = str(exc)
+            raise
+        finally:
+            self._pp_lock.release()
+
+    @staticmethod
+    def _wb_filter(mode):
+        """The pick test of a writeback mode (zram's scan_slots_for_writeback)."""
+        skip = SAME | WB
+        need = (HUGE if mode & WB_HUGE else 0) | (INCOMPRESSIBLE if mode & WB_INCOMPRESSIBLE else 0)
+        idle = AC_IDLE if mode & WB_IDLE else 0
+
+        def want(info, stamp):
+            return not info & skip and info & need == need and stamp & idle == idle
+
+        return want
+
+    def writeback_cold(self, pages):
+        """Beyond zram: write back up to ``pages`` slots, the least recently
+        read or written first (the oldest ac_time stamps), whatever their
+        idle marks -- what a daemon calls when the pool nears a watermark.
+        Returns the number written back; errors as ``writeback``.
+
+        The cut-off stamp comes from one pass over the table (the lock
+        taken per 4096 slots) and a sort of the candidates' stamps; slots
+        at or below it are then written back in index order.
+        """
+        if self._backing is None:
+            raise NoBackingDevError("writeback needs a backing device (backing_dev)")
+        if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
+            raise InvalidArgumentError(f"pages must be an int >= 0, not {pages!r}")
+        if not self._pp_lock.acquire(blocking=False):
+            raise PostProcessBusyError("a writeback or recompression is running")
+        try:
+            self.writeback_error = None
+            skip = SAME | WB
+            table = self._table
+            stamps = []
+            for start in range(0, table.nr_slots, self._IDLE_BATCH):
+                stop = min(start + self._IDLE_BATCH, table.nr_slots)
+                with self._lock:
+                    infos = table.info[start:stop]
+                    if not max(infos):
+                        continue
+                    stamps += [
+                        stamp & ~AC_IDLE
+                        for info, stamp in zip(infos, table.ac_time[start:stop])
+                        if info and not info & skip
+                    ]
+            if not stamps or not pages:
+                return 0
+            stamps.sort()
+            cutoff = stamps[min(pages, len(stamps)) - 1]
+
+            def want(info, stamp):
+                return not info & skip and stamp & ~AC_IDLE <= cutoff
+
+            return self._writeback_range(want, 0, table.nr_slots, pages)
+        except (BackingStoreError, WritebackLimitError) as exc:
+            self.writeback_error = str(exc)
+            raise
+        finally:
+            self._pp_lock.release()
+
+    def _writeback_range(self, want, pos, end, max_pages=None):
+        """Write back the slots of [pos, end) that ``want`` picks, at most
+        ``max_pages`` (None: no limit)."""
+        store = self._backing
+        written = 0
+        while pos < end and max_pages != 0:
+            with self._lock:
+                count = self._wb_batch_size
+                if max_pages is not None:
+                    count = min(count, max_pages)
+                if self._wb_limit_enable:
+                    if not self._wb_limit:
+                        raise WritebackLimitError(
+                            "writeback_limit is used up (writeback_limit_enable is on)"
+                        )
+                    count = min(count, self._wb_limit)
+                picked, pos = self._pick_locked(pos, end, count, want)
+            if not picked:
+                continue
+            pages = self._decode_picked(picked)
+            runs = store.allocate(len(pages))
+            done = []  # (index, block) written
+            error = None
+            at = 0
+            try:
+                for block, length in runs:
+                    store.write(block, [page for _, _, page in pages[at : at + length]])
+                    done.extend(
+                        (index, b) for (index, _, _), b in zip(pages[at:], range(block, block + length))
+                    )
+                    at += length
+            except BackingIOError as exc:
+                error = exc
+            if at < len(pages) and error is None:
+                error = BackingStoreFullError(
+                    f"backing store {store.path} is full ({store.nr_blocks} blocks)"
+                )
+            # Blocks allocated but not written go back at once.
+            store.unallocate([(b, 1) for b in self._unwritten(runs, at)])
+            with self._lock:
+                self._bd_writes += len(done)
+                if self._wb_limit_enable:
+                    self._wb_limit = max(0, self._wb_limit - len(done))
+                stale = []
+                slot_infos = self._table.info
+                ac_time = self._table.ac_time
+                run = []  # (index, block) of consecutive slots, one commit
+                for index, block in done:
+                    if slot_infos[index] & PP_SLOT:
+                        if run and index != run[-1][0] + 1:
+                            self._commit_wb_locked(run)
+                            run = []
+                        run.append((index, block))
+                        ac_time[index] &= ~AC_IDLE  # zram: a WB slot is never idle
+                    else:
+                        stale.append(block)  # rewritten meanwhile: block unused
+                if run:
+                    self._commit_wb_locked(run)
+                if stale:
+                    self._backing.free(stale)
+                self._unpick_locked(index for index, _, _ in picked)
+                if error is not None and not isinstance(error, BackingStoreFullError):
+                    self._wb_failures += 1
+            written += len(done) - len(stale)
+            if max_pages is not None:
+                max_pages -= len(done) - len(stale)
+            if error is not None:
+                raise error
+        return written
+
+    def _commit_wb_locked(self, run):
+        """Under the lock: consecutive slots of ``run`` [(index, block)]
+        become written back, in one change of state."""
+        self._commit_locked(run[0][0], [WB] * len(run), [block for _, block in run])
+
+    @staticmethod
+    def _unwritten(runs, written):
+        """The blocks of ``runs`` after the first ``written`` ones."""
+        blocks = []
+        for block, length in runs:
+            skip = min(written, length)
+            written -= skip
+            blocks.extend(range(block + skip, block + length))
+        return blocks
+
+    # --- recompression ---------------------------------------------------------------
+
+    def set_recomp_algorithm(self, name, priority=1, level=None):
+        """zram's ``recomp_algorithm``: use the codec ``name`` (at ``level``)
+        as the secondary algorithm of ``priority`` 1..3.  UnknownAlgorithmError
+        or InvalidCodecParamsError from zramfs.codecs; PostProcessBusyError
+        if slots were recompressed with the priority's algorithm in place."""
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 3:
+            raise InvalidArgumentError(f"recomp_algorithm priority must be 1..3, not {priority!r}")
+        codec = get_codec(name, level=level)
+        with self._pp_lock:
+            if self._recomp_used[priority] and self._codecs[priority] != codec:
+                raise PostProcessBusyError(
+                    f"slots are stored by {self._codecs[priority].name} (priority {priority}); "
+                    "its algorithm cannot change"
+                )
+            self._codecs[priority] = codec
+
+    @property
+    def recomp_algorithms(self):
+        """{priority: algorithm name} of the secondary algorithms set."""
+        return {p: c.name for p, c in enumerate(self._codecs) if p and c is not None}
+
+    def recomp_algorithm(self):
+        """zram's ``recomp_algorithm`` text: a line per priority set, every
+        algorithm with the chosen one in brackets ("#1: lz4 lz4hc [zstd]
+        deflate"), as recomp_algorithm_show prints it."""
+        return "".join(
+            f"#{p}: " + " ".join(f"[{a}]" if a == name else a for a in CODECS) + "\n"
+            for p, name in sorted(self.recomp_algorithms.items())
+        )
+
+    def recompress(self, request):
+        """Recompress slots with the secondary algorithms, as a write of
+        ``request`` to zram's ``recompress`` does ("type=idle|huge|huge_idle
+        threshold=N algo=NAME priority=N max_pages=N", all optional, see
+        zramfs._pp_args.parse_recompress).  Returns how many slots were
+        recompressed.
+
+        Each picked slot (an object or huge page, not same-filled, written
+        back or INCOMPRESSIBLE, of at least ``threshold`` bytes, not yet
+        stored by the highest priority asked for) is tried with each
+        secondary algorithm in priority order; the first that stores it
+        smaller (and under ``threshold``, if set) wins: the slot then holds
+        that object and its priority in COMP_PRIORITY, and reads decode it
+        with that codec.  A slot nothing shrank, when the last algorithm was
+        tried, is flagged INCOMPRESSIBLE and skipped from then on.  Every
+        attempted slot counts against ``max_pages`` and loses its idle mark.
+        """
+        args = parse_recompress(request)
+        highest = max(self.recomp_algorithms, default=0)
+        priority = args["priority"]
+        prio = 1 if not priority else priority
+        prio_end = highest + 1 if priority is None else prio + 1
+        if args["threshold"] >= self._huge_class_size:
+            raise InvalidArgumentError(
+                f"recompress threshold must be below {self._huge_class_size} (huge_class_size)"
+            )
+        if args["algo"] is not None:
+            for p in range(prio, 4):
+                if self._codecs[p] is not None and self._codecs[p].name == args["algo"]:
+                    prio, prio_end = p, p + 1
+                    break
+            else:
+                raise NoRecompAlgorithmError(
+                    f"recompress: {args['algo']} is not a recomp_algorithm "
+                    f"(set: {self.recomp_algorithms or 'none'})"
+                )
+        prio_end = min(prio_end, highest + 1)
+        if prio >= prio_end:
+            raise NoRecompAlgorithmError("recompress needs a recomp_algorithm at that priority")
+        if not self._pp_lock.acquire(blocking=False):
+            raise PostProcessBusyError("a writeback or recompression is running")
+        try:
+            return self._recompress(args["mode"], args["threshold"], args["max_pages"],
+                                    prio, prio_end, prio_end == highest + 1)
+        finally:
+            self._pp_lock.release()
+
+    def _recompress(self, mode, threshold, max_pages, prio, prio_end, last_tried):
+        skip = SAME | WB | INCOMPRESSIBLE
+        need = HUGE if mode & WB_HUGE else 0
+        idle = AC_IDLE if mode & WB_IDLE else 0
+        top = (prio_end - 1) << COMP_PRIORITY_SHIFT
+
+        def want(info, stamp):
+            return (
+                not info & skip
+                and info & need == need
+                and stamp & idle == idle
+                and (info & SIZE_MASK) >= threshold
+                and (info & COMP_PRIORITY_MASK) < top
+            )
+
+        codecs = self._codecs
+        huge_class_size = self._huge_class_size
+        table = self._table
+        pos = 0
+        end = table.nr_slots
+        done = 0
+        while pos < end and max_pages != 0:
+            count = self._wb_batch_size if max_pages is None else min(self._wb_batch_size, max_pages)
+            with self._lock:
+                picked, pos = self._pick_locked(pos, end, count, want)
+            if not picked:
+                continue
+            if max_pages is not None:
+                max_pages -= len(picked)
+            results = []  # (index, new info or None, object)
+            for index, info, page in self._decode_picked(picked):
+                old_size = info & SIZE_MASK
+                result = (index, None, None)
+                first = max(prio, ((info & COMP_PRIORITY_MASK) >> COMP_PRIORITY_SHIFT) + 1)
+                for p in range(first, prio_end):
+                    codec = codecs[p]
+                    if codec is None:
+                        continue
+                    data = codec.compress(page)
+                    size = len(data)
+                    if size < old_size and size < huge_class_size and not (threshold and size >= threshold):
+                        result = (index, size | p << COMP_PRIORITY_SHIFT, data)
+                        break
+                results.append(result)
+            with self._lock:
+                slot_infos = table.info
+                ac_time = table.ac_time
+                for index, info, data in results:
+                    now = slot_infos[index]
+                    if not now & PP_SLOT:
+                        continue  # written or discarded meanwhile
+                    ac_time[index] &= ~AC_IDLE  # zram: "we touched this entry"
+                    if info is None:
+                        if last_tried:
+                            slot_infos[index] = now | INCOMPRESSIBLE
+                        continue
+                    slot_infos[index] = now & ~PP_SLOT
+                    self._commit_locked(index, (info,), (data,), check_limit=False)
+                    self._recomp_used[info >> COMP_PRIORITY_SHIFT & 3] = True
+                    done += 1
+                self._unpick_locked(index for index, _, _ in picked)
+        return done
 
     # --- maintenance and stats ----------------------------------------------------
 
@@ -769,6 +1546,10 @@ class BlockDevice:
                 notify_free=self._notify_free,
                 num_reads=self._num_reads,
                 num_writes=self._num_writes,
+                bd_count=table.wb_pages,
+                bd_reads=self._bd_reads,
+                bd_writes=self._bd_writes,
+                wb_failures=self._wb_failures,
             )
 
     # block_state copies this many slots' info words per hold of the lock,
@@ -805,6 +1586,12 @@ class BlockDevice:
     def io_stat(self):
         """zram's ``io_stat`` line (``io_stat_line``)."""
         return io_stat_line(self.stats())
+
+    def bd_stat(self):
+        """zram's ``bd_stat`` line: bd_count bd_reads bd_writes, in 4 KiB
+        pages ("%8llu %8llu %8llu\\n")."""
+        s = self.stats()
+        return "%8d %8d %8d\n" % (s.bd_count, s.bd_reads, s.bd_writes)
 
 
 # block_state's flag letters, in zram's order, for the info word's flag bits.
@@ -891,3 +1678,4 @@ def io_stat_line(s):
         s.failed_writes,
         s.notify_free,
     )
+
