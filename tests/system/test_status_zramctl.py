@@ -1,0 +1,119 @@
+"""`zramfs status` against real `zramctl`, and `zramfs reset`, for real.
+
+A kernel zram device of the same size and algorithm as a zramfs device:
+both tables must have the same header, the same columns in the same places
+(numbers right-aligned under their heading, text left-aligned) and the same
+cells where the values are the same (DISKSIZE, ALGORITHM), in the default,
+--raw and --bytes formats.  Runs under the machine lock, as root, where
+/sys/class/zram-control exists; the kernel device is hot_added for the test
+and hot_removed after it (zram0 and the others are never touched).
+"""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+MiB = 1 << 20
+CONTROL = "/sys/class/zram-control"
+RIGHT = {"DISKSIZE", "DATA", "COMPR", "TOTAL", "STREAMS"}
+
+needs_kernel_zram = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists(f"{CONTROL}/hot_add") or shutil.which("zramctl") is None,
+    reason="needs root, kernel zram (hot_add) and zramctl",
+)
+
+
+@pytest.fixture
+def kernel_zram():
+    """A fresh /dev/zramN, hot_added: yields its sysfs directory; reset and hot_removed after."""
+    with open(f"{CONTROL}/hot_add") as f:
+        n = int(f.read())
+    sysfs = f"/sys/block/zram{n}"
+    try:
+        yield n, sysfs
+    finally:
+        with open(f"{sysfs}/reset", "w") as f:
+            f.write("1")
+        with open(f"{CONTROL}/hot_remove", "w") as f:
+            f.write(str(n))
+
+
+def _layout(lines):
+    """{column: (start, end)} of each heading, and each data line's cells checked against it."""
+    header = lines[0]
+    spans, pos = {}, 0
+    for word in header.split():
+        start = header.index(word, pos)
+        spans[word] = (start, start + len(word))
+        pos = start + len(word)
+    return spans
+
+
+def _aligned(lines):
+    """Each row's cells right-aligned under right columns' headings, left-aligned under the others."""
+    spans = _layout(lines)
+    for line in lines[1:]:
+        for col, (start, end) in spans.items():
+            if col in RIGHT:
+                assert line[end - 1] != " " and (end == len(line) or line[end] == " "), (col, line)
+            elif col != list(spans)[-1]:
+                assert line[start] != " " and line[start - 1 : start] in ("", " "), (col, line)
+    return list(spans)
+
+
+@needs_kernel_zram
+def test_status_lays_out_like_zramctl(zramfs_env, kernel_zram):
+    env = zramfs_env
+    n, sysfs = kernel_zram
+    with open(f"{sysfs}/comp_algorithm") as f:
+        kernel_algorithms = {w.strip("[]") for w in f.read().split()}
+    algorithm = next(a for a in ("lz4", "zstd", "lzo", "deflate") if a in kernel_algorithms)
+    with open(f"{sysfs}/comp_algorithm", "w") as f:
+        f.write(algorithm)
+    with open(f"{sysfs}/disksize", "w") as f:
+        f.write(str(64 * MiB))
+    mnt = os.path.join(env.root, "mnt")
+    os.mkdir(mnt)
+    env.ok("mount", mnt, "--size", "64M", "--name", "zramt-ctl", "--algorithm", algorithm)
+    try:
+        for opts in ([], ["--bytes"], ["-o", "NAME,DISKSIZE,ALGORITHM,MOUNTPOINT"]):
+            kernel = subprocess.run(["zramctl", *opts, f"/dev/zram{n}"], capture_output=True, text=True, check=True)
+            ours = env.ok("status", *opts, "zramt-ctl")
+            k_lines, o_lines = kernel.stdout.splitlines(), ours.stdout.splitlines()
+            assert len(k_lines) == len(o_lines) == 2, (kernel.stdout, ours.stdout)
+            assert k_lines[0].split() == o_lines[0].split()
+            assert _aligned(k_lines) == _aligned(o_lines)
+            k_row, o_row = dict(zip(k_lines[0].split(), k_lines[1].split())), dict(zip(o_lines[0].split(), o_lines[1].split()))
+            assert (o_row["DISKSIZE"], o_row["ALGORITHM"]) == (k_row["DISKSIZE"], k_row["ALGORITHM"])
+            assert len(k_lines[1].split()) == len(o_lines[1].split())  # the same cells empty (MOUNTPOINT)
+        # --raw and -n: the same fields, one space apart.
+        opts = ["--raw", "-n", "-b", "-o", "DISKSIZE,ALGORITHM,MOUNTPOINT"]
+        kernel = subprocess.run(["zramctl", *opts, f"/dev/zram{n}"], capture_output=True, text=True, check=True)
+        assert env.ok("status", *opts, "zramt-ctl").stdout == kernel.stdout == f"{64 * MiB} {algorithm} \n"
+    finally:
+        env.ok("umount", mnt)
+
+
+def test_reset_refuses_swap_without_force_then_takes_it_all_down(zramfs_env):
+    env = zramfs_env
+    env.ok("swapon", "zramt-rs", "--size", "16M")
+    proc = env.cli("reset", "zramt-rs")
+    assert proc.returncode == 5 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "in use (swap)" in proc.stderr
+    assert env.device("zramt-rs")["mountpoint"] == "[SWAP]"
+    env.ok("reset", "--force", "zramt-rs")
+    assert env.status() == [] and env.leftovers() == {}
+    proc = env.cli("reset", "zramt-rs")
+    assert (proc.returncode, proc.stderr) == (6, "zramfs: error: no zramfs device named 'zramt-rs'\n")
+
+
+def test_reset_of_an_uninitialised_mount_removes_it(zramfs_env):
+    env = zramfs_env
+    mnt = os.path.join(env.root, "mnt")
+    os.mkdir(mnt)
+    env.ok("mount", mnt, "--name", "zramt-ru")
+    env.ok("reset", "zramt-ru")
+    assert env.status() == [] and env.leftovers() == {}
+    assert os.path.isdir(mnt)  # the user's directory stays
