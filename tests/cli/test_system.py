@@ -48,14 +48,17 @@ def test_status_reads_devices_from_the_machine(machine):
          "mountpoint": "[SWAP]", "loop": "/dev/loop3", "dir": "/run/zramfs/zram0", "backend": "dev",
          "discard": True},
     ]  # fmt: skip
-    # zramctl's default columns and layout: numbers right-aligned, the last column unpadded.
+    # zramctl's default columns and layout (as util-linux 2.38's zramctl prints a
+    # kernel device): numbers right-aligned, sizes at least 5 wide, every
+    # column padded but the last, whose separator stays when it is empty.
     assert _status.render(rows) == [
-        "NAME  ALGORITHM DISKSIZE DATA COMPR TOTAL STREAMS MOUNTPOINT",
-        "disk1",
-        f"zram0 lz4            64M   1M 42.2K   60K {n:>7} [SWAP]",
+        "NAME  ALGORITHM DISKSIZE  DATA COMPR TOTAL STREAMS MOUNTPOINT",
+        "disk1                                              ",
+        f"zram0 lz4            64M    1M 42.2K   60K {n:>7} [SWAP]",
     ]
-    assert _status.render(rows[1:], in_bytes=True, headings=False) == [
-        f"zram0 lz4 67108864 1048576 43210 61440 {n} [SWAP]",
+    # -n: the headings still count for the widths.
+    assert _status.render(rows[1:], ("ALGORITHM", "DISKSIZE", "MOUNTPOINT"), in_bytes=True, headings=False) == [
+        "lz4       67108864 [SWAP]",
     ]
     # --raw: one space between cells, none padded, an empty cell empty, a space escaped.
     assert _status.render(rows, ("NAME", "DISKSIZE", "DIR", "MOUNTPOINT"), raw=True) == [

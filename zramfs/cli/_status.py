@@ -7,7 +7,7 @@ so a script that parses ``zramctl`` (its default columns, ``-o``, ``--raw``,
 ``-b``, ``-n``) parses this: the same column names, the same default set
 and order, numbers right-aligned, sizes as ``size_to_human_string`` with
 one-letter suffixes ("4G", "248.7M", "69B"), cells one space apart, the last
-column not padded, an unknown value an empty cell.  NAME is the zramfs
+column not padded (its separator kept), an unknown value an empty cell.  NAME is the zramfs
 device name (there is no /dev node), MOUNTPOINT is where the device is
 used -- ``[SWAP]`` when its loop device is active swap, else where its loop
 device's filesystem is mounted -- and DIR is the FUSE mount that holds its
@@ -41,7 +41,7 @@ COLUMNS = {
     "TOTAL": "size",
     "MEM-LIMIT": "size",
     "MEM-USED": "size",
-    "MIGRATED": "count",
+    "MIGRATED": "size",  # pages_compacted, which zramctl prints as a size
     "COMP-RATIO": "ratio",
     "MOUNTPOINT": "text",
     # zramfs's own: the loop device(s), the FUSE mount, its transport, discard.
@@ -54,6 +54,9 @@ COLUMNS = {
 DEFAULT_COLUMNS = ("NAME", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL", "STREAMS", "MOUNTPOINT")
 STATUS_COLUMNS = tuple(COLUMNS)
 _RIGHT = {"size", "count", "ratio"}
+# zramctl's width hints: a size column is at least 5 wide (" 296K" under
+# "DATA"), as libsmartcols pads to an absolute hint.
+_MIN_WIDTH = 5
 
 # mm_stat's fields behind zramctl's columns (zramctl reads the same ones).
 _MM_STAT = {
@@ -152,17 +155,22 @@ def render(rows, columns=DEFAULT_COLUMNS, *, in_bytes=False, raw=False, headings
     """The table `status` prints, as lines (none when there are no devices, like zramctl)."""
     if not rows:
         return []
-    table = [list(columns)] if headings else []
-    table += [[_cell(r[c.lower()], COLUMNS[c], in_bytes=in_bytes) for c in columns] for r in rows]
+    table = [list(columns)] + [[_cell(r[c.lower()], COLUMNS[c], in_bytes=in_bytes) for c in columns] for r in rows]
     if raw:
-        return [" ".join(_raw(text) for text in line) for line in table]
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    return [
-        " ".join(
-            text.rjust(w) if COLUMNS[col] in _RIGHT else text.ljust(w) for text, w, col in zip(line, widths, columns)
-        ).rstrip()
-        for line in table
-    ]
+        lines = [" ".join(_raw(text) for text in line) for line in table]
+    else:
+        # Headings count for the widths even with -n (as in zramctl); every
+        # column is padded but the last, which still gets its separator.
+        widths = [max([len(line[i]) for line in table] + [_MIN_WIDTH if COLUMNS[c] == "size" else 0]) for i, c in enumerate(columns)]
+        last = len(columns) - 1
+        lines = [
+            " ".join(
+                text.rjust(w) if COLUMNS[col] in _RIGHT else text if i == last else text.ljust(w)
+                for i, (text, w, col) in enumerate(zip(line, widths, columns))
+            )
+            for line in table
+        ]
+    return lines if headings else lines[1:]
 
 
 def cmd_status(args, sys_=None):
