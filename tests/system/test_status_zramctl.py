@@ -121,3 +121,27 @@ def test_reset_of_an_uninitialised_mount_removes_it(zramfs_env):
     env.ok("reset", "zramt-ru")
     assert env.status() == [] and env.leftovers() == {}
     assert os.path.isdir(mnt)  # the user's directory stays
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (losetup, mount)")
+def test_reset_of_a_device_whose_loop_is_mounted(zramfs_env):
+    env = zramfs_env
+    mnt, fs = os.path.join(env.root, "mnt"), os.path.join(env.root, "fs")
+    os.mkdir(mnt)
+    os.mkdir(fs)
+    env.ok("mount", mnt, "--size", "16M", "--name", "zramt-rf")
+    loop = subprocess.run(["losetup", "-f", "--show", f"{mnt}/disk"], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        subprocess.run(["mkfs.ext2", "-q", loop], check=True, capture_output=True)
+        subprocess.run(["mount", loop, fs], check=True)
+        assert env.device("zramt-rf")["mountpoint"] == fs  # where the device is used
+        proc = env.cli("reset", "zramt-rf")
+        assert proc.returncode == 5 and f"in use (mounted at {fs})" in proc.stderr and proc.stderr.count("\n") == 1
+        env.ok("reset", "zramt-rf", "--force")
+        assert env.status() == [] and env.leftovers() == {}
+        assert not os.path.ismount(fs) and os.path.isdir(mnt)
+    finally:  # only if the test failed midway
+        if os.path.ismount(fs):
+            subprocess.run(["umount", fs], capture_output=True)
+        if loop in env.loops():  # still ours (env.loops: backed by files under the test's root)
+            subprocess.run(["losetup", "-d", loop], capture_output=True)
