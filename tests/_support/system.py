@@ -107,7 +107,7 @@ class ZramfsEnv:
     def status(self):
         """`zramfs status --json`, only this env's devices."""
         rows = json.loads(self.ok("status", "--json").stdout)["zramfs"]
-        return [r for r in rows if _under(r["mountpoint"], self.root)]
+        return [r for r in rows if _under(r["dir"], self.root)]
 
     def device(self, name):
         (row,) = [r for r in self.status() if r["name"] == name]

@@ -70,7 +70,7 @@ def run(capsys, *argv):
         (["swapoff", "zram0", "--all"], "give a NAME or --all, not both"),
         (["swapoff", "-x"], "unrecognized arguments: -x"),
         (["status", "--yaml"], "unrecognized arguments: --yaml"),
-        (["frob"], "argument COMMAND: invalid choice: 'frob' (choose from 'mount', 'umount', 'swapon', 'swapoff', 'status')"),
+        (["frob"], "argument COMMAND: invalid choice: 'frob' (choose from 'mount', 'umount', 'swapon', 'swapoff', 'status', 'reset')"),
         ([], "the following arguments are required: COMMAND"),
     ],
 )
@@ -155,6 +155,10 @@ def test_docstring_lists_every_exit_code():
         (3 << 29, "1.5G", "1.5 GiB"),
         (4 << 30, "4G", "4 GiB"),
         (1 << 40, "1T", "1 TiB"),
+        # size_to_human_string's arithmetic: cut to 3 digits, round to 1, carry without a unit change.
+        (260800000, "248.7M", "248.7 MiB"),
+        (43210, "42.2K", "42.2 KiB"),
+        ((1 << 20) - 1, "1024K", "1024 KiB"),
     ],
 )
 def test_human_sizes_like_zramctl(size, short, long):
@@ -187,12 +191,12 @@ def test_mountinfo_parsing():
     assert mountinfo.unescape(r"/mnt/back\134slash") == "/mnt/back\\slash"
 
 
-def test_status_columns_only_ever_appended():
-    # zramctl's order first (NAME DISKSIZE DATA COMPR TOTAL ALGORITHM), then ours.
-    assert cli.STATUS_COLUMNS[:8] == (
-        "NAME", "DISKSIZE", "DATA", "COMPR", "TOTAL", "ALGORITHM", "LOOP", "MOUNTPOINT",
-    )
-    assert cli.STATUS_COLUMNS[8:] == ("BACKEND", "DISCARD")
+def test_status_columns_are_zramctls_then_ours():
+    # zramctl's columns in zramctl's order (util-linux zramctl.c), then zramfs's own.
+    assert cli.STATUS_COLUMNS == (
+        "NAME", "DISKSIZE", "DATA", "COMPR", "ALGORITHM", "STREAMS", "ZERO-PAGES", "TOTAL", "MEM-LIMIT",
+        "MEM-USED", "MIGRATED", "COMP-RATIO", "MOUNTPOINT", "LOOP", "DIR", "BACKEND", "DISCARD",
+    )  # fmt: skip
 
 
 def _unit(path):

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from zramfs.cli import _status
+from zramfs.config import ConfigError
 from zramfs.system import MM_STAT_COLUMNS, parse_mm_stat
 
 MM_STAT = "1048576    43210    61440        0    61440        3        0        1        1\n"
@@ -33,21 +34,65 @@ def _two_devices(machine):
 
 def test_status_reads_devices_from_the_machine(machine):
     _two_devices(machine)
-    rows = [_status.row(d) for d in machine.system().devices()]
+    system = machine.system()
+    rows = [_status.row(d, system) for d in system.devices()]
+    n = _status.streams()
     assert rows == [
-        # A dead FUSE mount answers nothing (ENOTCONN; here: no files): "-" for all of it.
-        {"name": "disk1", "disksize": None, "data": None, "compr": None, "total": None, "algorithm": None,
-         "loop": None, "mountpoint": "/mnt/my disk", "backend": None, "discard": None},
-        {"name": "zram0", "disksize": 64 << 20, "data": 1048576, "compr": 43210, "total": 61440,
-         "algorithm": "lz4", "loop": "/dev/loop3", "mountpoint": "/run/zramfs/zram0", "backend": "dev",
+        # A dead FUSE mount answers nothing (ENOTCONN; here: no files): empty cells, null in JSON.
+        {"name": "disk1", "disksize": None, "data": None, "compr": None, "algorithm": None, "streams": None,
+         "zero-pages": None, "total": None, "mem-limit": None, "mem-used": None, "migrated": None,
+         "comp-ratio": None, "mountpoint": None, "loop": None, "dir": "/mnt/my disk", "backend": None,
+         "discard": None},
+        {"name": "zram0", "disksize": 64 << 20, "data": 1048576, "compr": 43210, "algorithm": "lz4", "streams": n,
+         "zero-pages": 3, "total": 61440, "mem-limit": 0, "mem-used": 61440, "migrated": 0, "comp-ratio": 17.07,
+         "mountpoint": "[SWAP]", "loop": "/dev/loop3", "dir": "/run/zramfs/zram0", "backend": "dev",
          "discard": True},
     ]  # fmt: skip
+    # zramctl's default columns and layout (as util-linux 2.38's zramctl prints a
+    # kernel device): numbers right-aligned, sizes at least 5 wide, every
+    # column padded but the last, whose separator stays when it is empty.
     assert _status.render(rows) == [
-        "NAME  DISKSIZE DATA COMPR TOTAL ALGORITHM LOOP       MOUNTPOINT        BACKEND DISCARD",
-        "disk1        -    -     -     - -         -          /mnt/my disk      -       -",
-        "zram0      64M   1M 42.2K   60K lz4       /dev/loop3 /run/zramfs/zram0 dev     yes",
+        "NAME  ALGORITHM DISKSIZE  DATA COMPR TOTAL STREAMS MOUNTPOINT",
+        "disk1                                              ",
+        f"zram0 lz4            64M    1M 42.2K   60K {n:>7} [SWAP]",
+    ]
+    # -n: the headings still count for the widths.
+    assert _status.render(rows[1:], ("ALGORITHM", "DISKSIZE", "MOUNTPOINT"), in_bytes=True, headings=False) == [
+        "lz4       67108864 [SWAP]",
+    ]
+    # --raw: one space between cells, none padded, an empty cell empty, a space escaped.
+    assert _status.render(rows, ("NAME", "DISKSIZE", "DIR", "MOUNTPOINT"), raw=True) == [
+        "NAME DISKSIZE DIR MOUNTPOINT",
+        "disk1  /mnt/my\\x20disk ",
+        "zram0 64M /run/zramfs/zram0 [SWAP]",
     ]
     assert _status.render([]) == []  # like zramctl: no devices, no output
+
+
+def test_mountpoint_is_where_the_loop_device_is_mounted(machine):
+    machine.mount("/mnt/z", "z1")
+    machine.attrs("/mnt/z", disksize="67108864\n", mm_stat=MM_STAT, comp_algorithm="[zstd]\n")
+    machine.loop(5, "/mnt/z/disk")
+    machine.mount("/srv/data", "/dev/loop5", fstype="ext4")
+    system = machine.system()
+    (device,) = system.devices()
+    assert _status.row(device, system)["mountpoint"] == "/srv/data"
+
+
+@pytest.mark.parametrize(
+    "text, columns",
+    [
+        ("name,mountpoint", ("NAME", "MOUNTPOINT")),
+        ("+LOOP,DIR", _status.DEFAULT_COLUMNS + ("LOOP", "DIR")),
+    ],
+)
+def test_output_columns(text, columns):
+    assert _status.parse_columns(text) == columns
+
+
+def test_unknown_output_column_is_one_error():
+    with pytest.raises(ConfigError, match="^unknown column: FROB$"):
+        _status.parse_columns("NAME,frob")
 
 
 def test_backend_and_pid_come_from_the_daemons_record_not_its_command_line(machine):

@@ -7,6 +7,7 @@ import pytest
 
 from zramfs.cli import DeviceNotFoundError, DiskBusyError, NameInUseError
 from zramfs.cli._common import Undo, claim, forget
+from zramfs.cli._reset import in_use, plan_reset
 from zramfs.cli._teardown import Step, plan_swapoff, plan_umount
 from zramfs.system import System
 
@@ -135,3 +136,45 @@ def test_claim_takes_a_leftover_but_not_a_held_or_foreign_directory(tmp_path):
     (leftover / "notes.txt").write_text("mine\n")
     with pytest.raises(NameInUseError, match=r"left over with files zramfs did not write\)$"):
         claim(sys_, "zram0", Undo())
+
+
+def test_reset_of_swap_is_swapoffs_plan_and_the_swap_is_its_use(machine):
+    _swap_device(machine)
+    steps = plan_reset(machine.system(), "zram0")
+    assert steps == plan_swapoff(machine.system(), "zram0")
+    assert in_use(steps) == ["swap"]  # refused without --force
+
+
+def test_reset_of_a_mounted_device_unmounts_the_filesystem_on_its_loop_first(machine):
+    machine.mount("/mnt/z", "z1")
+    machine.loop(4, "/mnt/z/disk")
+    machine.mount("/srv/data", "/dev/loop4", fstype="ext4")
+    machine.daemon("z1", "/mnt/z", pid=55, start_time=66)
+    steps = plan_reset(machine.system(), "z1")
+    assert steps == [
+        Step("unmount-fs", "/srv/data"),
+        Step("detach", "/dev/loop4"),
+        Step("unmount", "/mnt/z"),
+        Step("stop", "/mnt/z", pid=55, start_time=66),
+        Step("forget", "z1"),
+    ]  # the user's /mnt/z stays
+    assert in_use(steps) == ["mounted at /srv/data"]
+
+
+def test_reset_of_an_unused_device_needs_no_force(machine):
+    """Uninitialised or not: a FUSE mount with no loop device on it."""
+    machine.mount("/mnt/u", "u1")
+    machine.daemon("u1", "/mnt/u", pid=56, start_time=67)
+    steps = plan_reset(machine.system(), "u1")
+    assert steps == [Step("unmount", "/mnt/u"), Step("stop", "/mnt/u", pid=56, start_time=67), Step("forget", "u1")]
+    assert in_use(steps) == []
+
+
+def test_reset_takes_what_a_killed_mount_left(machine):
+    machine.daemon("k1", "/mnt/k", pid=57, alive=False)
+    assert plan_reset(machine.system(), "k1") == [Step("forget", "k1")]
+
+
+def test_reset_of_nothing_is_not_found(machine):
+    with pytest.raises(DeviceNotFoundError):
+        plan_reset(machine.system(), "zram9")

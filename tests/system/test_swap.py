@@ -54,7 +54,7 @@ def test_swap_under_memory_pressure(zramfs_env, backend):
         "swapon", "zramt0", "--size", "512M", "--priority", str(PRIORITY), "--fuse-backend", backend
     )
     row = env.device("zramt0")
-    loop, mountpoint = row["loop"], row["mountpoint"]
+    loop, mountpoint = row["loop"], row["dir"]
     assert mountpoint == os.path.join(env.run_dir, "zramt0")
     with open("/proc/swaps") as f:
         rivals = [

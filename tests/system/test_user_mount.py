@@ -228,7 +228,7 @@ def test_user_mounts_writes_and_unmounts(user_mount, tmp_path, backend):
     assert (r.returncode, r.stdout, r.stderr) == (0, "zramfs-user", "")
     r = um.cli("status", "--json")
     assert r.returncode == 0, r.stderr
-    (row,) = [row for row in json.loads(r.stdout)["zramfs"] if row["mountpoint"] == um.mnt]
+    (row,) = [row for row in json.loads(r.stdout)["zramfs"] if row["dir"] == um.mnt]
     assert (row["name"], row["disksize"], row["backend"]) == (NAME, 64 << 20, backend)
     assert row["data"] == 4096
 

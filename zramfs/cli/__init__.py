@@ -1,4 +1,4 @@
-"""The ``zramfs`` command: mount, umount, swapon, swapoff, status.
+"""The ``zramfs`` command: mount, umount, swapon, swapoff, status, reset.
 
 Where this sits: beside the data path, never in it.  The CLI starts
 ``zramfs.daemon`` (which owns the FUSE session, the Filesystem, the
@@ -17,7 +17,7 @@ Every device, mounted or swap, has its directory ``$ZRAMFS_RUN_DIR/.NAME``
 (the daemon's record and log); making it claims the name.
 
 One module per command (``_mount``, ``_umount``, ``_swapon``, ``_swapoff``,
-``_status``), the shared pieces in ``_common``, teardown planning in
+``_status``, ``_reset``), the shared pieces in ``_common``, teardown planning in
 ``_teardown``, the argument parser and `main` in ``_parser``.
 
 Errors: the layers below raise typed exceptions; only this package turns
@@ -40,7 +40,8 @@ Exit codes:
 4     FUSE unavailable: no /dev/fuse, no fusermount3 for a mount without
       root, or the --fuse-backend is not installed
 5     in use: the name is taken, the mountpoint is busy, or a loop device
-      (or swap) still holds the disk
+      (or swap) still holds the disk; reset without --force of a device in
+      use as swap or mounted
 6     not found: no zramfs device by that name, no zramfs mount there
 130   interrupted (Ctrl-C); what swapon had set up has been undone
 ====  =======================================================================

@@ -20,17 +20,26 @@ from ._errors import BackendUnavailableError, CommandError, NameInUseError, Need
 
 
 def human(size, *, long=False):
-    """zramctl's sizes ('4G', '1.5M', '63B'); long: '4 GiB', '512 MiB'."""
-    units = "BKMGTPE"
+    """util-linux's size_to_human_string, as zramctl prints sizes ('4G', '248.7M', '63B'); long: '4 GiB'.
+
+    Exactly its arithmetic: the fraction is cut to three digits, then
+    rounded to one, and a fraction that rounds up to 1 carries into the
+    integer part without changing the unit ('1024K').
+    """
     exp = 0
-    value = float(size)
-    while value >= 1024 and exp < len(units) - 1:
-        value /= 1024
-        exp += 1
-    text = f"{value:.1f}".removesuffix(".0") if exp else str(size)
+    while exp < 60 and size >= 1 << (exp + 10):
+        exp += 10
+    dec, frac = (size >> exp, size & ((1 << exp) - 1)) if exp else (size, 0)
+    if frac:
+        frac = (frac * 1000) >> exp
+        frac = (frac + 50) // 100
+        if frac == 10:
+            dec, frac = dec + 1, 0
+    unit = "BKMGTPE"[exp // 10]
+    text = f"{dec}.{frac}" if frac else str(dec)
     if long:
-        return f"{text} {units[exp] + 'iB' if exp else 'B'}"
-    return text + units[exp]
+        return f"{text} {unit + 'iB' if exp else 'B'}"
+    return text + unit
 
 
 def run_tool(argv, what=None):
@@ -53,6 +62,7 @@ def run_tool(argv, what=None):
 _ROOT_REASONS = {
     "swapon": "it mounts, attaches a loop device and enables swap",
     "swapoff": "it disables swap, detaches a loop device and unmounts",
+    "reset": "its device is attached to a loop device, which it detaches",
 }
 
 

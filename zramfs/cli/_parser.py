@@ -10,7 +10,8 @@ from zramfs.system import default_run_dir
 
 from ._errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, exit_code_for
 from ._mount import cmd_mount
-from ._status import cmd_status
+from ._reset import cmd_reset
+from ._status import STATUS_COLUMNS, cmd_status
 from ._swapoff import cmd_swapoff
 from ._swapon import DEFAULT_PRIORITY, cmd_swapon
 from ._umount import cmd_umount
@@ -89,9 +90,24 @@ def build_parser():
     p.add_argument("--all", action="store_true", help=f"every device under {default_run_dir()}")
     p.set_defaults(func=lambda args: cmd_swapoff(args, report=print_error))
 
-    p = sub.add_parser("status", help="one line per device, like zramctl")
-    p.add_argument("--json", action="store_true", help="JSON, sizes in bytes")
+    p = sub.add_parser("status", help="zramctl's status table of zramfs devices")
+    p.add_argument("name", metavar="NAME", nargs="?", help="only this device")
+    p.add_argument("-o", "--output", metavar="LIST", help=f"columns, comma-separated ('+LIST' adds): {', '.join(STATUS_COLUMNS)}")
+    p.add_argument("--output-all", action="store_true", help="every column")
+    p.add_argument("--raw", action="store_true", help="zramctl's raw format: one space between cells, none padded")
+    p.add_argument("-b", "--bytes", action="store_true", help="sizes in bytes")
+    p.add_argument("-n", "--noheadings", action="store_true", help="no header line")
+    p.add_argument("--json", action="store_true", help="JSON, every column (or those of -o), sizes in bytes")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("reset", help="tear device NAME down and remove it, like zramctl --reset")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="swapoff and unmount what uses the device first (without it, reset refuses while it is swap or mounted)",
+    )
+    p.set_defaults(func=cmd_reset)
     return parser
 
 

@@ -17,6 +17,11 @@ from ._teardown import UNMOUNT_BUSY_TIMEOUT, execute, plan_swapoff
 def swapoff_one(sys_, name):
     """Take down swapon's device `name`; each step only if its part is still there."""
     execute(sys_, plan_swapoff(sys_, name), busy_timeout=UNMOUNT_BUSY_TIMEOUT)
+    after_swap_teardown(sys_)
+
+
+def after_swap_teardown(sys_):
+    """Once no zramfs swap is left: put back swapon's system settings, remove an empty run directory."""
     if not sys_.swap_names():
         # The last zramfs swap is gone: the machine's own settings come
         # back, and the run directory goes if nothing else is in it.

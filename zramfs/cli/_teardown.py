@@ -56,6 +56,17 @@ def _device_steps(sys_, name, mountpoint, mounted):
     return steps
 
 
+def loop_steps(sys_, mountpoint):
+    """Swapoff (if it is active swap) and detach, for each loop device on the disk at `mountpoint`."""
+    steps = []
+    swaps = sys_.active_swaps()
+    for loop in sys_.loops_for(os.path.join(mountpoint, "disk")):
+        if loop in swaps:
+            steps.append(Step("swapoff", loop))
+        steps.append(Step("detach", loop))
+    return steps
+
+
 def plan_swapoff(sys_, name):
     """The steps that take down swapon's device `name`; DeviceNotFoundError if nothing of it is there."""
     mountpoint = sys_.swap_mountpoint(name)
@@ -69,12 +80,7 @@ def plan_swapoff(sys_, name):
         raise DeviceNotFoundError(f"{name!r} is mounted at {record.config.mountpoint}, not made by swapon (zramfs umount it)")
     if m is None and not has_mountpoint and not has_dir:
         raise DeviceNotFoundError(f"no zramfs device named {name!r} (nothing at {mountpoint})")
-    steps = []
-    swaps = sys_.active_swaps()
-    for loop in sys_.loops_for(os.path.join(mountpoint, "disk")):
-        if loop in swaps:
-            steps.append(Step("swapoff", loop))
-        steps.append(Step("detach", loop))
+    steps = loop_steps(sys_, mountpoint)
     steps += _device_steps(sys_, name, mountpoint, m is not None)
     if has_mountpoint:
         steps.append(Step("rmdir", mountpoint))
