@@ -245,7 +245,8 @@ class BackingStore:
             # A short write: the filesystem under a file ran out of room.
             raise BackingIOError(
                 f"write of {n} blocks at block {first} of {self.path} was cut short "
-                f"at {done} bytes", errno.ENOSPC,
+                f"at {done} bytes",
+                errno.ENOSPC,
             )
 
     def read(self, block, count=1):

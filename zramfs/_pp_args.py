@@ -91,7 +91,9 @@ def parse_idle(text):
     try:
         age = int(word, 0)
     except ValueError:
-        raise InvalidArgumentError(f"idle: {word!r} is neither 'all' nor a number of seconds") from None
+        raise InvalidArgumentError(
+            f"idle: {word!r} is neither 'all' nor a number of seconds"
+        ) from None
     if not 0 <= age < 1 << 32:
         raise InvalidArgumentError(f"idle: {word!r} is out of range", errno.ERANGE)
     return age

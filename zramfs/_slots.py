@@ -267,8 +267,19 @@ class SlotTable:
     """
 
     __slots__ = (
-        "nr_slots", "handle", "info", "info_bytes", "ac_time", "_map", "_arrays", "_views",
-        "pages_stored", "compr_data_size", "same_pages", "huge_pages", "huge_pages_since",
+        "nr_slots",
+        "handle",
+        "info",
+        "info_bytes",
+        "ac_time",
+        "_map",
+        "_arrays",
+        "_views",
+        "pages_stored",
+        "compr_data_size",
+        "same_pages",
+        "huge_pages",
+        "huge_pages_since",
         "wb_pages",
     )
 

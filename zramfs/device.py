@@ -282,8 +282,15 @@ class BlockDevice:
     block device or a file (see zramfs._backing) for ``writeback``.
     """
 
-    def __init__(self, disksize, algorithm=DEFAULT_ALGORITHM, mem_limit=0, max_pages_per_zspage=8,
-                 codec=None, backing_dev=None):
+    def __init__(
+        self,
+        disksize,
+        algorithm=DEFAULT_ALGORITHM,
+        mem_limit=0,
+        max_pages_per_zspage=8,
+        codec=None,
+        backing_dev=None,
+    ):
         if isinstance(disksize, bool) or not isinstance(disksize, int):
             raise InvalidDiskSizeError(f"disksize must be an int, not {disksize!r}")
         if disksize <= 0:
@@ -1297,7 +1304,8 @@ class BlockDevice:
                 for block, length in runs:
                     store.write(block, [page for _, _, page in pages[at : at + length]])
                     done.extend(
-                        (index, b) for (index, _, _), b in zip(pages[at:], range(block, block + length))
+                        (index, b)
+                        for (index, _, _), b in zip(pages[at:], range(block, block + length))
                     )
                     at += length
             except BackingIOError as exc:
@@ -1428,8 +1436,14 @@ class BlockDevice:
         if not self._pp_lock.acquire(blocking=False):
             raise PostProcessBusyError("a writeback or recompression is running")
         try:
-            return self._recompress(args["mode"], args["threshold"], args["max_pages"],
-                                    prio, prio_end, prio_end == highest + 1)
+            return self._recompress(
+                args["mode"],
+                args["threshold"],
+                args["max_pages"],
+                prio,
+                prio_end,
+                prio_end == highest + 1,
+            )
         finally:
             self._pp_lock.release()
 
@@ -1455,7 +1469,9 @@ class BlockDevice:
         end = table.nr_slots
         done = 0
         while pos < end and max_pages != 0:
-            count = self._wb_batch_size if max_pages is None else min(self._wb_batch_size, max_pages)
+            count = (
+                self._wb_batch_size if max_pages is None else min(self._wb_batch_size, max_pages)
+            )
             with self._lock:
                 picked, pos = self._pick_locked(pos, end, count, want)
             if not picked:
@@ -1473,7 +1489,11 @@ class BlockDevice:
                         continue
                     data = codec.compress(page)
                     size = len(data)
-                    if size < old_size and size < huge_class_size and not (threshold and size >= threshold):
+                    if (
+                        size < old_size
+                        and size < huge_class_size
+                        and not (threshold and size >= threshold)
+                    ):
                         result = (index, size | p << COMP_PRIORITY_SHIFT, data)
                         break
                 results.append(result)
@@ -1571,7 +1591,13 @@ class BlockDevice:
             with self._lock:
                 infos = self._table.info[start:stop].tolist()
             pieces.append(
-                "".join(["%12d%s" % (index, rest(info)) for index, info in enumerate(infos, start) if info])
+                "".join(
+                    [
+                        "%12d%s" % (index, rest(info))
+                        for index, info in enumerate(infos, start)
+                        if info
+                    ]
+                )
             )
         return pieces
 
@@ -1595,7 +1621,14 @@ class BlockDevice:
 
 
 # block_state's flag letters, in zram's order, for the info word's flag bits.
-_BLOCK_FLAGS = ((SAME, "s"), (WB, "w"), (HUGE, "h"), (IDLE, "i"), (COMP_PRIORITY_MASK, "r"), (INCOMPRESSIBLE, "n"))
+_BLOCK_FLAGS = (
+    (SAME, "s"),
+    (WB, "w"),
+    (HUGE, "h"),
+    (IDLE, "i"),
+    (COMP_PRIORITY_MASK, "r"),
+    (INCOMPRESSIBLE, "n"),
+)
 _FLAG_BITS = SAME | WB | HUGE | IDLE | COMP_PRIORITY_MASK | INCOMPRESSIBLE
 _rest_of_line: dict[int, str] = {}
 
@@ -1632,22 +1665,56 @@ def classes_table(pool_stats):
     freeable is zs_can_compact's estimate: the pages whole unused zspages'
     worth of free slots would give back."""
     head = " %5s %5s " + "%9s " * 11 + "%13s %10s %10s %16s %8s\n"
-    out = [head % ("class", "size", "10%", "20%", "30%", "40%", "50%", "60%", "70%", "80%", "90%", "99%",
-                   "100%", "obj_allocated", "obj_used", "pages_used", "pages_per_zspage", "freeable")]
+    out = [
+        head
+        % (
+            "class",
+            "size",
+            "10%",
+            "20%",
+            "30%",
+            "40%",
+            "50%",
+            "60%",
+            "70%",
+            "80%",
+            "90%",
+            "99%",
+            "100%",
+            "obj_allocated",
+            "obj_used",
+            "pages_used",
+            "pages_per_zspage",
+            "freeable",
+        )
+    ]
     groups = "%9s " * 11 % (("-",) * 11)
     total_objs = total_used = total_pages = total_freeable = 0
     for c in pool_stats.classes:
         index = max(0, -(-(c.size - _ZS_MIN_ALLOC_SIZE) // _ZS_SIZE_CLASS_DELTA))
         freeable = (c.objs_allocated - c.objs_used) // c.objs_per_zspage * c.pages_per_zspage
-        out.append(" %5d %5d %s%13d %10d %10d %16d %8d\n" % (
-            index, c.size, groups, c.objs_allocated, c.objs_used, c.pages_used, c.pages_per_zspage, freeable))
+        out.append(
+            " %5d %5d %s%13d %10d %10d %16d %8d\n"
+            % (
+                index,
+                c.size,
+                groups,
+                c.objs_allocated,
+                c.objs_used,
+                c.pages_used,
+                c.pages_per_zspage,
+                freeable,
+            )
+        )
         total_objs += c.objs_allocated
         total_used += c.objs_used
         total_pages += c.pages_used
         total_freeable += freeable
     out.append("\n")
-    out.append(" %5s %5s %s%13d %10d %10d %16s %8d\n" % (
-        "Total", "", groups, total_objs, total_used, total_pages, "", total_freeable))
+    out.append(
+        " %5s %5s %s%13d %10d %10d %16s %8d\n"
+        % ("Total", "", groups, total_objs, total_used, total_pages, "", total_freeable)
+    )
     return "".join(out)
 
 
@@ -1678,4 +1745,3 @@ def io_stat_line(s):
         s.failed_writes,
         s.notify_free,
     )
-

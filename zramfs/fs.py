@@ -61,7 +61,9 @@ from zramfs.codecs import (
     parse_algorithm_params,
 )
 from zramfs.config import SizeError
-from zramfs.config import memparse as _kernel_memparse  # the kernel's size grammar, shared with the CLI
+from zramfs.config import (
+    memparse as _kernel_memparse,  # the kernel's size grammar, shared with the CLI
+)
 from zramfs.device import (
     PAGE_SIZE,
     BlockDevice,
@@ -275,12 +277,24 @@ def _store_compact(fs, _data):
 
 
 _ATTR_FILES = (
-    _AttrFile("disksize", 0o644, show=lambda fs: f"{fs.disksize}\n", store=_text(lambda fs, t: fs.init(t))),
+    _AttrFile(
+        "disksize", 0o644, show=lambda fs: f"{fs.disksize}\n", store=_text(lambda fs, t: fs.init(t))
+    ),
     _AttrFile("initstate", 0o444, show=lambda fs: f"{int(fs.device is not None)}\n"),
     _AttrFile("reset", 0o200, store=_text(lambda fs, t: fs.reset(t))),
-    _AttrFile("comp_algorithm", 0o644, show=_show_comp_algorithm, store=_text(lambda fs, t: fs.set_algorithm(t))),
+    _AttrFile(
+        "comp_algorithm",
+        0o644,
+        show=_show_comp_algorithm,
+        store=_text(lambda fs, t: fs.set_algorithm(t)),
+    ),
     _AttrFile("algorithm_params", 0o200, store=_text(lambda fs, t: fs.set_algorithm_params(t))),
-    _AttrFile("mem_limit", 0o644, show=lambda fs: f"{fs.mem_limit}\n", store=_text(lambda fs, t: fs.set_mem_limit(t))),
+    _AttrFile(
+        "mem_limit",
+        0o644,
+        show=lambda fs: f"{fs.mem_limit}\n",
+        store=_text(lambda fs, t: fs.set_mem_limit(t)),
+    ),
     _AttrFile(
         "mem_used_max",
         0o644,
@@ -398,9 +412,13 @@ class Filesystem:
         refused, not rounded."""
         with self._lock:
             if self.device is not None:
-                raise BusyError("disksize cannot change on an initialised device (write reset first)")
+                raise BusyError(
+                    "disksize cannot change on an initialised device (write reset first)"
+                )
             try:
-                codec = get_codec(self.algorithm, level=self._params.level, dictionary=self._params.dictionary)
+                codec = get_codec(
+                    self.algorithm, level=self._params.level, dictionary=self._params.dictionary
+                )
             except InvalidCodecParamsError as exc:
                 raise InvalidValueError(str(exc)) from None
             try:
@@ -438,7 +456,9 @@ class Filesystem:
             raise InvalidValueError(str(exc)) from None
         with self._lock:
             if self.device is not None:
-                raise BusyError("the algorithm cannot change on an initialised device (write reset first)")
+                raise BusyError(
+                    "the algorithm cannot change on an initialised device (write reset first)"
+                )
             self.algorithm = name
 
     def set_algorithm_params(self, text):
@@ -449,7 +469,9 @@ class Filesystem:
             raise InvalidValueError(str(exc)) from None
         with self._lock:
             if self.device is not None:
-                raise BusyError("algorithm parameters cannot change on an initialised device (write reset first)")
+                raise BusyError(
+                    "algorithm parameters cannot change on an initialised device (write reset first)"
+                )
             try:
                 self._params = request.resolve(self.algorithm)
             except InvalidCodecParamsError as exc:
@@ -501,7 +523,9 @@ class Filesystem:
             # data really costs in RAM, so `du disk` means something.
             device = self.device
             if device is not None:
-                a = replace(a, size=device.disksize, blocks=device.stats().mem_used_total // _ST_BLOCK)
+                a = replace(
+                    a, size=device.disksize, blocks=device.stats().mem_used_total // _ST_BLOCK
+                )
         return a
 
     def setattr(self, ino, size=None, mode=None, uid=None, gid=None, atime_ns=None, mtime_ns=None):
@@ -519,9 +543,14 @@ class Filesystem:
                 # short until the size is fetched again.)
                 if size != 0:
                     if ino == DISK_INO:
-                        raise NotPermittedError(f"disk size is fixed at {self.disksize} (write disksize instead)")
+                        raise NotPermittedError(
+                            f"disk size is fixed at {self.disksize} (write disksize instead)"
+                        )
                     raise NotPermittedError("attribute files cannot be resized")
-            if (mode is not None or uid is not None or gid is not None) and ino in (ROOT_INO, DISK_INO):
+            if (mode is not None or uid is not None or gid is not None) and ino in (
+                ROOT_INO,
+                DISK_INO,
+            ):
                 # Only root may read disk, which holds other processes'
                 # memory; with allow_other a chmod would open it to everyone.
                 raise NotPermittedError("the mode and owner of disk and of the root are fixed")

@@ -42,7 +42,10 @@ class FakeMachine:
         self._mounts.append(
             f"{100 + n} 1 0:{60 + n} / {escaped} rw,nosuid,nodev,relatime shared:{n} - {fstype} {source} rw,user_id=0,group_id=0\n"
         )
-        self._write("/proc/self/mountinfo", "25 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n" + "".join(self._mounts))
+        self._write(
+            "/proc/self/mountinfo",
+            "25 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n" + "".join(self._mounts),
+        )
 
     def attrs(self, mountpoint, **files):
         for name, text in files.items():
@@ -53,10 +56,15 @@ class FakeMachine:
 
     def swap(self, device):
         self._swaps.append(f"{device}\tpartition\t65532\t\t0\t\t100\n")
-        self._write("/proc/swaps", "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n" + "".join(self._swaps))
+        self._write(
+            "/proc/swaps",
+            "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n" + "".join(self._swaps),
+        )
 
     def process(self, pid, start_time, state="S"):
-        self._write(f"/proc/{pid}/stat", f"{pid} (python3) {state} " + "1 " * 18 + f"{start_time} 0 0\n")
+        self._write(
+            f"/proc/{pid}/stat", f"{pid} (python3) {state} " + "1 " * 18 + f"{start_time} 0 0\n"
+        )
 
     def device_dir(self, name):
         path = os.path.join(self.root, RUN_DIR.lstrip("/"), "." + name)

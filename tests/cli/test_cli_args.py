@@ -15,7 +15,6 @@ from zramfs import cli, mountinfo, system
 from zramfs.cli import _common
 from zramfs.codecs import CODECS, NOT_IN_THIS_BUILD, UnknownAlgorithmError
 from zramfs.config import InvalidNameError, SizeError
-from zramfs.launch import DaemonStartError
 from zramfs.fuse import (
     FusermountMissingError,
     MountError,
@@ -25,6 +24,7 @@ from zramfs.fuse import (
     MountpointPermissionError,
     NoFuseDeviceError,
 )
+from zramfs.launch import DaemonStartError
 
 
 def run(capsys, *argv):
@@ -38,39 +38,81 @@ def run(capsys, *argv):
     [
         (["swapon", "--size", "0"], "size must be greater than 0"),
         (["swapon", "--size", "4097"], "size 4097 is not a multiple of 4096 bytes (the page size)"),
-        (["swapon", "--size", "4X"], "size '4X' is not a number of bytes, a number with a K/M/G/T/P/E suffix, or N% of RAM"),
+        (
+            ["swapon", "--size", "4X"],
+            "size '4X' is not a number of bytes, a number with a K/M/G/T/P/E suffix, or N% of RAM",
+        ),
         (["swapon", "--size="], "size is empty"),
-        (["swapon", "--algorithm", "lzma"], f"unknown compression algorithm 'lzma'; known: {' '.join(CODECS)}"),
-        (["swapon", "--algorithm", "lzo-rle"], f"compression algorithm 'lzo-rle' is not in this build: {NOT_IN_THIS_BUILD['lzo-rle']}"),
-        (["swapon", "--algorithm", "842"], f"compression algorithm '842' is not in this build: {NOT_IN_THIS_BUILD['842']}"),
+        (
+            ["swapon", "--algorithm", "lzma"],
+            f"unknown compression algorithm 'lzma'; known: {' '.join(CODECS)}",
+        ),
+        (
+            ["swapon", "--algorithm", "lzo-rle"],
+            f"compression algorithm 'lzo-rle' is not in this build: {NOT_IN_THIS_BUILD['lzo-rle']}",
+        ),
+        (
+            ["swapon", "--algorithm", "842"],
+            f"compression algorithm '842' is not in this build: {NOT_IN_THIS_BUILD['842']}",
+        ),
         (["swapon", "--priority", "-2"], "priority -2 is not between -1 and 32767"),
         (["swapon", "--priority", "32768"], "priority 32768 is not between -1 and 32767"),
         (["swapon", "--priority", "x"], "swapon: argument --priority: invalid int value: 'x'"),
-        (["swapon", "a/b"], "name 'a/b' must be 1 to 64 letters, digits, '_', '.' or '-', not starting with '_', '.' or '-'"),
+        (
+            ["swapon", "a/b"],
+            "name 'a/b' must be 1 to 64 letters, digits, '_', '.' or '-', not starting with '_', '.' or '-'",
+        ),
         (["swapon", "--mem-limit=-1"], "size '-1' is negative"),
-        (["swapon", "--fuse-backend", "x"], "swapon: argument --fuse-backend: invalid choice: 'x' (choose from 'dev', 'pyfuse3')"),
-        (["mount", "/mnt", "--algorithm-params", "level=0"], "lz4 level must be between 1 and 65537, not 0"),
-        (["mount", "/mnt", "--algorithm", "lz4hc", "--algorithm-params", "level=13"],
-         "lz4hc level must be between 1 and 12, not 13"),
-        (["swapon", "--algorithm-params", "level"], "'level' has no value (algorithm_params takes key=value)"),
-        (["swapon", "--algorithm", "deflate", "--algorithm-params", "dict=/etc/hostname"],
-         "deflate takes no dictionary (zstd, lz4 and lz4hc do)"),
-        (["swapon", "--algorithm-params", "dict=/nonexistent"], "dict=/nonexistent: No such file or directory"),
-        (["swapon", "--algorithm-params", "algo=zstd"],
-         "algo=zstd is not this device's algorithm (lz4)"),
+        (
+            ["swapon", "--fuse-backend", "x"],
+            "swapon: argument --fuse-backend: invalid choice: 'x' (choose from 'dev', 'pyfuse3')",
+        ),
+        (
+            ["mount", "/mnt", "--algorithm-params", "level=0"],
+            "lz4 level must be between 1 and 65537, not 0",
+        ),
+        (
+            ["mount", "/mnt", "--algorithm", "lz4hc", "--algorithm-params", "level=13"],
+            "lz4hc level must be between 1 and 12, not 13",
+        ),
+        (
+            ["swapon", "--algorithm-params", "level"],
+            "'level' has no value (algorithm_params takes key=value)",
+        ),
+        (
+            ["swapon", "--algorithm", "deflate", "--algorithm-params", "dict=/etc/hostname"],
+            "deflate takes no dictionary (zstd, lz4 and lz4hc do)",
+        ),
+        (
+            ["swapon", "--algorithm-params", "dict=/nonexistent"],
+            "dict=/nonexistent: No such file or directory",
+        ),
+        (
+            ["swapon", "--algorithm-params", "algo=zstd"],
+            "algo=zstd is not this device's algorithm (lz4)",
+        ),
         (["mount", "/mnt", "--size", "0"], "size must be greater than 0"),
         # Not the working directory: an empty MOUNTPOINT is a mistake (issue 10).
         (["mount", "", "--size", "64M"], "MOUNTPOINT is empty"),
         (["mount", " \t", "--size", "64M"], "MOUNTPOINT is empty"),
         (["umount", ""], "MOUNTPOINT is empty"),
-        (["mount", "/mnt", "--size", "1G", "--name", ".x"], "name '.x' must be 1 to 64 letters, digits, '_', '.' or '-', not starting with '_', '.' or '-'"),
-        (["mount", "/mnt", "--size", "1G", "--algorithm", "zlib"], f"unknown compression algorithm 'zlib'; known: {' '.join(CODECS)}"),
+        (
+            ["mount", "/mnt", "--size", "1G", "--name", ".x"],
+            "name '.x' must be 1 to 64 letters, digits, '_', '.' or '-', not starting with '_', '.' or '-'",
+        ),
+        (
+            ["mount", "/mnt", "--size", "1G", "--algorithm", "zlib"],
+            f"unknown compression algorithm 'zlib'; known: {' '.join(CODECS)}",
+        ),
         (["umount"], "umount: the following arguments are required: MOUNTPOINT"),
         (["swapoff"], "give a NAME or --all"),
         (["swapoff", "zram0", "--all"], "give a NAME or --all, not both"),
         (["swapoff", "-x"], "unrecognized arguments: -x"),
         (["status", "--yaml"], "unrecognized arguments: --yaml"),
-        (["frob"], "argument COMMAND: invalid choice: 'frob' (choose from 'mount', 'umount', 'swapon', 'swapoff', 'status', 'reset')"),
+        (
+            ["frob"],
+            "argument COMMAND: invalid choice: 'frob' (choose from 'mount', 'umount', 'swapon', 'swapoff', 'status', 'reset')",
+        ),
         ([], "the following arguments are required: COMMAND"),
     ],
 )
@@ -84,8 +126,14 @@ def test_not_root_is_exit_3(capsys, monkeypatch):
     # mount and umount need no root (fusermount3): tests/system/test_user_mount.py.
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     for argv, message in [
-        (["swapon", "zram0", "--size", "1G"], "swapon needs root (it mounts, attaches a loop device and enables swap)"),
-        (["swapoff", "--all"], "swapoff needs root (it disables swap, detaches a loop device and unmounts)"),
+        (
+            ["swapon", "zram0", "--size", "1G"],
+            "swapon needs root (it mounts, attaches a loop device and enables swap)",
+        ),
+        (
+            ["swapoff", "--all"],
+            "swapoff needs root (it disables swap, detaches a loop device and unmounts)",
+        ),
     ]:
         code, out, err = run(capsys, *argv)
         assert (code, out, err) == (3, "", f"zramfs: error: {message}\n")
@@ -94,7 +142,9 @@ def test_not_root_is_exit_3(capsys, monkeypatch):
 def test_pyfuse3_not_installed_is_exit_4(monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "pyfuse3" else find_spec(name, *a)
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "pyfuse3" else find_spec(name, *a),
     )
     with pytest.raises(cli.BackendUnavailableError) as info:
         _common.need_fuse("pyfuse3")
@@ -140,7 +190,11 @@ def test_exit_code_table(exc, code):
 
 def test_docstring_lists_every_exit_code():
     documented = {int(m[1]) for m in re.finditer(r"^(\d+) {2,}", cli.__doc__, re.MULTILINE)}
-    used = {c for c in cli.EXIT_CODES.values()} | {cli.EXIT_OK, cli.EXIT_USAGE, cli.EXIT_INTERRUPTED}
+    used = {c for c in cli.EXIT_CODES.values()} | {
+        cli.EXIT_OK,
+        cli.EXIT_USAGE,
+        cli.EXIT_INTERRUPTED,
+    }
     assert documented == used == {0, 1, 2, 3, 4, 5, 6, 130}
 
 

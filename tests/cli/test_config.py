@@ -52,7 +52,9 @@ def test_memparse_and_parse_size_read_the_kernel_grammar(text, expected):
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["4 G", "4KiB", "4kb", "1.5G", ".5M", "08", "0x", "4GG", "", "-1", "1e9"])
+@pytest.mark.parametrize(
+    "text", ["4 G", "4KiB", "4kb", "1.5G", ".5M", "08", "0x", "4GG", "", "-1", "1e9"]
+)
 def test_memparse_refuses_what_the_kernel_would_misread(text):
     # The kernel stops at the first character it cannot read and ignores the
     # rest ("4 G" would be 4 bytes); we refuse instead.
@@ -158,7 +160,9 @@ def test_check_name_accepts(name):
     assert check_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "-x", ".x", "_x", "a/b", "..", "a b", "zram0\n", "é", "a" * 65])
+@pytest.mark.parametrize(
+    "name", ["", "-x", ".x", "_x", "a/b", "..", "a b", "zram0\n", "é", "a" * 65]
+)
 def test_check_name_refuses(name):
     message = (
         f"name {name!r} must be 1 to 64 letters, digits, '_', '.' or '-', "
@@ -191,7 +195,11 @@ def test_device_config_round_trips_through_the_daemon_command_line():
 
 def test_device_config_defaults_are_the_one_set_of_defaults():
     config = DeviceConfig(mountpoint="/mnt/z", size=4096)
-    assert (config.name, config.fuse_backend, config.algorithm) == (DEFAULT_NAME, DEFAULT_BACKEND, DEFAULT_ALGORITHM)
+    assert (config.name, config.fuse_backend, config.algorithm) == (
+        DEFAULT_NAME,
+        DEFAULT_BACKEND,
+        DEFAULT_ALGORITHM,
+    )
     assert (DEFAULT_NAME, DEFAULT_BACKEND, DEFAULT_ALGORITHM) == ("zram0", "dev", "lz4")
     with pytest.raises(AttributeError):
         config.size = 0  # frozen: what the CLI decided is what the daemon gets

@@ -30,7 +30,12 @@ def test_the_environment_is_cleaned(monkeypatch):
     }.items():
         monkeypatch.setenv(name, value)
     env = launch.clean_env()
-    assert env == {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C", "NOTIFY_SOCKET": "/run/systemd/notify"}
+    assert env == {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C",
+        "NOTIFY_SOCKET": "/run/systemd/notify",
+    }
     monkeypatch.delenv("PATH")
     assert launch.clean_env()["PATH"] == launch.DEFAULT_PATH
 
@@ -47,19 +52,31 @@ def test_a_daemon_that_cannot_be_started_is_a_typed_error(tmp_path, not_executab
     config = DeviceConfig(mountpoint=str(tmp_path), size=4096)
     with pytest.raises(launch.DaemonStartError) as info:
         launch.spawn(config, python=not_executable)
-    assert str(info.value) == f"cannot start the zramfs daemon ({not_executable}): Permission denied"
+    assert (
+        str(info.value) == f"cannot start the zramfs daemon ({not_executable}): Permission denied"
+    )
     assert cli.exit_code_for(info.value) == cli.EXIT_FAILURE
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="mount checks /dev/fuse before it starts a daemon")
-def test_a_mount_whose_daemon_cannot_start_is_one_line_exit_1_and_undone(tmp_path, not_executable, monkeypatch, capsys):
+@pytest.mark.skipif(
+    not os.path.exists("/dev/fuse"), reason="mount checks /dev/fuse before it starts a daemon"
+)
+def test_a_mount_whose_daemon_cannot_start_is_one_line_exit_1_and_undone(
+    tmp_path, not_executable, monkeypatch, capsys
+):
     """Issue 10: an OSError from starting the daemon was a traceback."""
     run_dir = tmp_path / "run"
     monkeypatch.setenv("ZRAMFS_RUN_DIR", str(run_dir))
-    monkeypatch.setattr(sys, "executable", not_executable)  # in this process only: no knob for anyone else
+    monkeypatch.setattr(
+        sys, "executable", not_executable
+    )  # in this process only: no knob for anyone else
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     code = cli.main(["mount", str(mnt), "--size", "64M", "--name", "zt-spawn"])
     out, err = capsys.readouterr()
-    assert (code, out, err) == (1, "", f"zramfs: error: cannot start the zramfs daemon ({not_executable}): Permission denied\n")
+    assert (code, out, err) == (
+        1,
+        "",
+        f"zramfs: error: cannot start the zramfs daemon ({not_executable}): Permission denied\n",
+    )
     assert not run_dir.exists()  # the claim and the run directory are undone

@@ -15,7 +15,11 @@ MM_STAT = "1048576    43210    61440        0    61440        3        0        
 def test_mm_stat_has_one_parser_with_the_kernels_column_names():
     stats = parse_mm_stat(MM_STAT)
     assert list(stats) == list(MM_STAT_COLUMNS)
-    assert (stats["orig_data_size"], stats["compr_data_size"], stats["mem_used_total"]) == (1048576, 43210, 61440)
+    assert (stats["orig_data_size"], stats["compr_data_size"], stats["mem_used_total"]) == (
+        1048576,
+        43210,
+        61440,
+    )
     assert stats["huge_pages_since"] == 1
     # Older kernels print fewer columns: those that are there are read.
     assert parse_mm_stat("1 2 3 4 5 6 7") == dict(zip(MM_STAT_COLUMNS[:7], range(1, 8)))
@@ -24,7 +28,12 @@ def test_mm_stat_has_one_parser_with_the_kernels_column_names():
 def _two_devices(machine):
     """zram0: swapon's, on loop3, swapping, daemon alive; disk1: a mount whose daemon was killed."""
     machine.mount("/run/zramfs/zram0", "zram0")
-    machine.attrs("/run/zramfs/zram0", disksize="67108864\n", mm_stat=MM_STAT, comp_algorithm="lzo [lz4] zstd\n")
+    machine.attrs(
+        "/run/zramfs/zram0",
+        disksize="67108864\n",
+        mm_stat=MM_STAT,
+        comp_algorithm="lzo [lz4] zstd\n",
+    )
     machine.loop(3, "/run/zramfs/zram0/disk")
     machine.swap("/dev/loop3")
     machine.daemon("zram0", "/run/zramfs/zram0", pid=4242)
@@ -57,7 +66,9 @@ def test_status_reads_devices_from_the_machine(machine):
         f"zram0 lz4            64M    1M 42.2K   60K {n:>7} [SWAP]",
     ]
     # -n: the headings still count for the widths.
-    assert _status.render(rows[1:], ("ALGORITHM", "DISKSIZE", "MOUNTPOINT"), in_bytes=True, headings=False) == [
+    assert _status.render(
+        rows[1:], ("ALGORITHM", "DISKSIZE", "MOUNTPOINT"), in_bytes=True, headings=False
+    ) == [
         "lz4       67108864 [SWAP]",
     ]
     # --raw: one space between cells, none padded, an empty cell empty, a space escaped.

@@ -38,7 +38,11 @@ def test_swapoff_plans_only_what_is_still_there(machine):
     mp = "/run/zramfs/zram0"
     machine.mount(mp, "zram0")
     machine.daemon("zram0", mp, pid=4242, alive=False)
-    assert plan_swapoff(machine.system(), "zram0") == [Step("unmount", mp), Step("rmdir", mp), Step("forget", "zram0")]
+    assert plan_swapoff(machine.system(), "zram0") == [
+        Step("unmount", mp),
+        Step("rmdir", mp),
+        Step("forget", "zram0"),
+    ]
 
 
 def test_swapoff_of_a_loop_that_is_no_longer_swap_only_detaches_it(machine):
@@ -52,19 +56,28 @@ def test_swapoff_of_a_loop_that_is_no_longer_swap_only_detaches_it(machine):
 def test_swapoff_of_leftover_directories_only(machine):
     os.makedirs(os.path.join(machine.root, "run/zramfs/zram3"))
     machine.device_dir("zram3")
-    assert plan_swapoff(machine.system(), "zram3") == [Step("rmdir", "/run/zramfs/zram3"), Step("forget", "zram3")]
+    assert plan_swapoff(machine.system(), "zram3") == [
+        Step("rmdir", "/run/zramfs/zram3"),
+        Step("forget", "zram3"),
+    ]
 
 
 def test_swapoff_refuses_what_is_not_swapons(machine):
     system = machine.system()
-    with pytest.raises(DeviceNotFoundError, match=r"^no zramfs device named 'zram9' \(nothing at /run/zramfs/zram9\)$"):
+    with pytest.raises(
+        DeviceNotFoundError,
+        match=r"^no zramfs device named 'zram9' \(nothing at /run/zramfs/zram9\)$",
+    ):
         plan_swapoff(system, "zram9")
     machine.mount("/run/zramfs/t", "t", fstype="tmpfs")
     with pytest.raises(DeviceNotFoundError, match=r"^/run/zramfs/t is a tmpfs mount, not zramfs$"):
         plan_swapoff(system, "t")
     machine.mount("/mnt/z", "z1")
     machine.daemon("z1", "/mnt/z", pid=5)
-    with pytest.raises(DeviceNotFoundError, match=r"^'z1' is mounted at /mnt/z, not made by swapon \(zramfs umount it\)$"):
+    with pytest.raises(
+        DeviceNotFoundError,
+        match=r"^'z1' is mounted at /mnt/z, not made by swapon \(zramfs umount it\)$",
+    ):
         plan_swapoff(system, "z1")
 
 
@@ -87,7 +100,9 @@ def test_umount_of_a_mount_without_a_record_only_unmounts(machine):
 def test_umount_refuses_while_a_loop_device_holds_disk(machine):
     machine.mount("/mnt/z", "z1")
     machine.loop(4, "/mnt/z/disk")
-    with pytest.raises(DiskBusyError, match=r"^/mnt/z/disk is still attached to /dev/loop4 \(zramfs swapoff z1, "):
+    with pytest.raises(
+        DiskBusyError, match=r"^/mnt/z/disk is still attached to /dev/loop4 \(zramfs swapoff z1, "
+    ):
         plan_umount(machine.system(), "/mnt/z")
 
 
@@ -166,7 +181,11 @@ def test_reset_of_an_unused_device_needs_no_force(machine):
     machine.mount("/mnt/u", "u1")
     machine.daemon("u1", "/mnt/u", pid=56, start_time=67)
     steps = plan_reset(machine.system(), "u1")
-    assert steps == [Step("unmount", "/mnt/u"), Step("stop", "/mnt/u", pid=56, start_time=67), Step("forget", "u1")]
+    assert steps == [
+        Step("unmount", "/mnt/u"),
+        Step("stop", "/mnt/u", pid=56, start_time=67),
+        Step("forget", "u1"),
+    ]
     assert in_use(steps) == []
 
 

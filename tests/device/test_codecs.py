@@ -11,10 +11,10 @@ import zstandard
 from zramfs.codecs import (
     CODECS,
     DEFAULT_ALGORITHM,
+    NOT_IN_THIS_BUILD,
     PAGE_SIZE,
     AlgorithmParams,
     AlgorithmParamsRequest,
-    NOT_IN_THIS_BUILD,
     InvalidCodecParamsError,
     UnknownAlgorithmError,
     get_codec,
@@ -36,7 +36,10 @@ def _pages():
 def test_names_in_comp_algorithm_order():
     # The kernel's order (zcomp.c's backends[]): lzo (when python-lzo is
     # installed), lz4, lz4hc, zstd, deflate.
-    assert CODECS in (("lzo", "lz4", "lz4hc", "zstd", "deflate"), ("lz4", "lz4hc", "zstd", "deflate"))
+    assert CODECS in (
+        ("lzo", "lz4", "lz4hc", "zstd", "deflate"),
+        ("lz4", "lz4hc", "zstd", "deflate"),
+    )
     assert DEFAULT_ALGORITHM == "lz4"
 
 
@@ -53,7 +56,8 @@ def test_round_trip(name):
 
 
 @pytest.mark.parametrize(
-    ("name", "level"), [("lz4", 8), ("lz4hc", 3), ("lz4hc", 12), ("zstd", 1), ("zstd", 19), ("deflate", 1)]
+    ("name", "level"),
+    [("lz4", 8), ("lz4hc", 3), ("lz4hc", 12), ("zstd", 1), ("zstd", 19), ("deflate", 1)],
 )
 def test_levels_round_trip(name, level):
     codec = get_codec(name, level=level)
@@ -139,19 +143,24 @@ def _library(name, level, page):
     if name == "lz4":
         return lz4.block.compress(page, mode="fast", acceleration=level, store_size=False)
     if name == "lz4hc":
-        return lz4.block.compress(page, mode="high_compression", compression=level, store_size=False)
+        return lz4.block.compress(
+            page, mode="high_compression", compression=level, store_size=False
+        )
     if name == "zstd":
         return zstandard.ZstdCompressor(level=level).compress(page)
     return zlib.compress(page, level, wbits=-15)
 
 
 @pytest.mark.parametrize(
-    ("name", "levels"), [("lz4", (1, 64)), ("lz4hc", (1, 12)), ("zstd", (1, 19)), ("deflate", (0, 9))]
+    ("name", "levels"),
+    [("lz4", (1, 64)), ("lz4hc", (1, 12)), ("zstd", (1, 19)), ("deflate", (0, 9))],
 )
 def test_level_reaches_the_library(name, levels):
     # Byte for byte what the library makes at that level, and the two ends
     # of the range differ: the level is not dropped on the way.
-    page = b"".join(b"%05d the quick brown fox %s\n" % (i, os.urandom(6).hex().encode()) for i in range(120))[:PAGE_SIZE]
+    page = b"".join(
+        b"%05d the quick brown fox %s\n" % (i, os.urandom(6).hex().encode()) for i in range(120)
+    )[:PAGE_SIZE]
     outputs = []
     for level in levels:
         codec = get_codec(name, level=level)
@@ -174,7 +183,9 @@ def test_dictionary_round_trips_and_helps_alike_pages(name):
 
 
 def test_deflate_takes_no_dictionary():
-    with pytest.raises(InvalidCodecParamsError, match=r"^deflate takes no dictionary \(zstd, lz4 and lz4hc do\)$"):
+    with pytest.raises(
+        InvalidCodecParamsError, match=r"^deflate takes no dictionary \(zstd, lz4 and lz4hc do\)$"
+    ):
         get_codec("deflate", dictionary=b"abc")
 
 
@@ -204,7 +215,10 @@ def test_parse_algorithm_params(text, expected):
         ("level=", r"'level=' has no value"),
         ("level=3x", "level=3x: not a decimal number"),
         ("level=99999999999", "level=99999999999: out of range"),
-        ("winbits=3", r"unknown algorithm parameter 'winbits' \(known: algo, priority, level, dict\)"),
+        (
+            "winbits=3",
+            r"unknown algorithm parameter 'winbits' \(known: algo, priority, level, dict\)",
+        ),
         ('dict="/a', "algorithm_params has an unclosed double quote"),
     ],
 )
@@ -218,13 +232,21 @@ def test_resolve_checks_against_the_selected_algorithm(tmp_path):
     dict_file.write_bytes(b"zramfs " * 1000)
     params = parse_algorithm_params(f"algo=zstd level=7 dict={dict_file}").resolve("zstd")
     assert params == AlgorithmParams(7, b"zramfs " * 1000)
-    with pytest.raises(InvalidCodecParamsError, match=r"^algo=zstd is not this device's algorithm \(lz4\)"):
+    with pytest.raises(
+        InvalidCodecParamsError, match=r"^algo=zstd is not this device's algorithm \(lz4\)"
+    ):
         parse_algorithm_params("algo=zstd").resolve("lz4")
-    with pytest.raises(InvalidCodecParamsError, match=r"^priority=1: zramfs has only the primary algorithm"):
+    with pytest.raises(
+        InvalidCodecParamsError, match=r"^priority=1: zramfs has only the primary algorithm"
+    ):
         parse_algorithm_params("priority=1").resolve("lz4")
-    with pytest.raises(InvalidCodecParamsError, match="^lz4hc level must be between 1 and 12, not 13$"):
+    with pytest.raises(
+        InvalidCodecParamsError, match="^lz4hc level must be between 1 and 12, not 13$"
+    ):
         parse_algorithm_params("level=13").resolve("lz4hc")
-    with pytest.raises(InvalidCodecParamsError, match="^dict=/nonexistent: No such file or directory$"):
+    with pytest.raises(
+        InvalidCodecParamsError, match="^dict=/nonexistent: No such file or directory$"
+    ):
         parse_algorithm_params("dict=/nonexistent").resolve("zstd")
     with pytest.raises(InvalidCodecParamsError, match="^deflate takes no dictionary"):
         parse_algorithm_params(f"dict={dict_file}").resolve("deflate")
@@ -244,11 +266,16 @@ def test_a_device_with_a_dictionary_codec(name):
 
 @pytest.mark.parametrize("name", sorted(NOT_IN_THIS_BUILD))
 def test_kernel_names_this_build_lacks_say_why_and_what_is_closest(name):
-    with pytest.raises(UnknownAlgorithmError, match=rf"^compression algorithm '{name}' is not in this build: .*closest here is (lzo|lz4)$"):
+    with pytest.raises(
+        UnknownAlgorithmError,
+        match=rf"^compression algorithm '{name}' is not in this build: .*closest here is (lzo|lz4)$",
+    ):
         get_codec(name)
 
 
-@pytest.mark.skipif("lzo" not in CODECS, reason="python-lzo (the zramfs[lzo] extra) is not installed")
+@pytest.mark.skipif(
+    "lzo" not in CODECS, reason="python-lzo (the zramfs[lzo] extra) is not installed"
+)
 def test_lzo_is_lzo1x_1_as_the_kernel_stores_it():
     import lzo
 

@@ -150,7 +150,9 @@ def test_out_of_range(offset, length):
     dev = BlockDevice(MiB)
     dev.write(MiB - PAGE_SIZE, fio_page())
     before = dev.stats()
-    message = re.escape(f"of {length} bytes at offset {offset} is outside the device (disksize {MiB})")
+    message = re.escape(
+        f"of {length} bytes at offset {offset} is outside the device (disksize {MiB})"
+    )
     with pytest.raises(OutOfRangeError, match=f"^read {message}$"):
         dev.read(offset, length)
     if length >= 0:
@@ -224,7 +226,12 @@ def test_overwriting_same_with_compressed_and_back():
     assert s.compr_data_size > 0
     dev.write(0, same_page(b"zzzzzzzz"))
     s = dev.stats()
-    assert (s.same_pages, s.orig_data_size, s.compr_data_size, s.mem_used_total) == (1, PAGE_SIZE, 0, 0)
+    assert (s.same_pages, s.orig_data_size, s.compr_data_size, s.mem_used_total) == (
+        1,
+        PAGE_SIZE,
+        0,
+        0,
+    )
 
 
 # --- huge pages -----------------------------------------------------------------
@@ -374,7 +381,9 @@ def test_discard_large_sparse_range():
 def test_mem_limit_refuses_write_and_keeps_data():
     dev = BlockDevice(4 * MiB, mem_limit=64 * PAGE_SIZE)
     pages = []
-    with pytest.raises(MemLimitError, match=r"^write would take the pool to \d+ bytes, past mem_limit 262144$"):
+    with pytest.raises(
+        MemLimitError, match=r"^write would take the pool to \d+ bytes, past mem_limit 262144$"
+    ):
         for i in range(1024):
             page = os.urandom(PAGE_SIZE)  # huge: one page each
             dev.write(i * PAGE_SIZE, page)
@@ -479,9 +488,13 @@ def test_corrupted_object_counts_failed_reads():
 
     dev = BlockDevice(MiB, codec=_codec_decompressing_with(bad))
     dev.write(0, fio_page() * 2)
-    with pytest.raises(CorruptedSlotError, match="^a stored object failed to decompress: bad block$"):
+    with pytest.raises(
+        CorruptedSlotError, match="^a stored object failed to decompress: bad block$"
+    ):
         dev.read(0, PAGE_SIZE)
-    with pytest.raises(CorruptedSlotError, match="^a stored object failed to decompress: bad block$"):
+    with pytest.raises(
+        CorruptedSlotError, match="^a stored object failed to decompress: bad block$"
+    ):
         dev.read(0, 2 * PAGE_SIZE)
     with pytest.raises(CorruptedSlotError):
         dev.write(10, b"x")  # read-modify-write
@@ -490,7 +503,9 @@ def test_corrupted_object_counts_failed_reads():
     short = BlockDevice(MiB, codec=_codec_decompressing_with(lambda data: b"short"))
     short.write(0, fio_page() * 2)
     for length in (10, 2 * PAGE_SIZE):
-        with pytest.raises(CorruptedSlotError, match="^a stored object decompressed to 5 bytes, not 4096$"):
+        with pytest.raises(
+            CorruptedSlotError, match="^a stored object decompressed to 5 bytes, not 4096$"
+        ):
             short.read(PAGE_SIZE - 5, length - 5)
     assert short.stats().failed_reads == 2
 
@@ -749,14 +764,19 @@ def test_public_names():
     for module in (zramfs.device, zramfs.codecs):
         for name in module.__all__:
             assert hasattr(module, name), (module.__name__, name)
-    for exc in (DeviceError, MemLimitError, OutOfRangeError, CorruptedSlotError, InvalidDiskSizeError):
+    for exc in (
+        DeviceError,
+        MemLimitError,
+        OutOfRangeError,
+        CorruptedSlotError,
+        InvalidDiskSizeError,
+    ):
         assert exc.__doc__.startswith("Raised when") or exc is DeviceError
 
 
 def test_block_state_dump_lets_reads_through():
     # The dump takes the device lock per batch of slots, so a reader
     # running alongside is never held up for the length of the dump.
-    import threading
     import time
 
     dev = BlockDevice(256 << 20)

@@ -48,14 +48,18 @@ def make_data(kind, seed, length):
     # mixed: a page-sized patchwork of the others
     parts = []
     while sum(map(len, parts)) < length:
-        parts.append(make_data(rng.choice(KINDS[:-1]), rng.randrange(1 << 30), rng.randrange(1, 2 * PAGE_SIZE)))
+        parts.append(
+            make_data(
+                rng.choice(KINDS[:-1]), rng.randrange(1 << 30), rng.randrange(1, 2 * PAGE_SIZE)
+            )
+        )
     return b"".join(parts)[:length]
 
 
 def ranges(draw):
     offset = draw(
         st.one_of(
-            st.integers(0, NR_PAGES) .map(lambda p: p * PAGE_SIZE),
+            st.integers(0, NR_PAGES).map(lambda p: p * PAGE_SIZE),
             st.integers(0, DISKSIZE),
         )
     )
@@ -233,7 +237,8 @@ class DeviceModel(RuleBasedStateMachine):
     def _candidates(self):
         """Slots post-processing may pick: stored, in RAM, not same-filled."""
         return [
-            i for i in range(NR_PAGES)
+            i
+            for i in range(NR_PAGES)
             if self.stored[i] and not self.wb[i] and self._state(i) != "same"
         ]
 
@@ -251,7 +256,9 @@ class DeviceModel(RuleBasedStateMachine):
             self.idle[i] = age is None
 
     @rule(
-        mode=st.sampled_from(["idle", "huge", "huge_idle", "incompressible", "page_index", "page_indexes"]),
+        mode=st.sampled_from(
+            ["idle", "huge", "huge_idle", "incompressible", "page_index", "page_indexes"]
+        ),
         index=st.integers(0, NR_PAGES - 1),
     )
     def writeback(self, mode, index):
@@ -303,7 +310,9 @@ class DeviceModel(RuleBasedStateMachine):
         states = [state_of(info) for info in table.info]
         assert states == [self._state(i) for i in range(NR_PAGES)]
         assert [bool(t & AC_IDLE) for t in table.ac_time] == self.idle
-        assert [info >> COMP_PRIORITY_SHIFT & 3 for info in table.info] == [int(r) for r in self.recomp]
+        assert [info >> COMP_PRIORITY_SHIFT & 3 for info in table.info] == [
+            int(r) for r in self.recomp
+        ]
         assert [bool(info & INCOMPRESSIBLE) for info in table.info] == self.incomp
         for i, recomp in enumerate(self.recomp):
             if recomp:
@@ -325,7 +334,11 @@ class DeviceModel(RuleBasedStateMachine):
         assert s.huge_pages == states.count("huge")
         assert s.huge_pages_since == self.huge_since
         assert s.compr_data_size == sum(self._size(i) for i in ram)
-        assert (s.bd_count, s.bd_reads, s.bd_writes) == (states.count("wb"), self.bd_reads, self.bd_writes)
+        assert (s.bd_count, s.bd_reads, s.bd_writes) == (
+            states.count("wb"),
+            self.bd_reads,
+            self.bd_writes,
+        )
         assert self.dev.bd_stat().split() == [str(s.bd_count), str(s.bd_reads), str(s.bd_writes)]
         assert s.notify_free == self.notify_free
         assert s.failed_writes == self.limit_failures

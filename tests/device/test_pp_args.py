@@ -30,17 +30,33 @@ def test_idle():
 def test_recomp_algorithm():
     assert parse_recomp_algorithm("algo=zstd") == ("zstd", 1)
     assert parse_recomp_algorithm("priority=2 algo=deflate\n") == ("deflate", 2)
-    for bad in ("priority=1", "algo", "algo=zstd priority=4", "algo=zstd priority=0", "algo=zstd priority=x"):
+    for bad in (
+        "priority=1",
+        "algo",
+        "algo=zstd priority=4",
+        "algo=zstd priority=0",
+        "algo=zstd priority=x",
+    ):
         with pytest.raises(InvalidArgumentError):
             parse_recomp_algorithm(bad)
 
 
 def test_recompress():
-    assert parse_recompress("") == {"mode": 0, "threshold": 0, "max_pages": None, "algo": None,
-                                    "priority": None}
+    assert parse_recompress("") == {
+        "mode": 0,
+        "threshold": 0,
+        "max_pages": None,
+        "algo": None,
+        "priority": None,
+    }
     args = parse_recompress("type=huge_idle threshold=3000 max_pages=10 algo=zstd priority=2 x=y")
-    assert args == {"mode": WB_HUGE | WB_IDLE, "threshold": 3000, "max_pages": 10, "algo": "zstd",
-                    "priority": 2}
+    assert args == {
+        "mode": WB_HUGE | WB_IDLE,
+        "threshold": 3000,
+        "max_pages": 10,
+        "algo": "zstd",
+        "priority": 2,
+    }
     assert parse_recompress("type=cold")["mode"] == 0  # the kernel ignores an unknown type
     for bad in ("type", "threshold=-1", "max_pages=ten", "threshold="):
         with pytest.raises(InvalidArgumentError):

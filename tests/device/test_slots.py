@@ -62,8 +62,14 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_an_empty_1_tib_device_costs_a_few_pages_of_table():
-    out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
     assert out.returncode == 0, out.stderr
     start, empty, read, written, discarded, same = map(int, out.stdout.split())
     # The whole table would be 268 million slots * 12 bytes = 3 GiB.
@@ -116,6 +122,7 @@ def test_discard_keeps_what_it_does_not_cover_whole():
         for index in range(0, 16384, 7):
             want = bytes(PAGE_SIZE) if 100 <= index < 9100 else data
             assert dev.read(index * PAGE_SIZE, PAGE_SIZE) == want
-        assert dev.stats().orig_data_size == sum(
-            1 for index in range(0, 16384, 7) if not 100 <= index < 9100
-        ) * PAGE_SIZE
+        assert (
+            dev.stats().orig_data_size
+            == sum(1 for index in range(0, 16384, 7) if not 100 <= index < 9100) * PAGE_SIZE
+        )

@@ -17,9 +17,9 @@ import threading
 import pytest
 
 from zramfs._backing import BackingStore
-from zramfs.codecs import CODECS
 from zramfs._pp_args import InvalidArgumentError, parse_writeback
 from zramfs._slots import COMP_PRIORITY_SHIFT, INCOMPRESSIBLE, PP_SLOT, WB
+from zramfs.codecs import CODECS
 from zramfs.device import (
     PAGE_SIZE,
     BackingIOError,
@@ -68,7 +68,9 @@ def fill(dev, kinds):
     model = {}
     for i in range(NR):
         kind = kinds[i % len(kinds)]
-        page = {"obj": obj_page, "huge": huge_page, "same": lambda s: bytes([s]) * PAGE_SIZE}[kind](i)
+        page = {"obj": obj_page, "huge": huge_page, "same": lambda s: bytes([s]) * PAGE_SIZE}[kind](
+            i
+        )
         dev.write(i * PAGE_SIZE, page)
         model[i] = page
     return model
@@ -77,7 +79,9 @@ def fill(dev, kinds):
 def check(dev, model):
     for i in range(NR):
         assert dev.read(i * PAGE_SIZE, PAGE_SIZE) == model.get(i, bytes(PAGE_SIZE))
-    assert dev.read(0, NR * PAGE_SIZE) == b"".join(model.get(i, bytes(PAGE_SIZE)) for i in range(NR))
+    assert dev.read(0, NR * PAGE_SIZE) == b"".join(
+        model.get(i, bytes(PAGE_SIZE)) for i in range(NR)
+    )
 
 
 def wb_slots(dev):
@@ -342,7 +346,9 @@ def test_recompress_huge_pages_with_a_secondary_algorithm(dev):
             assert infos[i] & INCOMPRESSIBLE  # nothing shrank it: skipped next time
     s = dev.stats()
     assert s.huge_pages == NR // 2 and s.huge_pages_since == before.huge_pages_since
-    assert s.compr_data_size == NR // 2 * PAGE_SIZE + sum(infos[i] & 0x1FFF for i in range(1, NR, 2))
+    assert s.compr_data_size == NR // 2 * PAGE_SIZE + sum(
+        infos[i] & 0x1FFF for i in range(1, NR, 2)
+    )
     assert dev.recompress("type=huge") == 0
     check(dev, model)
     # An incompressible page can still be written back.
@@ -378,6 +384,7 @@ def test_recomp_algorithm_text_and_bad_settings():
         assert dev.recomp_algorithm() == ""
         dev.set_recomp_algorithm("zstd")
         dev.set_recomp_algorithm("lz4hc", priority=3, level=12)
+
         def listing(chosen):
             return " ".join(f"[{c}]" if c == chosen else c for c in CODECS)
 

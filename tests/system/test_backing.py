@@ -28,8 +28,9 @@ def small_tmpfs(tmp_path):
     """A tmpfs with room for 8 pages, unmounted afterwards."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={8 * PAGE_SIZE},mode=0700", "tmpfs", mnt],
-                   check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={8 * PAGE_SIZE},mode=0700", "tmpfs", mnt], check=True
+    )
     try:
         yield mnt
     finally:
@@ -41,8 +42,12 @@ def loop_device(tmp_path):
     """A loop device over a 1 MiB file, detached afterwards."""
     image = tmp_path / "image"
     image.write_bytes(bytes(1 << 20))
-    dev = subprocess.run(["losetup", "-f", "--show", "--direct-io=on", image], check=True,
-                         capture_output=True, text=True).stdout.strip()
+    dev = subprocess.run(
+        ["losetup", "-f", "--show", "--direct-io=on", image],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     try:
         yield dev
     finally:
@@ -83,7 +88,9 @@ def test_a_loop_device_as_backing_dev(loop_device):
         assert dev.stats().mem_used_total == 0
         with open(loop_device, "rb") as raw:
             on_disk = raw.read(NR * PAGE_SIZE)
-        assert sorted(on_disk[i : i + PAGE_SIZE] for i in range(0, len(on_disk), PAGE_SIZE)) == sorted(pages)
+        assert sorted(
+            on_disk[i : i + PAGE_SIZE] for i in range(0, len(on_disk), PAGE_SIZE)
+        ) == sorted(pages)
         assert dev.read(0, NR * PAGE_SIZE) == b"".join(pages)
         dev.discard(0, NR * PAGE_SIZE)
         assert dev.stats().bd_count == 0

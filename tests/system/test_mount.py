@@ -47,14 +47,28 @@ def test_mount_options_reach_the_device_and_status_shows_them(zramfs_env):
 
     out = env.ok("status").stdout.splitlines()
     header = out[0].split()
-    assert header == ["NAME", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL", "STREAMS", "MOUNTPOINT"]
+    assert header == [
+        "NAME",
+        "ALGORITHM",
+        "DISKSIZE",
+        "DATA",
+        "COMPR",
+        "TOTAL",
+        "STREAMS",
+        "MOUNTPOINT",
+    ]
     (row,) = [line.split() for line in out[1:] if line.split()[0] == "zramt-m"]
     assert row[:4] == ["zramt-m", "zstd", "64M", "1M"]  # orig_data_size: 1M
     assert len(row) == 7  # MOUNTPOINT empty: no loop device uses it
-    (line,) = env.ok("status", "zramt-m", "--raw", "-n", "-b", "-o", "NAME,DISKSIZE,DIR,BACKEND,DISCARD").stdout.splitlines()
+    (line,) = env.ok(
+        "status", "zramt-m", "--raw", "-n", "-b", "-o", "NAME,DISKSIZE,DIR,BACKEND,DISCARD"
+    ).stdout.splitlines()
     assert line.split(" ") == ["zramt-m", str(64 * MiB), mnt.replace(" ", "\\x20"), "dev", "yes"]
     proc = env.cli("status", "zramt-nope")
-    assert (proc.returncode, proc.stderr) == (6, "zramfs: error: no zramfs device named 'zramt-nope'\n")
+    assert (proc.returncode, proc.stderr) == (
+        6,
+        "zramfs: error: no zramfs device named 'zramt-nope'\n",
+    )
 
     row = env.device("zramt-m")
     assert (row["data"], row["compr"], row["total"]) == tuple(mm_stat[:3])

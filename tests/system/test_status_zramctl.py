@@ -20,7 +20,9 @@ CONTROL = "/sys/class/zram-control"
 RIGHT = {"DISKSIZE", "DATA", "COMPR", "TOTAL", "STREAMS"}
 
 needs_kernel_zram = pytest.mark.skipif(
-    os.geteuid() != 0 or not os.path.exists(f"{CONTROL}/hot_add") or shutil.which("zramctl") is None,
+    os.geteuid() != 0
+    or not os.path.exists(f"{CONTROL}/hot_add")
+    or shutil.which("zramctl") is None,
     reason="needs root, kernel zram (hot_add) and zramctl",
 )
 
@@ -80,7 +82,9 @@ def test_status_lays_out_like_zramctl(zramfs_env, kernel_zram):
     env.ok("mount", mnt, "--size", "64M", "--name", "zramt-ctl", "--algorithm", algorithm)
     try:
         for opts in ([], ["--bytes"], ["-o", "NAME,DISKSIZE,ALGORITHM,MOUNTPOINT"]):
-            kernel = subprocess.run(["zramctl", *opts, f"/dev/zram{n}"], capture_output=True, text=True, check=True)
+            kernel = subprocess.run(
+                ["zramctl", *opts, f"/dev/zram{n}"], capture_output=True, text=True, check=True
+            )
             ours = env.ok("status", *opts, "zramt-ctl")
             k_lines, o_lines = kernel.stdout.splitlines(), ours.stdout.splitlines()
             assert len(k_lines) == len(o_lines) == 2, (kernel.stdout, ours.stdout)
@@ -88,14 +92,31 @@ def test_status_lays_out_like_zramctl(zramfs_env, kernel_zram):
             assert _aligned(k_lines) == _aligned(o_lines)
             # Linux 6.18 has no max_comp_streams, so zramctl leaves STREAMS
             # empty there; zramfs shows the CPUs (see _status.streams).
-            assert (len(k_lines[0]) - len(k_lines[1])) == (len(o_lines[0]) - len(o_lines[1]))  # MOUNTPOINT empty alike
-        kernel = subprocess.run(["zramctl", "-o", "NAME,DISKSIZE,ALGORITHM", f"/dev/zram{n}"], capture_output=True, text=True, check=True)
+            assert (len(k_lines[0]) - len(k_lines[1])) == (
+                len(o_lines[0]) - len(o_lines[1])
+            )  # MOUNTPOINT empty alike
+        kernel = subprocess.run(
+            ["zramctl", "-o", "NAME,DISKSIZE,ALGORITHM", f"/dev/zram{n}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         ours = env.ok("status", "-o", "NAME,DISKSIZE,ALGORITHM", "zramt-ctl")
-        assert kernel.stdout.splitlines()[1].split()[1:] == ours.stdout.splitlines()[1].split()[1:] == ["64M", algorithm]
+        assert (
+            kernel.stdout.splitlines()[1].split()[1:]
+            == ours.stdout.splitlines()[1].split()[1:]
+            == ["64M", algorithm]
+        )
         # --raw and -n: the same fields, one space apart.
         opts = ["--raw", "-n", "-b", "-o", "DISKSIZE,ALGORITHM,MOUNTPOINT"]
-        kernel = subprocess.run(["zramctl", *opts, f"/dev/zram{n}"], capture_output=True, text=True, check=True)
-        assert env.ok("status", *opts, "zramt-ctl").stdout == kernel.stdout == f"{64 * MiB} {algorithm} \n"
+        kernel = subprocess.run(
+            ["zramctl", *opts, f"/dev/zram{n}"], capture_output=True, text=True, check=True
+        )
+        assert (
+            env.ok("status", *opts, "zramt-ctl").stdout
+            == kernel.stdout
+            == f"{64 * MiB} {algorithm} \n"
+        )
     finally:
         env.ok("umount", mnt)
 
@@ -110,7 +131,10 @@ def test_reset_refuses_swap_without_force_then_takes_it_all_down(zramfs_env):
     env.ok("reset", "--force", "zramt-rs")
     assert env.status() == [] and env.leftovers() == {}
     proc = env.cli("reset", "zramt-rs")
-    assert (proc.returncode, proc.stderr) == (6, "zramfs: error: no zramfs device named 'zramt-rs'\n")
+    assert (proc.returncode, proc.stderr) == (
+        6,
+        "zramfs: error: no zramfs device named 'zramt-rs'\n",
+    )
 
 
 def test_reset_of_an_uninitialised_mount_removes_it(zramfs_env):
@@ -130,13 +154,19 @@ def test_reset_of_a_device_whose_loop_is_mounted(zramfs_env):
     os.mkdir(mnt)
     os.mkdir(fs)
     env.ok("mount", mnt, "--size", "16M", "--name", "zramt-rf")
-    loop = subprocess.run(["losetup", "-f", "--show", f"{mnt}/disk"], capture_output=True, text=True, check=True).stdout.strip()
+    loop = subprocess.run(
+        ["losetup", "-f", "--show", f"{mnt}/disk"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     try:
         subprocess.run(["mkfs.ext2", "-q", loop], check=True, capture_output=True)
         subprocess.run(["mount", loop, fs], check=True)
         assert env.device("zramt-rf")["mountpoint"] == fs  # where the device is used
         proc = env.cli("reset", "zramt-rf")
-        assert proc.returncode == 5 and f"in use (mounted at {fs})" in proc.stderr and proc.stderr.count("\n") == 1
+        assert (
+            proc.returncode == 5
+            and f"in use (mounted at {fs})" in proc.stderr
+            and proc.stderr.count("\n") == 1
+        )
         env.ok("reset", "zramt-rf", "--force")
         assert env.status() == [] and env.leftovers() == {}
         assert not os.path.ismount(fs) and os.path.isdir(mnt)

@@ -192,7 +192,9 @@ class Container:
             except OSError:
                 pass
         try:  # what the setups said, if the container still runs
-            journal = self.run("journalctl", "-o", "cat", "-u", "zramfs-setup@*", check=False).stdout
+            journal = self.run(
+                "journalctl", "-o", "cat", "-u", "zramfs-setup@*", check=False
+            ).stdout
             text += "\n--- journal of zramfs-setup@*\n" + journal[-4000:]
         except Exception as exc:  # the log is for a failure message; never fail it
             text += f"\n--- journal unavailable: {exc}\n"

@@ -16,7 +16,13 @@ from zramfs.codecs import get_codec, parse_algorithm_params
 from zramfs.config import ConfigError, DeviceConfig, check_disksize, check_name, parse_size
 from zramfs.fuse import BACKENDS, UnknownBackendError, supports_discard
 
-from ._errors import BackendUnavailableError, CommandError, NameInUseError, NeedsRootError, RunDirError
+from ._errors import (
+    BackendUnavailableError,
+    CommandError,
+    NameInUseError,
+    NeedsRootError,
+    RunDirError,
+)
 
 
 def human(size, *, long=False):
@@ -46,7 +52,12 @@ def run_tool(argv, what=None):
     """Run a system tool (in "/", with the clean environment); CommandError with its last stderr line if it fails."""
     try:
         proc = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd="/", env=launch.clean_env()
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            cwd="/",
+            env=launch.clean_env(),
         )
     except FileNotFoundError:
         raise CommandError(f"{argv[0]} not found (install util-linux)") from None
@@ -75,7 +86,9 @@ def need_fuse(backend):
     if not os.path.exists("/dev/fuse"):
         raise BackendUnavailableError("/dev/fuse does not exist (is the fuse module loaded?)")
     if backend == "pyfuse3" and importlib.util.find_spec("pyfuse3") is None:
-        raise BackendUnavailableError("the pyfuse3 backend needs pyfuse3 (pip install 'zramfs[pyfuse3]')")
+        raise BackendUnavailableError(
+            "the pyfuse3 backend needs pyfuse3 (pip install 'zramfs[pyfuse3]')"
+        )
     if backend not in BACKENDS:
         raise BackendUnavailableError(
             f"the {backend} FUSE backend is not available in this zramfs (available: {', '.join(BACKENDS)})"
@@ -180,9 +193,13 @@ def _make_run_dir(path):
     except OSError as e:
         raise RunDirError(f"cannot make the run directory {path}: {e.strerror}") from None
     if not os.path.isdir(path) or os.path.islink(path) or st.st_uid != os.geteuid():
-        raise RunDirError(f"the run directory {path} is not a directory owned by uid {os.geteuid()}")
+        raise RunDirError(
+            f"the run directory {path} is not a directory owned by uid {os.geteuid()}"
+        )
     if private and st.st_mode & 0o077:
-        raise RunDirError(f"the run directory {path} is open to other users (mode {st.st_mode & 0o777:o})")
+        raise RunDirError(
+            f"the run directory {path} is open to other users (mode {st.st_mode & 0o777:o})"
+        )
 
 
 def claim(sys_, name, undo):
@@ -225,7 +242,9 @@ def claim(sys_, name, undo):
             try:
                 os.mkdir(path, 0o700)
             except FileExistsError:
-                raise NameInUseError(f"name {name!r} is in use ({path} is left over with files zramfs did not write)") from None
+                raise NameInUseError(
+                    f"name {name!r} is in use ({path} is left over with files zramfs did not write)"
+                ) from None
             undo.push("remove " + path, system.remove_device_dir, path)
             held = system.lock_device_dir(path)  # new, so nobody else holds it
             undo.push("release " + path, os.close, held)

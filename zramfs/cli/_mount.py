@@ -12,7 +12,17 @@ from zramfs import launch
 from zramfs.fuse._mount import check_mountpoint
 from zramfs.system import System
 
-from ._common import Undo, check_options, claim, device_config, disksize, human, mountpoint_arg, need_fuse, start_daemon
+from ._common import (
+    Undo,
+    check_options,
+    claim,
+    device_config,
+    disksize,
+    human,
+    mountpoint_arg,
+    need_fuse,
+    start_daemon,
+)
 from ._errors import EXIT_OK
 
 

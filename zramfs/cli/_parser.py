@@ -42,7 +42,8 @@ def build_parser():
     def device_options(p, *, size_default):
         p.add_argument(
             "--size",
-            help="disksize: bytes, K/M/G/T/P/E suffix or N%% of RAM; a multiple of 4 KiB " + size_default,
+            help="disksize: bytes, K/M/G/T/P/E suffix or N%% of RAM; a multiple of 4 KiB "
+            + size_default,
         )
         p.add_argument(
             "--algorithm",
@@ -55,7 +56,9 @@ def build_parser():
             metavar="PARAMS",
             help="zram's algorithm_params for the algorithm: 'level=N', 'dict=PATH' (zstd, lz4, lz4hc)",
         )
-        p.add_argument("--mem-limit", help="memory limit for compressed data (like zram's mem_limit)")
+        p.add_argument(
+            "--mem-limit", help="memory limit for compressed data (like zram's mem_limit)"
+        )
         p.add_argument(
             "--fuse-backend",
             choices=BACKENDS,
@@ -65,7 +68,9 @@ def build_parser():
 
     p = sub.add_parser("mount", help="mount a zramfs device (its `disk` file) on MOUNTPOINT")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
-    device_options(p, size_default="(default: none, the device starts uninitialised; write its disksize file)")
+    device_options(
+        p, size_default="(default: none, the device starts uninitialised; write its disksize file)"
+    )
     p.add_argument("--name", help="device name, the mount's source (default first free zramN)")
     p.add_argument("--foreground", action="store_true", help="run the daemon in this process")
     p.set_defaults(func=cmd_mount)
@@ -92,12 +97,23 @@ def build_parser():
 
     p = sub.add_parser("status", help="zramctl's status table of zramfs devices")
     p.add_argument("name", metavar="NAME", nargs="?", help="only this device")
-    p.add_argument("-o", "--output", metavar="LIST", help=f"columns, comma-separated ('+LIST' adds): {', '.join(STATUS_COLUMNS)}")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="LIST",
+        help=f"columns, comma-separated ('+LIST' adds): {', '.join(STATUS_COLUMNS)}",
+    )
     p.add_argument("--output-all", action="store_true", help="every column")
-    p.add_argument("--raw", action="store_true", help="zramctl's raw format: one space between cells, none padded")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="zramctl's raw format: one space between cells, none padded",
+    )
     p.add_argument("-b", "--bytes", action="store_true", help="sizes in bytes")
     p.add_argument("-n", "--noheadings", action="store_true", help="no header line")
-    p.add_argument("--json", action="store_true", help="JSON, every column (or those of -o), sizes in bytes")
+    p.add_argument(
+        "--json", action="store_true", help="JSON, every column (or those of -o), sizes in bytes"
+    )
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("reset", help="tear device NAME down and remove it, like zramctl --reset")

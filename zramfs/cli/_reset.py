@@ -50,14 +50,22 @@ def plan_reset(sys_, name):
     mounts = sys_.mounts()
     for step in steps:
         if step.action == "detach":
-            planned += [Step("unmount-fs", m.mountpoint) for m in reversed(mounts) if m.source == step.target]
+            planned += [
+                Step("unmount-fs", m.mountpoint)
+                for m in reversed(mounts)
+                if m.source == step.target
+            ]
         planned.append(step)
     return planned
 
 
 def in_use(steps):
     """What the --force steps of a plan act on (empty: the device is not in use)."""
-    return [("swap" if s.action == "swapoff" else "mounted at " + s.target) for s in steps if s.action in _IN_USE]
+    return [
+        ("swap" if s.action == "swapoff" else "mounted at " + s.target)
+        for s in steps
+        if s.action in _IN_USE
+    ]
 
 
 def cmd_reset(args):
@@ -71,10 +79,16 @@ def cmd_reset(args):
     was_swap = args.name in sys_.swap_names()
     users = in_use(steps)
     if users and not args.force:
-        raise DiskBusyError(f"{args.name} is in use ({', '.join(users)}); zramfs reset --force {args.name} swapoffs/unmounts it first")
+        raise DiskBusyError(
+            f"{args.name} is in use ({', '.join(users)}); zramfs reset --force {args.name} swapoffs/unmounts it first"
+        )
     if any(s.action in ("swapoff", "detach", "unmount-fs") for s in steps):
         need_root("reset")
-    execute(sys_, [Step("unmount", s.target) if s.action == "unmount-fs" else s for s in steps], busy_timeout=UNMOUNT_BUSY_TIMEOUT)
+    execute(
+        sys_,
+        [Step("unmount", s.target) if s.action == "unmount-fs" else s for s in steps],
+        busy_timeout=UNMOUNT_BUSY_TIMEOUT,
+    )
     if was_swap:
         after_swap_teardown(sys_)
     return EXIT_OK

@@ -51,7 +51,16 @@ COLUMNS = {
     "DISCARD": "bool",
 }
 # zramctl's default columns, in its order.
-DEFAULT_COLUMNS = ("NAME", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL", "STREAMS", "MOUNTPOINT")
+DEFAULT_COLUMNS = (
+    "NAME",
+    "ALGORITHM",
+    "DISKSIZE",
+    "DATA",
+    "COMPR",
+    "TOTAL",
+    "STREAMS",
+    "MOUNTPOINT",
+)
 STATUS_COLUMNS = tuple(COLUMNS)
 _RIGHT = {"size", "count", "ratio"}
 # zramctl's width hints: a size column is at least 5 wide (" 296K" under
@@ -148,20 +157,28 @@ def _cell(value, kind, *, in_bytes):
 
 def _raw(text):
     """libsmartcols' raw escaping: space, backslash and unprintables as \\xHH."""
-    return "".join(c if c.isprintable() and c not in " \\" else "".join(f"\\x{b:02x}" for b in c.encode()) for c in text)
+    return "".join(
+        c if c.isprintable() and c not in " \\" else "".join(f"\\x{b:02x}" for b in c.encode())
+        for c in text
+    )
 
 
 def render(rows, columns=DEFAULT_COLUMNS, *, in_bytes=False, raw=False, headings=True):
     """The table `status` prints, as lines (none when there are no devices, like zramctl)."""
     if not rows:
         return []
-    table = [list(columns)] + [[_cell(r[c.lower()], COLUMNS[c], in_bytes=in_bytes) for c in columns] for r in rows]
+    table = [list(columns)] + [
+        [_cell(r[c.lower()], COLUMNS[c], in_bytes=in_bytes) for c in columns] for r in rows
+    ]
     if raw:
         lines = [" ".join(_raw(text) for text in line) for line in table]
     else:
         # Headings count for the widths even with -n (as in zramctl); every
         # column is padded but the last, which still gets its separator.
-        widths = [max([len(line[i]) for line in table] + [_MIN_WIDTH if COLUMNS[c] == "size" else 0]) for i, c in enumerate(columns)]
+        widths = [
+            max([len(line[i]) for line in table] + [_MIN_WIDTH if COLUMNS[c] == "size" else 0])
+            for i, c in enumerate(columns)
+        ]
         last = len(columns) - 1
         lines = [
             " ".join(
@@ -192,6 +209,8 @@ def cmd_status(args, sys_=None):
         keys = [c.lower() for c in (columns if args.output or args.output_all else STATUS_COLUMNS)]
         print(json.dumps({"zramfs": [{k: r[k] for k in keys} for r in rows]}, indent=2))
     else:
-        for line in render(rows, columns, in_bytes=args.bytes, raw=args.raw, headings=not args.noheadings):
+        for line in render(
+            rows, columns, in_bytes=args.bytes, raw=args.raw, headings=not args.noheadings
+        ):
             print(line)
     return EXIT_OK

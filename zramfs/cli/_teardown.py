@@ -77,7 +77,9 @@ def plan_swapoff(sys_, name):
     has_dir = os.path.isdir(sys_.path(sys_.device_dir(name)))
     record = sys_.daemon_record(name)
     if record is not None and record.config.mountpoint != mountpoint:
-        raise DeviceNotFoundError(f"{name!r} is mounted at {record.config.mountpoint}, not made by swapon (zramfs umount it)")
+        raise DeviceNotFoundError(
+            f"{name!r} is mounted at {record.config.mountpoint}, not made by swapon (zramfs umount it)"
+        )
     if m is None and not has_mountpoint and not has_dir:
         raise DeviceNotFoundError(f"no zramfs device named {name!r} (nothing at {mountpoint})")
     steps = loop_steps(sys_, mountpoint)
