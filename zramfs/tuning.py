@@ -8,6 +8,7 @@ swap behind writes every kept value back and removes the file, so the machine
 ends as it was found, whatever happened in between.
 """
 
+import errno
 import json
 import os
 
@@ -65,10 +66,13 @@ def _write(path, value):
         raise TuningError(e.errno, f"cannot set {path} to {value}: {e.strerror}") from None
 
 
-def apply(run_dir, settings=SWAP_SETTINGS, optional=OPTIONAL, at_least=AT_LEAST):
+def apply(run_dir, settings=SWAP_SETTINGS, optional=OPTIONAL, at_least=AT_LEAST, refused=None):
     """Set each setting to zramfs's value; keep what was there the first time.
 
-    Returns the settings changed now, as {path: (old, new)}.
+    Returns the settings changed now, as {path: (old, new)}.  A setting the
+    kernel will not let us write (read-only /sys in a container, no
+    permission) is a speed tuning lost, not a reason to fail swapon: it is
+    left as it is and its TuningError is appended to ``refused`` when given.
     """
     state = os.path.join(run_dir, STATE_FILE)
     try:
@@ -93,8 +97,23 @@ def apply(run_dir, settings=SWAP_SETTINGS, optional=OPTIONAL, at_least=AT_LEAST)
     with open(tmp, "w") as f:
         json.dump(saved, f)
     os.replace(tmp, state)
-    for path, (_old, want) in changed.items():
-        _write(path, want)
+    for path, (_old, want) in list(changed.items()):
+        try:
+            _write(path, want)
+        except TuningError as e:
+            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            del changed[path]
+            if saved.get(path) == _read(path):
+                del saved[path]
+            if refused is not None:
+                refused.append(e)
+    if saved:
+        with open(tmp, "w") as f:
+            json.dump(saved, f)
+        os.replace(tmp, state)
+    else:
+        os.unlink(state)
     return changed
 
 

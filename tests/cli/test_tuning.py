@@ -55,3 +55,24 @@ def test_a_required_setting_that_is_missing_is_a_clear_error(knobs):
         tuning.apply(str(run_dir), settings, **kw)
     assert poll.read_text() == "0\n"  # nothing half done
     assert os.listdir(run_dir) == []
+
+
+def test_a_setting_the_kernel_will_not_let_us_write_is_reported_and_left_alone(knobs, monkeypatch):
+    # In a container /sys is mounted read-only: swapon must still work there.
+    run_dir, exact, poll, settings, kw = knobs
+    write = tuning._write
+
+    def read_only_poll(path, value):
+        if path == str(poll):
+            raise tuning.TuningError(30, f"cannot set {path} to {value}: Read-only file system")
+        write(path, value)
+
+    monkeypatch.setattr(tuning, "_write", read_only_poll)
+    refused = []
+    changed = tuning.apply(str(run_dir), settings, refused=refused, **kw)
+    assert changed == {str(exact): ("0", "3")}
+    assert [e.errno for e in refused] == [30] and "guest_halt_poll_ns" in refused[0].strerror
+    assert poll.read_text() == "0\n"
+    # Only what was changed is put back.
+    assert tuning.restore(str(run_dir)) == {str(exact): "0"}
+    assert os.listdir(run_dir) == []

@@ -74,7 +74,10 @@ def cmd_swapon(args):
             )
         run_tool(swapon + [loop], what=f"swapon {loop}")
         # Last, so a failed swapon never leaves a setting changed.
-        tuning.apply(sys_.run_dir)
+        refused = []
+        tuning.apply(sys_.run_dir, refused=refused)
+        for e in refused:
+            print(f"zramfs: notice: {e.strerror}; swap runs without that tuning", file=sys.stderr)
     except BaseException:
         undo.run()
         raise
