@@ -149,7 +149,15 @@ class BackingStore:
             raise BackingStoreError(f"backing store {self.path}: {reason}") from None
 
     def close(self):
+        """Close the store.  A file goes back to empty: what it held means
+        nothing without the slot table (and is swapped-out memory), and an
+        empty file is taken again by the next mount or swapon."""
         if self._fd >= 0:
+            if self.is_file:
+                try:
+                    os.ftruncate(self._fd, 0)
+                except OSError:
+                    pass  # its blocks are only wasted space
             os.close(self._fd)
             self._fd = -1
         if self._wbuf is not None:

@@ -108,6 +108,7 @@ __all__ = [
     "BackingStoreFullError",
     "BlockDevice",
     "CorruptedSlotError",
+    "DEFAULT_WB_BATCH_SIZE",
     "DeviceError",
     "DeviceStats",
     "InvalidDiskSizeError",
@@ -120,6 +121,7 @@ __all__ = [
     "OutOfRangeError",
     "classes_table",
     "debug_stat_text",
+    "bd_stat_line",
     "io_stat_line",
     "mm_stat_line",
     "PostProcessBusyError",
@@ -129,6 +131,8 @@ __all__ = [
 _PAGE_MASK = PAGE_SIZE - 1
 _ZERO_PAGE = bytes(PAGE_SIZE)
 _WORDS_PER_PAGE = PAGE_SIZE // 8
+# zram's default writeback_batch_size: slots picked per hold of the lock.
+DEFAULT_WB_BATCH_SIZE = 32
 
 
 class DeviceError(Exception):
@@ -355,7 +359,7 @@ class BlockDevice:
         self._wb_failures = 0
         self._wb_limit = 0  # pages (zram's bd_wb_limit, 4 KiB units)
         self._wb_limit_enable = False
-        self._wb_batch_size = 32  # zram's default writeback_batch_size
+        self._wb_batch_size = DEFAULT_WB_BATCH_SIZE
         self.writeback_error = None  # why the last writeback stopped, or None
         self._recomp_used = [False] * 4  # a priority that stored a slot
         if backing_dev is not None:
@@ -1614,10 +1618,8 @@ class BlockDevice:
         return io_stat_line(self.stats())
 
     def bd_stat(self):
-        """zram's ``bd_stat`` line: bd_count bd_reads bd_writes, in 4 KiB
-        pages ("%8llu %8llu %8llu\\n")."""
-        s = self.stats()
-        return "%8d %8d %8d\n" % (s.bd_count, s.bd_reads, s.bd_writes)
+        """zram's ``bd_stat`` line (``bd_stat_line``)."""
+        return bd_stat_line(self.stats())
 
 
 # block_state's flag letters, in zram's order, for the info word's flag bits.
@@ -1745,3 +1747,9 @@ def io_stat_line(s):
         s.failed_writes,
         s.notify_free,
     )
+
+
+def bd_stat_line(s):
+    """zram's ``bd_stat`` line of DeviceStats ``s``: bd_count bd_reads
+    bd_writes, in 4 KiB pages ("%8llu %8llu %8llu\\n")."""
+    return "%8d %8d %8d\n" % (s.bd_count, s.bd_reads, s.bd_writes)
