@@ -337,6 +337,8 @@ def _nonzero(value):
     if not value:
         raise InvalidValueError("0 is not allowed here")
     return value
+
+
 _WB_DEFAULTS = {
     "writeback_limit": 0,
     "writeback_limit_enable": False,
