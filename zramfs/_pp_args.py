@@ -95,7 +95,8 @@ def parse_idle(text):
             f"idle: {word!r} is neither 'all' nor a number of seconds"
         ) from None
     if not 0 <= age < 1 << 32:
-        raise InvalidArgumentError(f"idle: {word!r} is out of range", errno.ERANGE)
+        # kstrtouint's ERANGE, which idle_store turns into EINVAL like any failure.
+        raise InvalidArgumentError(f"idle: {word!r} is out of range")
     return age
 
 
