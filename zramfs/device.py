@@ -1751,5 +1751,6 @@ def io_stat_line(s):
 
 def bd_stat_line(s):
     """zram's ``bd_stat`` line of DeviceStats ``s``: bd_count bd_reads
-    bd_writes, in 4 KiB pages ("%8llu %8llu %8llu\\n")."""
-    return "%8d %8d %8d\n" % (s.bd_count, s.bd_reads, s.bd_writes)
+    bd_writes, in 4 KiB pages ("%8llu %8llu %8llu"), and appended, beyond
+    zram, wb_failures: writebacks a failing backing store stopped."""
+    return "%8d %8d %8d %8d\n" % (s.bd_count, s.bd_reads, s.bd_writes, s.wb_failures)

@@ -23,7 +23,13 @@ NR_PAGES = DISKSIZE // PAGE
 
 
 def bd_stat(d):
-    return dict(zip(("bd_count", "bd_reads", "bd_writes"), map(int, d.attr("bd_stat").split())))
+    return dict(
+        zip(
+            ("bd_count", "bd_reads", "bd_writes", "wb_failures"),
+            map(int, d.attr("bd_stat").split()),
+            strict=True,
+        )
+    )
 
 
 def refused(d, name, text):
@@ -68,7 +74,7 @@ def backed(start, tmp_path):
 def test_the_new_files_before_init(uninitialised):
     d = uninitialised
     assert d.attr("backing_dev") == "none\n"
-    assert d.attr("bd_stat") == "       0        0        0\n"
+    assert d.attr("bd_stat") == "       0        0        0        0\n"
     assert d.attr("recomp_algorithm") == ""
     assert d.attr("writeback_limit") == "0\n"
     assert d.attr("writeback_limit_enable") == "0\n"
@@ -131,7 +137,7 @@ def test_writeback_moves_pages_out_and_reads_them_back(backed):
     d.store("idle", "all")
     d.store("writeback", "idle")
     # Every page was idle: all 256 went out, each one 4 KiB block.
-    assert bd_stat(d) == {"bd_count": 256, "bd_reads": 0, "bd_writes": 256}
+    assert bd_stat(d) == {"bd_count": 256, "bd_reads": 0, "bd_writes": 256, "wb_failures": 0}
     after = d.mm_stat()
     assert after["orig_data_size"] == before["orig_data_size"] == 256 * PAGE
     assert after["compr_data_size"] == 0
