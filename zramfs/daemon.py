@@ -232,6 +232,9 @@ async def run(config, ready):
         async with AsyncExitStack() as stack:
             try:
                 fs = build_filesystem(config)
+                # Last out: the device closes after the unmount (a backing
+                # file is emptied then, see zramfs._backing).
+                stack.callback(fs.close)
                 session = Session(
                     fs,
                     mountpoint,

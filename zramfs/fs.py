@@ -579,6 +579,16 @@ class Filesystem:
             device.close()
             self._resized()
 
+    def close(self):
+        """Close the device, if any (the daemon, once unmounted), after any
+        slow store still working on it."""
+        with self._lock:
+            while self._device_ops:
+                self._ops_done.wait()
+            device, self.device = self.device, None
+        if device is not None:
+            device.close()
+
     def set_algorithm(self, text):
         """comp_algorithm_store: E2BIG, then EINVAL for a name this build
         lacks, then EBUSY once initialised."""
