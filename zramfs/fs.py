@@ -42,6 +42,13 @@ lookups and ``fs.device`` are read without it (single reads are atomic).
 The device is closed only by a reset, which needs `disk` closed, so no
 request is on the device then.  No method here waits on anything that
 might need swap I/O.
+
+Slow stores (`_AttrFile.slow`: writeback, recompress, idle, compact,
+backing_dev, reset) may take seconds or touch other files; the backends run
+them off the threads that serve `disk`.  Those that work on the device hold
+it through `device_op`, counted under `_lock`; a reset (and `close`, at
+unmount) waits on `_ops_done` until none is left, as zram's reset waits for
+its dev_lock, so the device is never closed under a running writeback.
 """
 
 import contextlib

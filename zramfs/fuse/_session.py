@@ -29,7 +29,10 @@ write happen while fio or the kernel is busy elsewhere.
 
 Concurrency: threads share nothing here but the fd and counters; several
 readers on one /dev/fuse fd is what the kernel expects (each request goes to
-exactly one reader).  The Filesystem and BlockDevice do their own locking.
+exactly one reader).  A WRITE to a slow attribute file (a writeback may run
+for minutes; `Filesystem.is_slow`) gets a thread of its own, which answers
+it: with the helper reader gated on large READs, the first reader would
+otherwise hold every other request until it ended.  The Filesystem and BlockDevice do their own locking.
 Nothing on this path logs, sleeps or waits on anything that might need swap
 I/O; per-request failures are counted (`errors`), never written anywhere.
 
