@@ -211,3 +211,52 @@ def test_a_long_writeback_blocks_its_writer_while_disk_io_goes_on(zramfs_env, ba
         env.ok("umount", mnt)
         sh("umount", frozen)
         detach(env, image_loop)
+
+
+def test_swapon_with_a_backing_file_and_a_recompression_algorithm(zramfs_env):
+    env = zramfs_env
+    backing = os.path.join(env.root, "swap.wb")
+    env.ok(
+        "swapon", "zramt-wbswap", "--size", "64M", "--backing-dev", backing,
+        "--recomp-algorithm", "algo=zstd priority=1 level=3",
+        "--recomp-algorithm", "algo=deflate priority=2",
+    )  # fmt: skip
+    mnt = env.device("zramt-wbswap")["dir"]  # status reads the daemon's record back
+    assert attr(mnt, "backing_dev") == f"{backing}\n"
+    assert [line.split()[0] for line in attr(mnt, "recomp_algorithm").splitlines()] == [
+        "#1:",
+        "#2:",
+    ]
+    st = os.stat(backing)
+    assert (st.st_mode & 0o777, st.st_size) == (0o600, 64 * MiB)
+    store(mnt, "idle", "all")
+    store(mnt, "writeback", "idle")  # mkswap's header page, at least
+    assert bd_stat(mnt)["bd_count"] >= 1
+    env.ok("swapoff", "zramt-wbswap")
+    assert os.path.getsize(backing) == 0
+
+
+def test_mount_refuses_a_backing_dev_on_zramfs(zramfs_env):
+    env = zramfs_env
+    first = mount(env, "zramt-wbfirst", 16 * MiB)
+    other = os.path.join(env.root, "other")
+    os.mkdir(other)
+    proc = env.cli("mount", other, "--size", "16M", "--backing-dev", f"{first}/backing")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        2,
+        "",
+        f"zramfs: error: backing device {first}/backing is on the zramfs mount {first}: "
+        "writeback into zramfs itself could deadlock\n",
+    )
+    loop = attach(f"{first}/disk")
+    try:
+        proc = env.cli("mount", other, "--size", "16M", "--backing-dev", loop)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (
+            2,
+            "",
+            f"zramfs: error: backing device {loop} is a loop device over {first}/disk, on zramfs: "
+            "writeback into zramfs itself could deadlock\n",
+        )
+    finally:
+        detach(env, loop)
+    env.ok("umount", first)
