@@ -46,7 +46,9 @@ def fio(loop, size, *args):
         [
             "fio", "--name=wb", f"--filename={loop}", "--direct=1", "--ioengine=psync",
             "--bs=4k", f"--size={size}", "--verify=crc32c", "--buffer_compress_percentage=50",
-            "--refill_buffers", "--randseed=13", "--output-format=json", *args,
+            "--refill_buffers", "--randseed=13", "--output-format=json",
+            # No verify state file: fio would leave it in the working directory.
+            "--verify_state_save=0", *args,
         ],
         capture_output=True, text=True, stdin=subprocess.DEVNULL,
     )  # fmt: skip
