@@ -54,13 +54,13 @@ import threading
 from array import array
 from typing import TYPE_CHECKING
 
+from ._arena import Arena
 from ._errors import PoolDamagedError
 from ._layout import (
     FULL,
     M_HANDLES_END,
     M_HUGE_NEXT,
     M_ZS_END,
-    NR_GROUPS,
     OBJ_HEADER_SIZE,
     PAGE_SHIFT,
     PAGE_SIZE,
@@ -91,7 +91,7 @@ class Rebuild:
     # What the rebuild sets: Pool's fields (``Pool.__init__`` says what each
     # holds).
     _lock: threading.Lock
-    _arena: object
+    _arena: Arena
     _mv32: memoryview
     _meta: memoryview
     _zs_shift: int
@@ -191,9 +191,6 @@ class Rebuild:
             zs_inuse[z] += 1
             if off + csize > zs_bump[z]:
                 zs_bump[z] = off + csize
-        self._free_handle = free_head
-        self._handles_end = nh
-        self._bytes_used = nbytes
 
         # Pass 2: the zspages.  A slot is live when its header names a
         # handle whose entry points back at it; the rest become free slots.
@@ -244,24 +241,31 @@ class Rebuild:
             for z in range(stop - 1, first - 1, -1):
                 zs_next[z] = freed
                 freed = z
-            arena.release(first << shift, (stop - first) << shift)  # type: ignore[attr-defined]
+            arena.release(first << shift, (stop - first) << shift)
         if (nz << shift) < huge_base:
-            arena.release(nz << shift, huge_base - (nz << shift))  # type: ignore[attr-defined]
-        self._zs_freed = freed
-        self._zs_end = nz
+            arena.release(nz << shift, huge_base - (nz << shift))
         # Huge pages: the unused ones below huge_next are free (and punched).
         free_huge = array("I")
         for first, stop in _runs(huge_used, nhuge):
             free_huge.extend(range(stop - 1, first - 1, -1))
-            arena.release(huge_base + (first << PAGE_SHIFT), (stop - first) << PAGE_SHIFT)  # type: ignore[attr-defined]
+            arena.release(huge_base + (first << PAGE_SHIFT), (stop - first) << PAGE_SHIFT)
         if nhuge < self._huge_slots:
-            arena.release(  # type: ignore[attr-defined]
+            arena.release(
                 huge_base + (nhuge << PAGE_SHIFT), (self._huge_slots - nhuge) << PAGE_SHIFT
             )
-        self._huge_free = free_huge
-        self._huge_next = nhuge
         self._class_zspages[huge_class] = nhuge_live
-        self._pages_used = pages + nhuge_live
+        # (setattr: these are Pool's slots, which this base class lacks.)
+        for name, value in (
+            ("_free_handle", free_head),
+            ("_handles_end", nh),
+            ("_bytes_used", nbytes),
+            ("_zs_freed", freed),
+            ("_zs_end", nz),
+            ("_huge_free", free_huge),
+            ("_huge_next", nhuge),
+            ("_pages_used", pages + nhuge_live),
+        ):
+            setattr(self, name, value)
         if not self._pages_used:
             self._shrink_tables()
 
