@@ -393,6 +393,8 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
         """Give all memory back at once.  The pool is unusable afterwards."""
         with self._lock:
             self._arena.close()
+            # The header stays readable (pages_compacted of a closed pool).
+            self._meta = array("Q", self._meta)  # type: ignore[assignment]
             self._tables.close()
             self._pages_used = 0
             self._ready_pages = 0
