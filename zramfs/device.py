@@ -1663,6 +1663,8 @@ class BlockDevice:
                 error = BackingStoreFullError(
                     f"backing store {store.path} is full ({store.nr_blocks} blocks)"
                 )
+            if _fault is not None:
+                _fault("writeback:written")
             # Blocks allocated but not written go back at once.
             store.unallocate([(b, 1) for b in self._unwritten(runs, at)])
             with self._lock:
