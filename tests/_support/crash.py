@@ -82,7 +82,7 @@ def each_crash(steps, build, op, verify, limit=300):
         reached[step] = 0
         while nth <= limit:
             state = build()
-            if not die_at(step, nth, lambda: op(state)):
+            if not die_at(step, nth, lambda state=state: op(state)):
                 state.close()
                 break
             try:
