@@ -66,6 +66,7 @@ each block whole, as on any block device.
 """
 
 import operator
+import os
 import threading
 import time
 from array import array
@@ -264,6 +265,21 @@ def _undecodable(exc):
 
 def _wrong_length(page):
     return CorruptedSlotError(f"a stored object decompressed to {len(page)} bytes, not {PAGE_SIZE}")
+
+
+def _close_untaken(fds, taken):
+    """resume failed: close the parts it made and the fds none of them took."""
+    owned = set()
+    for part in taken:
+        owned.update(part.state_fds().values() if isinstance(part, Pool) else (part.fd,))
+        part.close()
+    if isinstance(fds, dict):
+        for fd in set(fds.values()) - owned:
+            if isinstance(fd, int):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
 
 class _Seconds:
@@ -510,9 +526,9 @@ class BlockDevice:
         settings are the dead process's own (they live in the header).
         StateCorruptError if the state contradicts itself.
         """
-        cls.check_state_format(fds)
         taken = []
         try:
+            cls.check_state_format(fds)
             header = DeviceHeader.attach(fds["header"])
             taken.append(header)
             words = header.words
@@ -541,24 +557,19 @@ class BlockDevice:
                 backing = BackingStore.attach(config["backing"], disksize, fds.get("backing"))
                 taken.append(backing)
         except KeyError as exc:
-            for part in taken:
-                part.close()
+            _close_untaken(fds, taken)
             raise StateFormatError(f"the state lacks {exc}") from None
         except (SlotTableFormatError, PoolFormatError, HeaderFormatError) as exc:
-            for part in taken:
-                part.close()
+            _close_untaken(fds, taken)
             raise StateFormatError(str(exc)) from None
         except PoolDamagedError as exc:
-            for part in taken:
-                part.close()
+            _close_untaken(fds, taken)
             raise StateCorruptError(str(exc)) from None
         except BaseException:
-            for part in taken:
-                part.close()
+            _close_untaken(fds, taken)
             raise
         if words[W_CHAIN] != pool.max_pages_per_zspage:
-            for part in taken:
-                part.close()
+            _close_untaken(fds, taken)
             raise StateFormatError("the device header and the pool disagree on the chain size")
         device = cls(
             disksize,
