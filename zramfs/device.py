@@ -44,6 +44,26 @@ block's read-modify-write, a discard -- goes through one method,
 table count the change (``SlotTable.account``).  Only reads take other
 paths, and they change no slot.
 
+State that outlives the process
+-------------------------------
+A device is four memfds: the header (``zramfs._state``: settings and
+counters, incremented in place), the slot table (``zramfs._slots``) and the
+pool's arena and tables (``allocator``), plus the backing store's fd.
+``state_fds`` names them for a supervisor to hold; ``resume`` takes them
+over in a new process, whatever point the old one died at.  No journal:
+``_commit_locked`` stores the new objects first (all or none), then points
+the slots at them (``SlotTable.install``'s order per slot, or slices of
+handles then infos for a run of ordinary objects, infos then handles to
+empty), then frees the old objects.  A kill before the slots change leaves
+new objects nobody names, a kill after leaves old ones: ``resume`` frees
+both kinds of orphan and finds every slot old or new.  Writeback writes
+the backing blocks before its commit (a kill leaves blocks no slot names,
+freed by ``resume``); recompression commits like a write; a discard empties
+its slots before their table pages are punched.  docs/architecture.md
+("State that outlives the daemon") has the whole order, the pool's part
+included.  Each step calls the module's ``_fault`` hook, None in every real
+run, which the crash tests set.
+
 Concurrency rule
 ----------------
 ``self._lock`` guards the slot table, every counter, and each sequence of pool

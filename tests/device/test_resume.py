@@ -16,9 +16,11 @@ import itertools
 import os
 import random
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import HealthCheck, event, given, settings
 
-from tests._support.crash import DEVICE_STEPS, each_crash
+from tests._support.crash import DEVICE_STEPS, die_at, each_crash
 from zramfs._state import W_VERSION
 from zramfs.device import PAGE_SIZE, BlockDevice, StateFormatError
 
@@ -296,3 +298,65 @@ def test_resume_refuses_another_state_format():
         BlockDevice.resume(fds)
     with pytest.raises(StateFormatError, match=r"^no 'header' among the state fds"):
         BlockDevice.resume({})
+
+
+SMALL = 32
+_kinds = st.sampled_from("ozhse")
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["write", "write_run", "discard"]),
+            st.integers(0, SMALL - 1),
+            _kinds,
+            st.integers(1, 8),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    nth=st.integers(1, 80),
+)
+def test_any_sequence_killed_anywhere_leaves_each_slot_a_page_it_held(ops, nth):
+    # Killed at the nth step of any kind the sequence reaches.
+    dev = BlockDevice(SMALL * PAGE_SIZE)
+    try:
+        for i in range(SMALL):
+            page = kind_page("ozhse"[i % 5], i)
+            if page is not None:
+                dev.write(i * PAGE_SIZE, page)
+        # Every page each slot ever held: what it may read after the kill.
+        held = [{dev.read(i * PAGE_SIZE, PAGE_SIZE)} for i in range(SMALL)]
+        plan = []
+        for seed, (what, index, kind, count) in enumerate(ops):
+            count = min(count, SMALL - index)
+            if what == "discard":
+                pages = [bytes(PAGE_SIZE)] * count
+            elif what == "write":
+                pages = [kind_page(kind, 100 + seed) or bytes(PAGE_SIZE)]
+                count = 1
+            else:
+                pages = [kind_page(kind, 100 * seed + j) or bytes(PAGE_SIZE) for j in range(count)]
+            plan.append((what, index, pages))
+            for j, page in enumerate(pages):
+                held[index + j].add(page)
+
+        def run():
+            for what, index, pages in plan:
+                if what == "discard":
+                    dev.discard(index * PAGE_SIZE, len(pages) * PAGE_SIZE)
+                else:
+                    dev.write(index * PAGE_SIZE, b"".join(pages))
+
+        event("killed" if die_at(None, nth, run) else "not killed")
+        with BlockDevice.resume({n: os.dup(fd) for n, fd in dev.state_fds().items()}) as again:
+            again.check()
+            for i in range(SMALL):
+                assert again.read(i * PAGE_SIZE, PAGE_SIZE) in held[i], i
+    finally:
+        dev.close()
