@@ -922,7 +922,7 @@ class BlockDevice:
             # there, as zram's write does whatever the old object frees.
             limit = self._limit_pages
             fits = not limit or pool.pages_used <= limit
-            if fits and pool.replace(handles[first], payloads[0]):
+            if fits and pool.replace(handles[first], payloads[0], limit):
                 slot_infos[first] = top
                 table.account(old, infos)
                 return
