@@ -1774,6 +1774,13 @@ class BlockDevice:
         self._header.set_config({**self._header.config, **changes})
 
     @property
+    def codec(self):
+        """The primary ``zramfs.codecs.Codec`` (its name, level and
+        dictionary are the device's algorithm and algorithm_params; what a
+        caller of ``resume`` reads them from)."""
+        return self._codec
+
+    @property
     def recomp_algorithms(self):
         """{priority: algorithm name} of the secondary algorithms set."""
         return {p: c.name for p, c in enumerate(self._codecs) if p and c is not None}
