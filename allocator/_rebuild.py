@@ -201,13 +201,13 @@ class Rebuild:
             self._zs_group,
         )
         pages = 0
-        dead = bytearray(nz)  # 0: no live object (id 0 counts as live)
-        dead[0] = 1
+        live_ids = bytearray(nz)  # 1: holds a live object (id 0 is no zspage)
+        live_ids[0] = 1
         for z in range(1, nz):
             inuse = zs_inuse[z]
             if not inuse:
                 continue
-            dead[z] = 1
+            live_ids[z] = 1
             c = zs_class[z]
             csize = class_size[c]
             base = z << shift
@@ -237,7 +237,7 @@ class Rebuild:
         # being freed, a ready one, or long gone: punching a hole is cheap).
         freed = 0
         arena = self._arena
-        for first, stop in reversed(list(_runs(dead, nz))):
+        for first, stop in reversed(list(_runs(live_ids, nz))):
             for z in range(stop - 1, first - 1, -1):
                 zs_next[z] = freed
                 freed = z

@@ -617,7 +617,7 @@ class BlockDevice:
         ac_time = table.ac_time
         now = _SECONDS.now - self._epoch
         referenced = bytearray()
-        blocks = []
+        blocks = array("Q")  # the written-back slots' blocks
         for chunk, mapped in enumerate(table.present):
             if not mapped:
                 continue
