@@ -967,7 +967,41 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
             else:
                 m = self._group_mask[c]
                 if m:
-                    z = self._group_heads[c * NR_GROUPS + m.bit_length() - 1]
+                    # malloc's take of a slot from the fullest zspage, inlined
+                    # as there (a rewrite into a full class lands here).
+                    g = m.bit_length() - 1
+                    heads = self._group_heads
+                    base = c * NR_GROUPS
+                    z = heads[base + g]
+                    zs_freeobj = self._zs_freeobj
+                    off = zs_freeobj[z]
+                    if off:
+                        hdr = (z << shift) | (off - 1)
+                        zs_freeobj[z] = mv32[hdr >> 2] >> 1
+                    else:
+                        zs_bump = self._zs_bump
+                        off = zs_bump[z]
+                        zs_bump[z] = off + self._class_size[c]
+                        hdr = (z << shift) | off
+                    inuse = zs_inuse[z] + 1
+                    zs_inuse[z] = inuse
+                    g2 = self._group_of[c][inuse]
+                    if g2 != g:
+                        nxt = self._zs_next[z]
+                        heads[base + g] = nxt
+                        if nxt:
+                            self._zs_prev[nxt] = 0
+                        else:
+                            m ^= 1 << g
+                        if g2 != FULL:
+                            head = heads[base + g2]
+                            self._zs_next[z] = head
+                            if head:
+                                self._zs_prev[head] = z
+                            heads[base + g2] = z
+                            m |= 1 << g2
+                        self._group_mask[c] = m
+                        self._zs_group[z] = g2
                 else:
                     # Every zspage of the class is full: a new one, as malloc
                     # would make, unless that passes the caller's limit.
@@ -977,7 +1011,7 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
                         z = self._new_zspage(c)
                     except PoolFullError:
                         return False
-                hdr = self._take_slot(c, z)
+                    hdr = self._take_slot(c, z)
             mv32[hdr >> 2] = (handle << 1) | 1
             new = hdr + OBJ_HEADER_SIZE
             self._mv[new : new + size] = data
