@@ -277,6 +277,13 @@ class Rebuild:
                 return 0
             return self._handles[handle] & SIZE_MASK
 
+    def sizes_of(self, handles) -> list[int]:
+        """``[size_of(h) for h in handles]`` under one lock round."""
+        with self._lock:
+            table = self._handles
+            end = self._handles_end
+            return [table[h] & SIZE_MASK if 0 < h < end else 0 for h in handles]
+
     def free_unreferenced(self, referenced) -> int:
         """Free every live object whose handle ``h`` has no true
         ``referenced[h]`` (a bytes-like; handles past its end count as

@@ -611,7 +611,6 @@ class BlockDevice:
         from the pool, free orphans, recount, rebuild the backing bitmap."""
         table = self._table
         pool = self._pool
-        size_of = pool.size_of
         info_words = table.info
         handles = table.handle
         ac_time = table.ac_time
@@ -623,6 +622,7 @@ class BlockDevice:
                 continue
             first = chunk << CHUNK_SHIFT
             end = min(first + (1 << CHUNK_SHIFT), table.nr_slots)
+            objects = array("Q")  # (index, info, handle) of the object slots
             for index, info, handle in zip(
                 range(first, end), info_words[first:end], handles[first:end]
             ):
@@ -639,7 +639,10 @@ class BlockDevice:
                 if info & WB:
                     blocks.append(handle)
                     continue
-                size = size_of(handle)
+                objects.extend((index, info, handle))
+            # The objects' sizes in one pool lock round.
+            sizes = pool.sizes_of(objects[2::3])
+            for index, info, handle, size in zip(objects[::3], objects[1::3], objects[2::3], sizes):
                 if not size:
                     raise StateCorruptError(
                         f"slot {index} names pool handle {handle}, which holds no object"
