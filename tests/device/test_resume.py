@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, event, given, settings
 
 from tests._support.crash import DEVICE_STEPS, die_at, each_crash
 from zramfs._state import W_VERSION
-from zramfs.device import PAGE_SIZE, BlockDevice, StateFormatError
+from zramfs.device import PAGE_SIZE, BlockDevice, StateCorruptError, StateFormatError
 
 NR = 256  # slots: a 1 MiB device, so one write can cover it whole
 _paths = itertools.count()
@@ -360,3 +360,23 @@ def test_any_sequence_killed_anywhere_leaves_each_slot_a_page_it_held(ops, nth):
                 assert again.read(i * PAGE_SIZE, PAGE_SIZE) in held[i], i
     finally:
         dev.close()
+
+
+def test_resume_refuses_a_state_that_contradicts_itself():
+    with BlockDevice(NR * PAGE_SIZE) as dev:
+        dev.write(0, obj_page(1))
+        dev.write(PAGE_SIZE, obj_page(2))
+        # Two slots naming one object: no crash leaves that behind.
+        dev._table.handle[1] = dev._table.handle[0]
+        fds = {name: os.dup(fd) for name, fd in dev.state_fds().items()}
+    with pytest.raises(StateCorruptError, match=r"^two slots name pool handle \d+$"):
+        BlockDevice.resume(fds)
+
+
+def test_resume_refuses_a_slot_table_of_another_size():
+    with BlockDevice(NR * PAGE_SIZE) as dev, BlockDevice(2 * NR * PAGE_SIZE) as other:
+        fds = {name: os.dup(fd) for name, fd in dev.state_fds().items()}
+        os.close(fds["slots"])
+        fds["slots"] = os.dup(other.state_fds()["slots"])
+    with pytest.raises(StateFormatError, match=r"^the slot table has 512 slots, the device 256$"):
+        BlockDevice.resume(fds)
