@@ -145,8 +145,8 @@ which copies in vector-sized, aligned pieces from first to last, so a batch
 cut short is new slots followed by old ones, each settled alone.  (That
 assumes the C library's memmove: a ``rep movsb`` interrupted inside an
 8-byte word could, in principle, leave that one word half written; glibc
-uses it only above 2 KiB, and a kill there is reported by ``resume`` as
-StateCorruptError, not taken as data.)
+uses it only above 2 KiB; ``resume`` would most likely find such a word
+naming no object, or one another slot names, and raise StateCorruptError.)
 """
 
 import ctypes
