@@ -220,12 +220,14 @@ class BackingStore:
                 reason = exc.strerror
             raise BackingStoreError(f"backing store {self.path}: {reason}") from None
 
-    def close(self):
+    def close(self, handover=False):
         """Close the store.  A file goes back to empty: what it held means
         nothing without the slot table (and is swapped-out memory), and an
-        empty file is taken again by the next mount or swapon."""
+        empty file is taken again by the next mount or swapon.  With
+        ``handover`` (the state passes to a daemon that resumes it) the file
+        keeps its blocks."""
         if self._fd >= 0:
-            if self.is_file:
+            if self.is_file and not handover:
                 try:
                     os.ftruncate(self._fd, 0)
                 except OSError:

@@ -490,11 +490,13 @@ class BlockDevice:
                 self.close()
                 raise
 
-    def close(self):
+    def close(self, handover=False):
         """Unmap the device and close its memfds and backing store.  The
         device is unusable afterwards.  Its memory goes back to the kernel
         with the last holder of the memfds: at once, unless a supervisor
-        holds them (``state_fds``) to hand to the next daemon."""
+        holds them (``state_fds``) to hand to the next daemon.  A backing
+        file is emptied, unless ``handover`` says the next daemon will
+        resume this state and still needs its blocks."""
         with self._lock:
             self._pool.close()
             self._table.close()
@@ -502,7 +504,7 @@ class BlockDevice:
             self._w = array("Q", self._w)
             self._header.close()
             if self._backing is not None:
-                self._backing.close()
+                self._backing.close(handover)
 
     # --- state that outlives the process ---------------------------------------
 

@@ -79,7 +79,8 @@ class Case:
         self.dev.write(index * PAGE_SIZE, page)
 
     def close(self):
-        self.dev.close()
+        # Its state has been (or is being) taken over: keep the backing blocks.
+        self.dev.close(handover=True)
 
 
 def take_over(case):
@@ -278,7 +279,7 @@ def test_a_resumed_device_resumes_again(tmp_path):
     case.close()
     dev.write(0, obj_page(1))
     fds = {name: os.dup(fd) for name, fd in dev.state_fds().items()}
-    dev.close()
+    dev.close(handover=True)
     with BlockDevice.resume(fds) as again:
         again.check()
         assert again.read(0, PAGE_SIZE) == obj_page(1)
