@@ -381,3 +381,16 @@ def test_resume_refuses_a_slot_table_of_another_size():
         fds["slots"] = os.dup(other.state_fds()["slots"])
     with pytest.raises(StateFormatError, match=r"^the slot table has 512 slots, the device 256$"):
         BlockDevice.resume(fds)
+
+
+def test_a_backing_file_is_emptied_at_close_but_kept_for_a_handover(tmp_path):
+    # Its blocks are swapped-out memory: nobody may find them after the
+    # device is gone, but the daemon that resumes the state needs them.
+    case = Case(tmp_path, backing=True)
+    path = case.dev.backing_dev
+    dev = take_over(case)
+    case.close()
+    assert os.stat(path).st_blocks > 0
+    assert dev.read(120 * PAGE_SIZE, PAGE_SIZE) == case.old[120]
+    dev.close()
+    assert os.stat(path).st_size == 0
