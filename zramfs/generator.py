@@ -204,12 +204,15 @@ def _writeback_dependencies(path):
 
     A block device: its .device unit, bound and ordered after, as
     zram-generator's bindings.conf does.  A file (zramfs only): the mounts
-    on its path (RequiresMountsFor), so /var/lib/... is mounted first.
+    on its path (RequiresMountsFor), so /var/lib/... is mounted first, and
+    the root file system remounted read-write (systemd-remount-fs, which
+    is before local-fs-pre.target: no cycle with a device's own .mount,
+    where local-fs.target would make one).
     """
     if path.startswith("/dev/"):
         device = unit_name_from_path(path, ".device").replace("%", "%%")
         return [f"BindsTo={device}", f"After={device}"]
-    return [f"RequiresMountsFor={path.replace('%', '%%')}"]
+    return [f"RequiresMountsFor={path.replace('%', '%%')}", "After=systemd-remount-fs.service"]
 
 
 def _write_units(outdir, dev, template):
