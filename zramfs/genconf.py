@@ -65,6 +65,8 @@ DEFAULT_SWAP_PRIORITY = 100
 DEFAULT_OPTIONS = "discard"
 # fs-type when a mount-point is given without one (zram-generator's).
 DEFAULT_FS_TYPE = "ext2"
+# A disksize more than this many times RAM gets zram-generator's warning.
+IMPROBABLE_RATIO = 32
 # zram's ZRAM_MAX_COMPS is 4: the primary (priority 0) and three secondaries.
 MAX_RECOMP_PRIORITY = 3
 # Parameters that zram's recompress takes (a recompression run's), not an
@@ -564,6 +566,15 @@ def resolve(dev, ram_mib, variables):
             dev.disksize = _size(dev, "zram-size", None, mib, variables)
         else:
             dev.disksize = _size(dev, "zram-size", dev.zram_size, min(ram_mib / 2, 4096), variables)
+            # zram-generator's warning for a size in the wrong unit (bytes
+            # or KiB where MiB are meant), with its integer ratio.
+            ratio = dev.disksize // (ram_mib * MIB) if ram_mib else 0
+            if ratio > IMPROBABLE_RATIO:
+                dev.warnings.append(
+                    f"zram-size ({dev.zram_size or DEFAULT_ZRAM_SIZE} = {dev.disksize} bytes) "
+                    f"would need an improbable compression ratio of {ratio} with {ram_mib} MiB "
+                    "of RAM; units may be wrong (zram-size is in MiB)"
+                )
         dev.mem_limit = _size(dev, "zram-resident-limit", dev.zram_resident_limit, 0, variables)
     except ValueError as e:
         dev.errors.append(str(e))
