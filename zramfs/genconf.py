@@ -28,8 +28,8 @@ feature zramfs lacks (swap options other than discard) are
 ``compression-algorithm`` becomes what ``zramfs swapon``/``mount`` take
 (``plan_algorithms``): the first algorithm ``--algorithm`` and its
 parameters ``--algorithm-params``; each later one a ``--recomp-algorithm
-"algo=NAME priority=N [level=N] [dict=PATH]"``, priorities 1, 2, 3 in list
-order, as zram-generator writes them to ``recomp_algorithm``.
+"algo=NAME priority=N [level=N]"``, priorities 1, 2, 3 in list order, as
+zram-generator writes them to ``recomp_algorithm``.
 """
 
 import math
@@ -609,8 +609,9 @@ def plan_algorithms(dev):
     list), warning and going on where the kernel refuses one.  Its later
     algorithms' parameters go to ``recompress``, which the kernel refuses
     before the device is initialised, so none of them takes effect; zramfs
-    gives a ``level`` or ``dict`` to that algorithm instead (what the
-    config asks for) and warns about the rest.  The global recompression
+    gives a ``level`` to that algorithm instead (what the config asks for),
+    refuses a ``dict`` (its recomp_algorithm takes none) and warns about
+    the rest.  The global recompression
     parameters, ``(...)`` without a name, zram-generator keeps but never
     applies; zramfs says so.
     """
@@ -661,6 +662,12 @@ def plan_algorithms(dev):
         kept = " ".join(w for w in words if w not in ignored)
         try:
             _priority, algo_params = _algorithm_params(name, kept, spelled)
+            if "dict=" in algo_params:
+                # zramfs's --recomp-algorithm (recomp_algorithm) takes a level only.
+                raise ValueError(
+                    f"compression-algorithm {spelled}: zramfs takes no dict= for a "
+                    "recompression algorithm (only level=)"
+                )
         except ValueError as e:
             dev.errors.append(str(e))
             continue
