@@ -48,7 +48,7 @@ mount-point = /var/tmp/zfs
 BROKEN = """\
 [zram2]
 zram-size = 64
-writeback-device = /var/lib/zram-writeback.img
+compression-algorithm = zstd(level=99)
 """
 
 BOOT_SCRIPT = r"""
@@ -318,8 +318,8 @@ def test_boot_use_stop_and_a_broken_config(container):
     assert props == {"ActiveState": "failed", "Result": "exit-code"}, props
     journal = c.run("journalctl", "-o", "cat", "-u", "zramfs-setup@zram2.service").stdout
     reason = (
-        "zramfs-generator: zram2: refused: writeback-device /var/lib/zram-writeback.img: "
-        "writeback is not supported by zramfs yet"
+        "zramfs-generator: zram2: refused: compression-algorithm zstd(level=99): "
+        "zstd level must be between 1 and 22, not 99"
     )
     assert reason in journal.splitlines(), journal
 
