@@ -168,13 +168,6 @@ def _swap_option_ok(option):
     return option in SWAP_OPTIONS_KEPT or option in SWAP_OPTIONS_WIDENED
 
 
-def format_algorithms(dev):
-    parts = [f"{a}({p})" if p else a for a, p in dev.compression_algorithms]
-    if dev.recompression_params:
-        parts.append(f"({dev.recompression_params})")
-    return " ".join(parts)
-
-
 @dataclass
 class Config:
     """Every device in the files, with the warnings and errors not tied to one device."""
@@ -611,9 +604,8 @@ def plan_algorithms(dev):
     before the device is initialised, so none of them takes effect; zramfs
     gives a ``level`` to that algorithm instead (what the config asks for),
     refuses a ``dict`` (its recomp_algorithm takes none) and warns about
-    the rest.  The global recompression
-    parameters, ``(...)`` without a name, zram-generator keeps but never
-    applies; zramfs says so.
+    the rest.  The global recompression parameters, ``(...)`` without a
+    name, zram-generator keeps but never applies; zramfs says so.
     """
     algos = dev.compression_algorithms
     if algos:
@@ -680,13 +672,19 @@ def plan_algorithms(dev):
             "recompression parameters are not applied (zram-generator keeps them but never "
             "applies them either); recompression runs when something writes to recompress"
         )
-    if dev.is_swap:
-        widened = [o for o in swap_options(dev.options) if o in SWAP_OPTIONS_WIDENED]
-        if widened or not swap_options(dev.options):
-            dev.warnings.append(
-                f"options '{dev.options}': zramfs swap always runs swapon --discard (both "
-                "once and pages): it is how freed swap slots give their memory back"
-            )
+
+
+def check_swap_options(dev):
+    """Warn where a swap device's ``options`` ask for less discard than
+    zramfs swap does (``Device.refusals`` has the options it cannot take)."""
+    if not dev.is_swap:
+        return
+    options = swap_options(dev.options)
+    if not options or any(o in SWAP_OPTIONS_WIDENED for o in options):
+        dev.warnings.append(
+            f"options '{dev.options}': zramfs swap always runs swapon --discard (both "
+            "once and pages): it is how freed swap slots give their memory back"
+        )
 
 
 def read_config(root="/", *, ram_mib=None, extra_devices=()):
@@ -739,4 +737,5 @@ def read_config(root="/", *, ram_mib=None, extra_devices=()):
         dev.errors[:0] = config.errors
         resolve(dev, ram_mib, variables)
         plan_algorithms(dev)
+        check_swap_options(dev)
     return config
