@@ -22,7 +22,9 @@ a path outside /dev keeps systemd from waiting for a udev device unit.
 
 The setup (``--setup-device``) reads the config again, as zram-generator's
 does, and drives the public CLI: ``zramfs swapon``, or ``zramfs mount`` +
-``losetup`` + ``mkfs``.  The reset (``--reset-device``) reads no config, so
+``losetup`` + ``mkfs``, with the options zram-generator's sysfs writes
+become (``setup_options``); a backing file it made at an earlier boot it
+empties first (``prepare_backing_file``).  The reset (``--reset-device``) reads no config, so
 it works after the config is gone.  A device the config refuses gets its
 service anyway, and that service fails with the reason: one line in the
 journal, never a silent skip.
