@@ -389,8 +389,8 @@ def prepare_backing_file(path, name):
     and refuses one with data in it, so that a mistyped path cannot
     overwrite someone's file.  But the file a setup used stays behind at
     the disk's size after a reboot or a crash, and the next boot's setup
-    would be refused.  So the setup creates the file itself, empty, 0600,
-    and marks it with the ``BACKING_XATTR`` extended attribute; a file
+    would be refused.  So the setup creates the file itself, empty, 0600
+    (and its missing directories, 0755), and marks it with the ``BACKING_XATTR`` extended attribute; a file
     with the mark is emptied at the next setup (written-back pages do not
     outlive the device, in zram either), any other file is left for zramfs
     to judge.  A block device is zramfs's to check.
@@ -398,6 +398,9 @@ def prepare_backing_file(path, name):
     try:
         st = os.stat(path)
     except FileNotFoundError:
+        # Early at boot, before systemd-tmpfiles, /var/lib may not exist
+        # yet on a fresh /var (a volatile root): make the directories.
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.setxattr(fd, BACKING_XATTR, name.encode())

@@ -205,8 +205,10 @@ writeback-device = /var/lib/zram0.wb
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="trusted.* extended attributes need root")
 def test_a_backing_file_the_setup_made_is_emptied_at_the_next_setup(tmp_path):
-    path = str(tmp_path / "zram0.wb")
-    prepare_backing_file(path, "zram0")  # first boot: made empty, 0600, marked
+    path = str(tmp_path / "var" / "lib" / "zram0.wb")
+    prepare_backing_file(
+        path, "zram0"
+    )  # first boot: made empty, 0600, marked, with its directories
     st = os.stat(path)
     assert (st.st_size, st.st_mode & 0o777) == (0, 0o600)
     assert os.getxattr(path, BACKING_XATTR) == b"zram0"
