@@ -1159,20 +1159,34 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
                 yield z
                 z = self._zs_next[z]
 
-    def _class_objs_used(self, c: int) -> int:
-        """Live objects in class c: full zspages plus the partial ones' inuse.
+    def _class_fullness(self, c: int) -> tuple[tuple[int, ...], int]:
+        """Zspages of class c per fullness group, and its live objects.
 
-        Computed rather than counted so that malloc and free need not keep
-        a per-class counter; it walks the partial zspages only.
+        The groups as zsmalloc's ZS_INUSE_RATIO_10 .. ZS_INUSE_RATIO_100
+        (what its debugfs ``classes`` prints under 10% .. 99%, 100%): one
+        count per group 1..10 from the partial zspages' zs_group, found by
+        walking the fullness lists, and last the full zspages, the rest of
+        the class.  Computed on demand rather than counted, so that malloc
+        and free keep no per-class counters: O(partial zspages).  The huge
+        class's "zspages" are its huge pages, each full.
         """
+        counts = [0] * FULL
         if c == self._huge_class:
-            return self._class_zspages[c]
-        partial = 0
+            counts[FULL - 1] = self._class_zspages[c]
+            return tuple(counts), self._class_zspages[c]
         inuse = 0
-        for z in self._partial(c):
-            partial += 1
-            inuse += self._zs_inuse[z]
-        return (self._class_zspages[c] - partial) * self._objs_per_zspage[c] + inuse
+        zs_inuse = self._zs_inuse
+        zs_next = self._zs_next
+        heads = self._group_heads
+        for g in range(1, FULL):
+            z = heads[c * NR_GROUPS + g]
+            while z:
+                counts[g - 1] += 1
+                inuse += zs_inuse[z]
+                z = zs_next[z]
+        partial = sum(counts)
+        counts[FULL - 1] = self._class_zspages[c] - partial
+        return tuple(counts), counts[FULL - 1] * self._objs_per_zspage[c] + inuse
 
     def stats(self) -> PoolStats:
         """A frozen snapshot of the counters (takes the lock; O(partial zspages))."""
@@ -1180,6 +1194,7 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
             rows = []
             for c in range(len(self._class_size)):
                 zspages = self._class_zspages[c]
+                fullness, objs_used = self._class_fullness(c)
                 rows.append(
                     ClassStats(
                         size=self._class_size[c],
@@ -1187,8 +1202,9 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
                         objs_per_zspage=self._objs_per_zspage[c],
                         zspages=zspages,
                         objs_allocated=zspages * self._objs_per_zspage[c],
-                        objs_used=self._class_objs_used(c),
+                        objs_used=objs_used,
                         pages_used=zspages * self._pages_per_zspage[c],
+                        fullness=fullness,
                     )
                 )
             return PoolStats(

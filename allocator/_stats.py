@@ -26,6 +26,10 @@ class ClassStats:
     objs_used: int
     #: ``zspages * pages_per_zspage``.
     pages_used: int
+    #: zspages per fullness group, zsmalloc's ZS_INUSE_RATIO_10 .. _99 and
+    #: _100 (the ``classes`` columns 10% .. 99%, 100%): eleven counts, the
+    #: first of zspages less than 10 % used, the last of full ones.
+    fullness: tuple[int, ...] = (0,) * 11
 
 
 @dataclass(frozen=True, slots=True)

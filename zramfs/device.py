@@ -121,7 +121,6 @@ from ._slots import (
     COMP_PRIORITY_SHIFT,
     HUGE,
     HUGE_INFO,
-    IDLE,
     INCOMPRESSIBLE,
     PP_SLOT,
     SAME,
@@ -1989,21 +1988,34 @@ class BlockDevice:
     def block_state(self):
         """zram's debugfs ``block_state``, as a list of text pieces: one line
         per slot that holds data, "%12zd %12u.%06d %c%c%c%c%c%c\\n" --
-        index, last access (seconds.microseconds), and the flags s (same),
-        w (written back), h (huge), i (idle), r (recompressed), n
-        (incompressible), '.' where unset.  zramfs does not track access
-        times yet: the column reads 0.000000."""
+        index, last access, and the flags s (same), w (written back), h
+        (huge), i (idle), r (recompressed), n (incompressible), '.' where
+        unset.
+
+        The access time is in seconds since boot, as zram's (its
+        ktime_get_boottime stamp): the slot's ac_time (whole seconds since
+        the device was made, on the monotonic clock, which counts from
+        boot) plus the monotonic time the device was made.  Whole seconds,
+        so the microseconds read 000000, as zram prints them since it
+        keeps seconds too (after 6.18); the monotonic clock stops during
+        suspend where zram's boottime does not.
+        """
         pieces = []
-        rest = _block_state_rest
-        for start in range(0, self._table.nr_slots, self._DUMP_BATCH):
-            stop = min(start + self._DUMP_BATCH, self._table.nr_slots)
+        table = self._table
+        # Keyed by stamp and flags; the device's second 0 on the monotonic
+        # clock (seconds since boot) is the base of every access time.
+        rest = _BlockStateRest(int(_SECONDS.start) + self._epoch)
+        flag_bits = _FLAG_BITS
+        for start in range(0, table.nr_slots, self._DUMP_BATCH):
+            stop = min(start + self._DUMP_BATCH, table.nr_slots)
             with self._lock:
-                infos = self._table.info[start:stop].tolist()
+                infos = table.info[start:stop].tolist()
+                stamps = table.ac_time[start:stop].tolist()
             pieces.append(
                 "".join(
                     [
-                        "%12d%s" % (index, rest(info))
-                        for index, info in enumerate(infos, start)
+                        "%12d%s" % (index, rest[stamp << 32 | info & flag_bits])
+                        for index, info, stamp in zip(range(start, stop), infos, stamps)
                         if info
                     ]
                 )
@@ -2027,28 +2039,35 @@ class BlockDevice:
         return bd_stat_line(self.stats())
 
 
-# block_state's flag letters, in zram's order, for the info word's flag bits.
+# block_state's flag letters, in zram's order, for the info word's flag
+# bits; the idle mark is AC_IDLE, in the slot's ac_time (see zramfs._slots).
 _BLOCK_FLAGS = (
     (SAME, "s"),
     (WB, "w"),
     (HUGE, "h"),
-    (IDLE, "i"),
+    (AC_IDLE, "i"),
     (COMP_PRIORITY_MASK, "r"),
     (INCOMPRESSIBLE, "n"),
 )
-_FLAG_BITS = SAME | WB | HUGE | IDLE | COMP_PRIORITY_MASK | INCOMPRESSIBLE
-_rest_of_line: dict[int, str] = {}
+_FLAG_BITS = SAME | WB | HUGE | COMP_PRIORITY_MASK | INCOMPRESSIBLE
 
 
-def _block_state_rest(info):
-    """A block_state line after its index: the access time (not tracked: 0)
-    and the flags; one string per combination of flags, made once."""
-    flags = info & _FLAG_BITS
-    try:
-        return _rest_of_line[flags]
-    except KeyError:
+class _BlockStateRest(dict):
+    """A block_state line after its index -- the access time and the flags
+    -- by ``ac_time << 32 | info's flag bits``, for one dump: each string
+    is made once, on first use, and the slots written in one second share
+    it, so a dump of a million slots formats a few thousand (a dump takes
+    ~1 s per million slots on this VM, as without access times)."""
+
+    def __init__(self, base):
+        super().__init__()
+        self.base = base  # seconds since boot at the device's second 0
+
+    def __missing__(self, key):
+        stamp = key >> 32
+        flags = key & _FLAG_BITS | stamp & AC_IDLE
         text = "".join(c if flags & bit else "." for bit, c in _BLOCK_FLAGS)
-        rest = _rest_of_line[flags] = " %12d.%06d %s\n" % (0, 0, text)
+        rest = self[key] = " %12d.%06d %s\n" % (self.base + (stamp & ~AC_IDLE), 0, text)
         return rest
 
 
@@ -2067,10 +2086,11 @@ _ZS_SIZE_CLASS_DELTA = PAGE_SIZE >> 8
 
 def classes_table(pool_stats):
     """zsmalloc's debugfs ``classes`` (zs_stats_size_show), column for column,
-    from ``Pool.stats()``.  The fullness columns (how many zspages are 10 %,
-    20 %, ... 100 % used) are "-": the pool's stats do not report them yet.
-    freeable is zs_can_compact's estimate: the pages whole unused zspages'
-    worth of free slots would give back."""
+    from ``Pool.stats()``: per size class the zspages in each fullness group
+    (10 % .. 99 % used, and 100 %), objects allocated and used, pages, and
+    freeable, zs_can_compact's estimate: the pages whole unused zspages'
+    worth of free slots would give back.  The Total line sums every column
+    but pages_per_zspage, as zsmalloc's does."""
     head = " %5s %5s " + "%9s " * 11 + "%13s %10s %10s %16s %8s\n"
     out = [
         head
@@ -2095,7 +2115,8 @@ def classes_table(pool_stats):
             "freeable",
         )
     ]
-    groups = "%9s " * 11 % (("-",) * 11)
+    groups = "%9d " * 11
+    fullness_totals = [0] * 11
     total_objs = total_used = total_pages = total_freeable = 0
     for c in pool_stats.classes:
         index = max(0, -(-(c.size - _ZS_MIN_ALLOC_SIZE) // _ZS_SIZE_CLASS_DELTA))
@@ -2105,7 +2126,7 @@ def classes_table(pool_stats):
             % (
                 index,
                 c.size,
-                groups,
+                groups % c.fullness,
                 c.objs_allocated,
                 c.objs_used,
                 c.pages_used,
@@ -2113,6 +2134,7 @@ def classes_table(pool_stats):
                 freeable,
             )
         )
+        fullness_totals = [t + n for t, n in zip(fullness_totals, c.fullness)]
         total_objs += c.objs_allocated
         total_used += c.objs_used
         total_pages += c.pages_used
@@ -2120,7 +2142,16 @@ def classes_table(pool_stats):
     out.append("\n")
     out.append(
         " %5s %5s %s%13d %10d %10d %16s %8d\n"
-        % ("Total", "", groups, total_objs, total_used, total_pages, "", total_freeable)
+        % (
+            "Total",
+            "",
+            groups % tuple(fullness_totals),
+            total_objs,
+            total_used,
+            total_pages,
+            "",
+            total_freeable,
+        )
     )
     return "".join(out)
 

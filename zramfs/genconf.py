@@ -21,9 +21,15 @@ nothing).  Within the files, a later value of a key wins.
 Errors never stop the other devices: a device whose section has a bad value
 carries the message in ``Device.errors`` and the setup of that one device
 fails with it, the way systemd shows a failed unit.  Unknown keys and
-algorithms zramfs lacks are warnings, as in zram-generator.  Keys whose
-feature zramfs lacks (algorithm parameters, recompression, writeback) are
+algorithms zramfs lacks are warnings, as in zram-generator.  Values whose
+feature zramfs lacks (swap options other than discard) are
 ``Device.refusals``: that device is not set up, and says why.
+
+``compression-algorithm`` becomes what ``zramfs swapon``/``mount`` take
+(``plan_algorithms``): the first algorithm ``--algorithm`` and its
+parameters ``--algorithm-params``; each later one a ``--recomp-algorithm
+"algo=NAME priority=N [level=N]"``, priorities 1, 2, 3 in list order, as
+zram-generator writes them to ``recomp_algorithm``.
 """
 
 import math
@@ -59,6 +65,16 @@ DEFAULT_SWAP_PRIORITY = 100
 DEFAULT_OPTIONS = "discard"
 # fs-type when a mount-point is given without one (zram-generator's).
 DEFAULT_FS_TYPE = "ext2"
+# A disksize more than this many times RAM gets zram-generator's warning.
+IMPROBABLE_RATIO = 32
+# zram's ZRAM_MAX_COMPS is 4: the primary (priority 0) and three secondaries.
+MAX_RECOMP_PRIORITY = 3
+# Parameters that zram's recompress takes (a recompression run's), not an
+# algorithm's: zram-generator writes a secondary's parameters to recompress.
+RECOMPRESS_PARAMS = ("type", "threshold", "max_pages", "algo", "priority")
+# swapon -o options zramfs swap can honour ("discard" is what it runs).
+SWAP_OPTIONS_KEPT = ("discard", "nofail")
+SWAP_OPTIONS_WIDENED = ("discard=once", "discard=pages")
 
 MIB = 1 << 20
 
@@ -93,6 +109,9 @@ class Device:
     disksize: int = 0
     mem_limit: int = 0
     enabled: bool = True
+    # Filled by plan_algorithms(): --algorithm-params and --recomp-algorithm.
+    algorithm_params: str = ""
+    recomp_algorithms: list = field(default_factory=list)
     errors: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
 
@@ -119,26 +138,14 @@ class Device:
     def refusals(self):
         """Why zramfs cannot set this device up as configured (features it lacks yet)."""
         reasons = []
-        algos = self.compression_algorithms
-        if algos and algos[0][1]:
-            reasons.append(
-                f"compression-algorithm {algos[0][0]}({algos[0][1]}): "
-                "algorithm parameters are not supported by zramfs yet"
-            )
-        if len(algos) > 1 or self.recompression_params:
-            reasons.append(
-                f"compression-algorithm {format_algorithms(self)}: "
-                "recompression is not supported by zramfs yet"
-            )
-        if self.writeback_device is not None:
-            reasons.append(
-                f"writeback-device {self.writeback_device}: writeback is not supported by zramfs yet"
-            )
-        if self.is_swap and self.options != DEFAULT_OPTIONS:
-            reasons.append(
-                f"options '{self.options}': zramfs swap always runs swapon --discard; "
-                "other swap options are not supported yet"
-            )
+        if self.is_swap:
+            refused = [o for o in swap_options(self.options) if not _swap_option_ok(o)]
+            if refused:
+                reasons.append(
+                    f"options '{self.options}': {', '.join(refused)}: zramfs swap runs "
+                    "swapon --discard and takes no other swap option (only "
+                    f"{', '.join(SWAP_OPTIONS_KEPT + SWAP_OPTIONS_WIDENED)})"
+                )
         return reasons
 
     @property
@@ -152,11 +159,13 @@ def is_device_name(name):
     return _SECTION_RE.fullmatch(name) is not None
 
 
-def format_algorithms(dev):
-    parts = [f"{a}({p})" if p else a for a, p in dev.compression_algorithms]
-    if dev.recompression_params:
-        parts.append(f"({dev.recompression_params})")
-    return " ".join(parts)
+def swap_options(options):
+    """A swap device's ``options``, split as swapon -o splits them."""
+    return [o.strip() for o in options.split(",") if o.strip()]
+
+
+def _swap_option_ok(option):
+    return option in SWAP_OPTIONS_KEPT or option in SWAP_OPTIONS_WIDENED
 
 
 @dataclass
@@ -550,9 +559,132 @@ def resolve(dev, ram_mib, variables):
             dev.disksize = _size(dev, "zram-size", None, mib, variables)
         else:
             dev.disksize = _size(dev, "zram-size", dev.zram_size, min(ram_mib / 2, 4096), variables)
+            # zram-generator's warning for a size in the wrong unit (bytes
+            # or KiB where MiB are meant), with its integer ratio.
+            ratio = dev.disksize // (ram_mib * MIB) if ram_mib else 0
+            if ratio > IMPROBABLE_RATIO:
+                dev.warnings.append(
+                    f"zram-size ({dev.zram_size or DEFAULT_ZRAM_SIZE} = {dev.disksize} bytes) "
+                    f"would need an improbable compression ratio of {ratio} with {ram_mib} MiB "
+                    "of RAM; units may be wrong (zram-size is in MiB)"
+                )
         dev.mem_limit = _size(dev, "zram-resident-limit", dev.zram_resident_limit, 0, variables)
     except ValueError as e:
         dev.errors.append(str(e))
+
+
+def _algorithm_params(name, params, where):
+    """level and dict of ``params`` (zram-generator's ``NAME(k=v,...)``, commas
+    made spaces) as zram's algorithm_params text for NAME, checked against
+    it; raises ValueError with the reason."""
+    try:
+        request = codecs.parse_algorithm_params(params)
+        if request.algo not in (None, name):
+            raise codecs.InvalidCodecParamsError(f"algo={request.algo} is not {name}")
+        # The level now; a dict= file is read by the setup, as zram reads it.
+        codecs.get_codec(name, level=request.level)
+    except codecs.InvalidCodecParamsError as e:
+        raise ValueError(f"compression-algorithm {where}: {e}") from None
+    words = [] if request.level is None else [f"level={request.level}"]
+    if request.dict_path is not None:
+        words.append(f"dict={request.dict_path}")
+    return request.priority, " ".join(words)
+
+
+def plan_algorithms(dev):
+    """``compression-algorithm`` as the setup's options: ``algorithm_params``
+    for the first algorithm, ``recomp_algorithms`` for the others, with
+    warnings and errors where zram-generator would warn or fail.
+
+    zram-generator writes the first to ``comp_algorithm`` and, if the kernel
+    took it, its parameters to ``algorithm_params``; each later one to
+    ``recomp_algorithm`` as ``algo=NAME priority=N`` (N its place in the
+    list), warning and going on where the kernel refuses one.  Its later
+    algorithms' parameters go to ``recompress``, which the kernel refuses
+    before the device is initialised, so none of them takes effect; zramfs
+    gives a ``level`` to that algorithm instead (what the config asks for),
+    refuses a ``dict`` (its recomp_algorithm takes none) and warns about
+    the rest.  The global recompression parameters, ``(...)`` without a
+    name, zram-generator keeps but never applies; zramfs says so.
+    """
+    algos = dev.compression_algorithms
+    if algos:
+        name, params = algos[0]
+        spelled = f"{name}({params.replace(' ', ',')})" if params else name
+        if name not in codecs.CODECS:
+            dev.warnings.append(
+                f"compression-algorithm {name} is not one of zramfs's "
+                f"({', '.join(codecs.CODECS)}), using {codecs.DEFAULT_ALGORITHM}"
+                + (f"; its parameters ({params}) are not used" if params else "")
+            )
+        elif params:
+            try:
+                priority, dev.algorithm_params = _algorithm_params(name, params, spelled)
+                if priority != 0:
+                    raise ValueError(
+                        f"compression-algorithm {spelled}: priority={priority} "
+                        "names a recompression algorithm, not the first"
+                    )
+            except ValueError as e:
+                dev.errors.append(str(e))
+    for priority, (name, params) in enumerate(algos[1:], 1):
+        spelled = f"{name}({params.replace(' ', ',')})" if params else name
+        if name not in codecs.CODECS:
+            dev.warnings.append(
+                f"recompression algorithm {name} is not one of zramfs's "
+                f"({', '.join(codecs.CODECS)}), not using it"
+            )
+            continue
+        if priority > MAX_RECOMP_PRIORITY:
+            dev.warnings.append(
+                f"recompression algorithm {spelled}: zram takes {MAX_RECOMP_PRIORITY} "
+                f"recompression algorithms (priorities 1-{MAX_RECOMP_PRIORITY}), "
+                f"not using priority {priority}"
+            )
+            continue
+        words = params.split()
+        ignored = [w for w in words if w.partition("=")[0] in RECOMPRESS_PARAMS]
+        if ignored:
+            dev.warnings.append(
+                f"recompression algorithm {spelled}: {' '.join(ignored)} not applied: "
+                "recompress parameters, which zram-generator writes to recompress before "
+                "the device exists (the kernel refuses them); recompression runs when "
+                "something writes to recompress"
+            )
+        kept = " ".join(w for w in words if w not in ignored)
+        try:
+            _priority, algo_params = _algorithm_params(name, kept, spelled)
+            if "dict=" in algo_params:
+                # zramfs's --recomp-algorithm (recomp_algorithm) takes a level only.
+                raise ValueError(
+                    f"compression-algorithm {spelled}: zramfs takes no dict= for a "
+                    "recompression algorithm (only level=)"
+                )
+        except ValueError as e:
+            dev.errors.append(str(e))
+            continue
+        dev.recomp_algorithms.append(
+            " ".join(filter(None, [f"algo={name}", f"priority={priority}", algo_params]))
+        )
+    if dev.recompression_params:
+        dev.warnings.append(
+            f"compression-algorithm ({dev.recompression_params.replace(' ', ',')}): global "
+            "recompression parameters are not applied (zram-generator keeps them but never "
+            "applies them either); recompression runs when something writes to recompress"
+        )
+
+
+def check_swap_options(dev):
+    """Warn where a swap device's ``options`` ask for less discard than
+    zramfs swap does (``Device.refusals`` has the options it cannot take)."""
+    if not dev.is_swap:
+        return
+    options = swap_options(dev.options)
+    if not options or any(o in SWAP_OPTIONS_WIDENED for o in options):
+        dev.warnings.append(
+            f"options '{dev.options}': zramfs swap always runs swapon --discard (both "
+            "once and pages): it is how freed swap slots give their memory back"
+        )
 
 
 def read_config(root="/", *, ram_mib=None, extra_devices=()):
@@ -604,9 +736,6 @@ def read_config(root="/", *, ram_mib=None, extra_devices=()):
     for dev in config.devices.values():
         dev.errors[:0] = config.errors
         resolve(dev, ram_mib, variables)
-        if dev.compression_algorithms and dev.compression_algorithms[0][0] not in codecs.CODECS:
-            dev.warnings.append(
-                f"compression-algorithm {dev.compression_algorithms[0][0]} is not one of zramfs's "
-                f"({', '.join(codecs.CODECS)}), using {codecs.DEFAULT_ALGORITHM}"
-            )
+        plan_algorithms(dev)
+        check_swap_options(dev)
     return config

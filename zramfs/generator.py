@@ -22,7 +22,9 @@ a path outside /dev keeps systemd from waiting for a udev device unit.
 
 The setup (``--setup-device``) reads the config again, as zram-generator's
 does, and drives the public CLI: ``zramfs swapon``, or ``zramfs mount`` +
-``losetup`` + ``mkfs``.  The reset (``--reset-device``) reads no config, so
+``losetup`` + ``mkfs``, with the options zram-generator's sysfs writes
+become (``setup_options``); a backing file it made at an earlier boot it
+empties first (``prepare_backing_file``).  The reset (``--reset-device``) reads no config, so
 it works after the config is gone.  A device the config refuses gets its
 service anyway, and that service fails with the reason: one line in the
 journal, never a silent skip.
@@ -44,7 +46,14 @@ import sys
 from zramfs import codecs, genconf, launch, mountinfo
 from zramfs.system import System
 
-__all__ = ["main", "unit_name_from_path", "SETUP_TEMPLATE", "LINK_DIR"]
+__all__ = [
+    "main",
+    "unit_name_from_path",
+    "setup_options",
+    "prepare_backing_file",
+    "SETUP_TEMPLATE",
+    "LINK_DIR",
+]
 
 PROG = "zramfs-generator"
 SETUP_TEMPLATE = "zramfs-setup@.service"
@@ -62,6 +71,9 @@ DEFAULT_UNIT_DIR = "/usr/local/lib/systemd/system"
 
 # linux/loop.h
 LOOP_CTL_GET_FREE = 0x4C82
+# The mark of a backing file the setup made (prepare_backing_file): the
+# device's name.  trusted.*: only root can set or read it.
+BACKING_XATTR = "trusted.zramfs-generator.backing"
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -171,8 +183,17 @@ def _describe(dev):
     mib = dev.disksize / genconf.MIB
     what = [
         f"disksize {dev.disksize} ({mib:.1f} MiB)",
-        dev.algorithm or f"{codecs.DEFAULT_ALGORITHM} (default)",
+        " ".join(
+            filter(
+                None,
+                [dev.algorithm or f"{codecs.DEFAULT_ALGORITHM} (default)", dev.algorithm_params],
+            )
+        ),
     ]
+    if dev.recomp_algorithms:
+        what.append("recompression " + ", ".join(dev.recomp_algorithms))
+    if dev.writeback_device is not None:
+        what.append(f"writeback to {dev.writeback_device}")
     if dev.mem_limit:
         what.append(f"mem_limit {dev.mem_limit}")
     if dev.is_swap:
@@ -180,9 +201,27 @@ def _describe(dev):
     return f"zramfs {dev.effective_fs_type} {dev.name}: {', '.join(what)}, for {dev.mount_point}"
 
 
+def _writeback_dependencies(path):
+    """What the setup service needs before its writeback-device is there.
+
+    A block device: its .device unit, bound and ordered after, as
+    zram-generator's bindings.conf does.  A file (zramfs only): the mounts
+    on its path (RequiresMountsFor), so /var/lib/... is mounted first, and
+    the root file system remounted read-write (systemd-remount-fs, which
+    is before local-fs-pre.target: no cycle with a device's own .mount,
+    where local-fs.target would make one).
+    """
+    if path.startswith("/dev/"):
+        device = unit_name_from_path(path, ".device").replace("%", "%%")
+        return [f"BindsTo={device}", f"After={device}"]
+    return [f"RequiresMountsFor={path.replace('%', '%%')}", "After=systemd-remount-fs.service"]
+
+
 def _write_units(outdir, dev, template):
     service = f"zramfs-setup@{dev.name}.service"
     unit = [f"Description={_describe(dev).replace('%', '%%')}"]
+    if dev.writeback_device is not None and not dev.problems:
+        unit += _writeback_dependencies(dev.writeback_device)
     if dev.problems or dev.is_swap or dev.mount_point is None:
         if not (dev.problems or dev.is_swap):
             return  # fs-type without mount-point: nothing to mount, as zram-generator
@@ -326,6 +365,63 @@ def _mounted_at(loop):
     return [m.mountpoint for m in mountinfo.mounts() if m.dev == dev]
 
 
+def setup_options(dev):
+    """The options ``zramfs swapon`` or ``zramfs mount`` get for ``dev``: what
+    zram-generator writes into /sys/block/zramN before ``disksize``."""
+    options = ["--size", str(dev.disksize)]
+    if dev.algorithm:
+        options += ["--algorithm", dev.algorithm]
+        if dev.algorithm_params:
+            options += ["--algorithm-params", dev.algorithm_params]
+    for recomp in dev.recomp_algorithms:
+        options += ["--recomp-algorithm", recomp]
+    if dev.writeback_device is not None:
+        options += ["--backing-dev", dev.writeback_device]
+    if dev.mem_limit:
+        options += ["--mem-limit", str(dev.mem_limit)]
+    return options
+
+
+def prepare_backing_file(path, name):
+    """Make a backing file reusable across boots, and only one made here.
+
+    zramfs takes a backing file that is missing (it creates it) or empty,
+    and refuses one with data in it, so that a mistyped path cannot
+    overwrite someone's file.  But the file a setup used stays behind at
+    the disk's size after a reboot or a crash, and the next boot's setup
+    would be refused.  So the setup creates the file itself, empty, 0600
+    (and its missing directories, 0755), and marks it with the ``BACKING_XATTR`` extended attribute; a file
+    with the mark is emptied at the next setup (written-back pages do not
+    outlive the device, in zram either), any other file is left for zramfs
+    to judge.  A block device is zramfs's to check.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        # Early at boot, before systemd-tmpfiles, /var/lib may not exist
+        # yet on a fresh /var (a volatile root): make the directories.
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.setxattr(fd, BACKING_XATTR, name.encode())
+        except OSError as e:  # a filesystem without xattrs: one boot only
+            log(
+                f"{name}: cannot mark {path} as its backing file ({e.strerror}): "
+                "the next boot will find it in use"
+            )
+        finally:
+            os.close(fd)
+        return
+    if not stat.S_ISREG(st.st_mode) or not st.st_size:
+        return
+    try:
+        mark = os.getxattr(path, BACKING_XATTR)
+    except OSError:
+        return  # not ours: zramfs refuses it with its reason
+    if mark == name.encode():
+        os.truncate(path, 0)
+
+
 def setup_device(name, root="/"):
     words = _cmdline_words(root, False, in_container(False))
     config = genconf.read_config(
@@ -346,11 +442,11 @@ def setup_device(name, root="/"):
         raise SetupError(f"{name}: refused: " + "; ".join(dev.problems), EXIT_USAGE)
     if dev.disksize == 0:
         raise SetupError(f"{name}: zram-size is 0", EXIT_USAGE)
-    common = ["--size", str(dev.disksize)]
-    if dev.algorithm:
-        common += ["--algorithm", dev.algorithm]
-    if dev.mem_limit:
-        common += ["--mem-limit", str(dev.mem_limit)]
+    common = setup_options(dev)
+    # Never while a device of this name runs (its backing file is in use):
+    # the CLI refuses the taken name then.
+    if dev.writeback_device is not None and not os.path.exists(System().device_dir(name)):
+        prepare_backing_file(dev.writeback_device, name)
     lock = _setup_lock()
     try:
         _make_loop_nodes()

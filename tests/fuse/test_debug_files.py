@@ -4,6 +4,7 @@ block_state and classes, in the kernel's formats."""
 import errno
 import os
 import re
+import time
 
 import pytest
 
@@ -35,9 +36,12 @@ def test_block_state_lists_the_stored_slots_with_zram_flags(zram):
     lines = zram.attr("block_state").splitlines(keepends=True)
     # "%12zd %12u.%06d %c%c%c%c%c%c\n": index, access time, s w h i r n.
     assert [line[:12] for line in lines] == [f"{i:12d}" for i in sorted(pages)]
+    now = time.clock_gettime(time.CLOCK_MONOTONIC)
     for line in lines:
-        assert re.fullmatch(r" {0,11}\d+ +\d+\.\d{6} [s.][w.][h.][i.][r.][n.]\n", line), line
+        assert re.fullmatch(r" {0,11}\d+ +\d+\.000000 [s.][w.][h.][i.][r.][n.]\n", line), line
         assert len(line) == 12 + 1 + 19 + 1 + 6 + 1
+        # The last access, in whole seconds since boot, as zram's.
+        assert now - 60 < int(line.split()[1].split(".")[0]) <= now
     flags = {int(line[:12]): line[-7:-1] for line in lines}
     assert flags == {0: "s.....", 1: "..h...", 5: "......", 9: "s....."}
 
@@ -83,12 +87,16 @@ def classes(d):
     ]
     assert blank == ""
     assert total.split()[0] == "Total"
-    rows = [r.split() for r in rows]
-    assert [int(r[1]) for r in rows] == sorted(int(r[1]) for r in rows)
-    used = sum(int(r[14]) for r in rows)
-    pages = sum(int(r[15]) for r in rows)
-    assert [int(x) for x in total.split()[13:15]] == [used, pages]
-    return used, pages
+    rows = [[int(x) for x in r.split()] for r in rows]
+    assert [r[1] for r in rows] == sorted(r[1] for r in rows)
+    for r in rows:
+        # zspages per fullness group (10% .. 100%) add up to the class's
+        # zspages: pages_used / pages_per_zspage.
+        assert sum(r[2:13]) * r[16] == r[15]
+    # The Total line sums every column but pages_per_zspage.
+    sums = [sum(r[i] for r in rows) for i in (*range(2, 16), 17)]
+    assert [int(x) for x in total.split()[1:]] == sums
+    return sums[12], sums[13]  # obj_used, pages_used
 
 
 def test_classes_in_zsmalloc_format(zram):
@@ -96,6 +104,25 @@ def test_classes_in_zsmalloc_format(zram):
     used, pages = classes(zram)
     assert used == 64
     assert pages * PAGE == zram.mm_stat()["mem_used_total"]
+
+
+def test_classes_fullness_groups(zram):
+    # 64 objects of one class, then every other page rewritten as zeros
+    # (same-filled: its object is freed): the class's zspages move from
+    # the 100% column to lower ones.
+    fill(zram, {i: os.urandom(1400) + bytes(PAGE - 1400) for i in range(64)})
+
+    def row():
+        rows = [r.split() for r in zram.attr("classes").splitlines()[1:-2]]
+        return next([int(x) for x in r] for r in rows if int(r[13]) > 0)
+
+    before = row()
+    assert before[14] == 64 and before[12] > 0
+    fill(zram, {i: bytes(PAGE) for i in range(0, 64, 2)})
+    after = row()
+    assert after[1] == before[1] and after[14] == 32
+    assert sum(after[2:13]) == sum(before[2:13])  # no zspage freed: each keeps half
+    assert after[12] == 0  # none full any more
 
 
 def test_classes_of_an_uninitialised_device(uninitialised):

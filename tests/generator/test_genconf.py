@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from zramfs import genconf
+from zramfs.generator import BACKING_XATTR, prepare_backing_file, setup_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -79,17 +80,18 @@ def _setup(root, name):
     "conf, line",
     [
         (
-            "[zram0]\nwriteback-device = /var/lib/wb.img\n",
-            "zram0: refused: writeback-device /var/lib/wb.img: writeback is not supported by zramfs yet",
+            "[zram0]\ncompression-algorithm = zstd(level=99)\n",
+            "zram0: refused: compression-algorithm zstd(level=99): zstd level must be between 1 and 22, not 99",
         ),
         (
-            "[zram0]\ncompression-algorithm = zstd(level=3)\n",
-            "zram0: refused: compression-algorithm zstd(level=3): algorithm parameters are not supported by zramfs yet",
+            "[zram0]\ncompression-algorithm = lz4 zstd(windowlog=20)\n",
+            "zram0: refused: compression-algorithm zstd(windowlog=20): unknown algorithm parameter "
+            "'windowlog' (known: algo, priority, level, dict)",
         ),
         (
-            "[zram0]\noptions = discard=once\n",
-            "zram0: refused: options 'discard=once': zramfs swap always runs swapon --discard; "
-            "other swap options are not supported yet",
+            "[zram0]\noptions = discard,pri=5\n",
+            "zram0: refused: options 'discard,pri=5': pri=5: zramfs swap runs swapon --discard "
+            "and takes no other swap option (only discard, nofail, discard=once, discard=pages)",
         ),
         (
             "[zram0]\nzram-size = ram * (\n",
@@ -107,7 +109,12 @@ def _setup(root, name):
     ],
 )
 def test_setup_refuses_with_one_line(tmp_path, conf, line):
-    proc = _setup(_root(tmp_path, conf), "zram0")
+    root = _root(tmp_path, conf)
+    # Each config here must be refused before the setup touches anything:
+    # one that is not would set a real device up on this machine.
+    dev = genconf.read_config(root).devices.get("zram0")
+    assert dev is None or not dev.enabled or dev.problems
+    proc = _setup(root, "zram0")
     assert proc.returncode == 2
     assert proc.stderr == f"zramfs-generator: {line}\n"
 
@@ -168,3 +175,51 @@ def test_system_install_and_uninstall_into_destdir(tmp_path):
         "usr/local/lib",
         "usr/local/sbin",
     ]
+
+
+def _device(tmp_path, conf, name="zram0"):
+    return genconf.read_config(_root(tmp_path, conf)).devices[name]
+
+
+def test_setup_options_carry_every_key_zramfs_has(tmp_path):
+    """What --setup-device hands `zramfs swapon`/`mount`: zram-generator's
+    sysfs writes, as options (without running anything)."""
+    conf = """[zram0]
+zram-size = 512
+zram-resident-limit = 128
+compression-algorithm = zstd(level=9) lz4hc(level=10) deflate (type=idle)
+writeback-device = /var/lib/zram0.wb
+"""
+    dev = _device(tmp_path, conf)
+    assert setup_options(dev) == [
+        "--size", str(512 << 20),
+        "--algorithm", "zstd",
+        "--algorithm-params", "level=9",
+        "--recomp-algorithm", "algo=lz4hc priority=1 level=10",
+        "--recomp-algorithm", "algo=deflate priority=2",
+        "--backing-dev", "/var/lib/zram0.wb",
+        "--mem-limit", str(128 << 20),
+    ]  # fmt: skip
+    assert not dev.problems
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="trusted.* extended attributes need root")
+def test_a_backing_file_the_setup_made_is_emptied_at_the_next_setup(tmp_path):
+    path = str(tmp_path / "var" / "lib" / "zram0.wb")
+    prepare_backing_file(
+        path, "zram0"
+    )  # first boot: made empty, 0600, marked, with its directories
+    st = os.stat(path)
+    assert (st.st_size, st.st_mode & 0o777) == (0, 0o600)
+    assert os.getxattr(path, BACKING_XATTR) == b"zram0"
+    os.truncate(path, 1 << 20)  # what zramfs leaves behind: the disk's size
+    prepare_backing_file(path, "zram0")  # next boot: emptied
+    assert os.stat(path).st_size == 0
+    # Someone else's file, or another device's, is never touched: zramfs
+    # refuses it with its own reason.
+    other = tmp_path / "data"
+    other.write_bytes(b"precious")
+    prepare_backing_file(str(other), "zram0")
+    os.truncate(path, 4096)
+    prepare_backing_file(path, "zram1")
+    assert other.read_bytes() == b"precious" and os.stat(path).st_size == 4096

@@ -88,7 +88,8 @@ def test_case(name, tmp_path):
 
 
 def test_cases_cover_the_issue():
-    """Size expressions, devices, drop-ins, host-memory-limit, mounts, writeback, bad keys, containers."""
+    """Size expressions, devices, drop-ins, host-memory-limit, mounts, writeback (a file and a
+    block device), bad keys, containers, algorithm lists, swap options."""
     names = set(os.listdir(CASES))
     for needed in (
         "02-size-expressions",
@@ -99,6 +100,8 @@ def test_cases_cover_the_issue():
         "07-bad-keys",
         "08-container",
         "09-container-allowed",
+        "14-algorithms",
+        "15-swap-options",
     ):
         assert needed in names
 

@@ -90,11 +90,14 @@ def test_status_lays_out_like_zramctl(zramfs_env, kernel_zram):
             assert len(k_lines) == len(o_lines) == 2, (kernel.stdout, ours.stdout)
             assert k_lines[0].split() == o_lines[0].split()
             assert _aligned(k_lines) == _aligned(o_lines)
-            # Linux 6.18 has no max_comp_streams, so zramctl leaves STREAMS
-            # empty there; zramfs shows the CPUs (see _status.streams).
-            assert (len(k_lines[0]) - len(k_lines[1])) == (
-                len(o_lines[0]) - len(o_lines[1])
-            )  # MOUNTPOINT empty alike
+            # Linux 6.15+ has no max_comp_streams, so zramctl leaves STREAMS
+            # empty, and so does zramfs; MOUNTPOINT is empty alike.
+            assert (len(k_lines[0]) - len(k_lines[1])) == (len(o_lines[0]) - len(o_lines[1]))
+            for lines in (k_lines, o_lines):
+                spans = _layout(lines)
+                if "STREAMS" in spans:
+                    start, end = spans["STREAMS"]
+                    assert lines[1][start:end].strip() == "", lines
         kernel = subprocess.run(
             ["zramctl", "-o", "NAME,DISKSIZE,ALGORITHM", f"/dev/zram{n}"],
             capture_output=True,
@@ -117,6 +120,21 @@ def test_status_lays_out_like_zramctl(zramfs_env, kernel_zram):
             == kernel.stdout
             == f"{64 * MiB} {algorithm} \n"
         )
+        # STREAMS, raw: the same empty cell, whatever the CPUs.
+        opts = ["--raw", "-n", "-o", "STREAMS,ALGORITHM,STREAMS"]
+        kernel = subprocess.run(
+            ["zramctl", *opts, f"/dev/zram{n}"], capture_output=True, text=True, check=True
+        )
+        assert env.ok("status", *opts, "zramt-ctl").stdout == kernel.stdout == f" {algorithm} \n"
+        # The default columns' header, raw.
+        kernel = subprocess.run(
+            ["zramctl", "--raw", f"/dev/zram{n}"], capture_output=True, text=True, check=True
+        )
+        ours = env.ok("status", "--raw", "zramt-ctl").stdout
+        assert ours.splitlines()[0] == kernel.stdout.splitlines()[0]
+        # Both devices are empty: every cell but NAME is the same (ALGORITHM,
+        # DISKSIZE, DATA, COMPR and TOTAL 0B, STREAMS and MOUNTPOINT empty).
+        assert ours.splitlines()[1].split(" ")[1:] == kernel.stdout.splitlines()[1].split(" ")[1:]
     finally:
         env.ok("umount", mnt)
 

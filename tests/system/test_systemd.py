@@ -44,11 +44,13 @@ compression-algorithm = zstd
 [zram1]
 zram-size = 64
 mount-point = /var/tmp/zfs
+# a file, which zram-generator cannot use (zramfs makes it)
+writeback-device = /var/lib/zram1.wb
 """
 BROKEN = """\
 [zram2]
 zram-size = 64
-writeback-device = /var/lib/zram-writeback.img
+compression-algorithm = zstd(level=99)
 """
 
 BOOT_SCRIPT = r"""
@@ -286,6 +288,18 @@ def test_boot_use_stop_and_a_broken_config(container):
     c.run("dd", "if=/dev/urandom", "of=/var/tmp/zfs/data", "bs=1M", "count=8", "status=none")
     written = c.run("sha256sum", "/var/tmp/zfs/data").stdout.split()[0]
     c.run("sync")
+    # The file writeback-device: random data is huge pages, written back to it.
+    assert c.run("cat", "/run/zramfs/zram1/backing_dev").stdout == "/var/lib/zram1.wb\n"
+    c.run("sh", "-c", "echo huge > /run/zramfs/zram1/writeback")
+    assert int(c.run("cat", "/run/zramfs/zram1/bd_stat").stdout.split()[0]) >= 2048
+    # The setup made the file and marked it, so the next boot's setup may empty it.
+    mark = c.run(
+        "python3",
+        "-c",
+        "import os; print(os.getxattr('/var/lib/zram1.wb', "
+        "'trusted.zramfs-generator.backing').decode())",
+    ).stdout
+    assert mark == "zram1\n"
     # Read back past the page cache, from the compressed device.
     back = c.run(
         "sh", "-c", "dd if=/var/tmp/zfs/data iflag=direct bs=1M status=none | sha256sum"
@@ -318,8 +332,8 @@ def test_boot_use_stop_and_a_broken_config(container):
     assert props == {"ActiveState": "failed", "Result": "exit-code"}, props
     journal = c.run("journalctl", "-o", "cat", "-u", "zramfs-setup@zram2.service").stdout
     reason = (
-        "zramfs-generator: zram2: refused: writeback-device /var/lib/zram-writeback.img: "
-        "writeback is not supported by zramfs yet"
+        "zramfs-generator: zram2: refused: compression-algorithm zstd(level=99): "
+        "zstd level must be between 1 and 22, not 99"
     )
     assert reason in journal.splitlines(), journal
 

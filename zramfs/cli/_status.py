@@ -7,10 +7,12 @@ so a script that parses ``zramctl`` (its default columns, ``-o``, ``--raw``,
 ``-b``, ``-n``) parses this: the same column names, the same default set
 and order, numbers right-aligned, sizes as ``size_to_human_string`` with
 one-letter suffixes ("4G", "248.7M", "69B"), cells one space apart, the last
-column not padded (its separator kept), an unknown value an empty cell.  NAME is the zramfs
-device name (there is no /dev node), MOUNTPOINT is where the device is
-used -- ``[SWAP]`` when its loop device is active swap, else where its loop
-device's filesystem is mounted -- and DIR is the FUSE mount that holds its
+column not padded (its separator kept), an unknown value an empty cell.
+NAME is the zramfs device name (there is no /dev node); STREAMS is empty,
+as zramctl prints it on Linux 6.15 and later, which have no
+``max_comp_streams``; MOUNTPOINT is where the device is used -- ``[SWAP]``
+when its loop device is active swap, else where its loop device's
+filesystem is mounted -- and DIR is the FUSE mount that holds its
 attribute files and ``disk``.
 
 ``--json`` is zramfs's own (zramctl has none): ``{"zramfs": [row, ...]}``,
@@ -19,7 +21,6 @@ counts as integers in bytes, DISCARD a boolean, unknown values null.
 """
 
 import json
-import os
 
 from zramfs.config import ConfigError
 from zramfs.system import System
@@ -79,20 +80,6 @@ _MM_STAT = {
 }
 
 
-def streams():
-    """STREAMS: the online CPUs, what kernel zram (6.x) shows.
-
-    The kernel keeps one compression stream per CPU, and max_comp_streams
-    reports num_online_cpus().  zramfs compresses in whichever FUSE worker
-    thread serves the request, and the codecs release the GIL, so the CPUs
-    bound its concurrent compressions the same way.
-    """
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def used_at(sys_, loops):
     """MOUNTPOINT: ``[SWAP]`` if a loop device is active swap, else where one is mounted, else None."""
     swaps = sys_.active_swaps()
@@ -114,7 +101,10 @@ def row(device, sys_):
         "NAME": device.name,
         "DISKSIZE": device.disksize,
         "ALGORITHM": device.algorithm,
-        "STREAMS": streams() if device.mm_stat is not None else None,
+        # zramctl reads max_comp_streams, which Linux 6.15 removed (zram
+        # keeps a stream per CPU) and zramfs does not have either: on 6.18
+        # zramctl leaves the cell empty, and so does this.
+        "STREAMS": None,
         "MOUNTPOINT": used_at(sys_, device.loops),
         "LOOP": ",".join(device.loops) or None,
         "DIR": device.mountpoint,
