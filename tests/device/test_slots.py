@@ -74,7 +74,9 @@ def test_an_empty_1_tib_device_costs_a_few_pages_of_table():
     start, empty, read, written, discarded, same = map(int, out.stdout.split())
     # The whole table would be 268 million slots * 12 bytes = 3 GiB.
     assert empty - start < 4 * MiB, (start, empty)
-    assert read - empty < 1 * MiB, (empty, read)
+    # Reads cost no table; the 1 MiB each returns may stay in malloc's heap
+    # (glibc raises its mmap threshold after the first free of one).
+    assert read - empty < 2 * MiB, (empty, read)
     assert same == 0
     # 12 bytes per written slot (handle and info), 3 MiB here ...
     assert written - read > 2.5 * MiB, (read, written)
