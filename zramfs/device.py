@@ -99,6 +99,7 @@ from ._slots import (
     SlotTable,
     SlotTableTooLargeError,
 )
+from ._watermark import LOW_DEN, LOW_NUM, Watermark, WatermarkStats, watermark_stat_line
 from .codecs import CODECS, DEFAULT_ALGORITHM, get_codec
 
 __all__ = [
@@ -114,6 +115,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidIdleAgeError",
     "InvalidMemLimitError",
+    "InvalidWatermarkError",
     "MemLimitError",
     "NoBackingDevError",
     "NoRecompAlgorithmError",
@@ -123,10 +125,14 @@ __all__ = [
     "io_stat_line",
     "mm_stat_line",
     "PostProcessBusyError",
+    "WatermarkStats",
     "WritebackLimitError",
+    "watermark_stat_line",
 ]
 
 _PAGE_MASK = PAGE_SIZE - 1
+# A pool page count no pool reaches: the watermark's trigger when it is off.
+_NEVER = 1 << 62
 _ZERO_PAGE = bytes(PAGE_SIZE)
 _WORDS_PER_PAGE = PAGE_SIZE // 8
 
@@ -142,6 +148,12 @@ class InvalidDiskSizeError(DeviceError, ValueError):
 
 class InvalidMemLimitError(DeviceError, ValueError):
     """Raised when ``mem_limit`` is set to something other than an int >= 0."""
+
+
+class InvalidWatermarkError(DeviceError, ValueError):
+    """Raised when ``writeback_watermark`` or ``writeback_low_watermark`` is
+    set to something other than an int >= 0, or so that the low mark would
+    not be below the watermark (both set)."""
 
 
 class OutOfRangeError(DeviceError):
@@ -358,6 +370,13 @@ class BlockDevice:
         self._wb_batch_size = 32  # zram's default writeback_batch_size
         self.writeback_error = None  # why the last writeback stopped, or None
         self._recomp_used = [False] * 4  # a priority that stored a slot
+
+        # The watermark (beyond zram, zramfs._watermark): marks in pages,
+        # 0 = off; a store that takes the pool to _wm_trigger kicks it.
+        self._wm_high = 0
+        self._wm_low = 0
+        self._wm_trigger = _NEVER
+        self._watermark = Watermark(self)
         if backing_dev is not None:
             try:
                 self.set_backing_dev(backing_dev)
@@ -368,6 +387,8 @@ class BlockDevice:
     def close(self):
         """Give the pool's and the slot table's memory back and close the
         backing store.  The device is unusable afterwards."""
+        # The watermark thread first: it finishes its batch and exits.
+        self._watermark.close()
         with self._lock:
             self._pool.close()
             self._table.close()
@@ -407,6 +428,7 @@ class BlockDevice:
         pages = self._limit_to_pages(mem_limit)
         with self._lock:
             self._limit_pages = pages
+            self._wm_update_locked()
 
     def _check_range(self, offset, length, op):
         if (
@@ -644,12 +666,33 @@ class BlockDevice:
         used = pool.pages_used
         if used > self._max_used_pages:
             self._max_used_pages = used
+        if used >= self._wm_trigger:
+            self._watermark.kick()
         return new_handles
 
     def _limit_error(self, message):
-        """Under the lock: a write refused for memory, counted in failed_writes."""
-        self._failed_writes += 1
+        """A write refused for memory; counted in failed_writes by
+        _after_limit, once no writeback will make room for it."""
         return MemLimitError(message)
+
+    def _after_limit(self, exc, commit, *args):
+        """After ``commit(*args)`` (a write's change of state, run under the
+        lock) raised MemLimitError ``exc``, and with no lock held: while the
+        watermark's writeback frees memory (zramfs._watermark), wait for it
+        and run ``commit`` again; else count the write in failed_writes and
+        raise the error, as zram fails it."""
+        first = True
+        while self._watermark.wait_for_room(first):
+            first = False
+            try:
+                with self._lock:
+                    commit(*args)
+                return
+            except MemLimitError as again:
+                exc = again
+        with self._lock:
+            self._failed_writes += 1
+        raise exc
 
     # --- the write path ---------------------------------------------------------
 
@@ -669,10 +712,16 @@ class BlockDevice:
             info, payload = self._classify(self._codec.compress(view), view)
             now = _SECONDS.now - self._epoch
             index = offset >> PAGE_SHIFT
-            with self._lock:
-                self._num_writes += 1
-                self._commit_locked(index, (info,), (payload,))
-                self._table.ac_time[index] = now
+            try:
+                with self._lock:
+                    self._num_writes += 1
+                    self._commit_locked(index, (info,), (payload,))
+                    self._table.ac_time[index] = now
+            except MemLimitError as exc:
+                stamp = self._stamps(1)
+                self._after_limit(
+                    exc, self._commit_stamped_locked, index, (info,), (payload,), stamp
+                )
             return
         if not length:
             return
@@ -702,35 +751,55 @@ class BlockDevice:
                     # Whole blocks, each an ordinary compressed object (no
                     # same-filled or huge page): no per-page Python loop.
                     stamps = self._stamps(len(sizes))
-                    with self._lock:
-                        self._num_writes += len(sizes)
-                        self._commit_locked(first, sizes, compressed)
-                        self._table.ac_time[first : first + len(sizes)] = stamps
+                    try:
+                        with self._lock:
+                            self._num_writes += len(sizes)
+                            self._commit_locked(first, sizes, compressed)
+                            self._table.ac_time[first : first + len(sizes)] = stamps
+                    except MemLimitError as exc:
+                        self._after_limit(
+                            exc, self._commit_stamped_locked, first, sizes, compressed, stamps
+                        )
                     return
                 infos, payloads = self._encode_many(compressed, pages)
 
+        edges: Sequence[tuple[int, int, int, memoryview]]
+        if partial:
+            edges = ((0, first, head, view),)
+        else:
+            edges = []
+            if head:
+                edges.append((0, first, head, view[: PAGE_SIZE - head]))
+            if tail:
+                edges.append((len(infos) + bool(head), last, 0, view[length - tail :]))
         stamps = self._stamps(last - first + 1)
-        with self._lock:
-            self._num_writes += last - first + 1
-            try:
-                edges: Sequence[tuple[int, int, int, memoryview]]
-                if partial:
-                    edges = ((0, first, head, view),)
-                else:
-                    edges = []
-                    if head:
-                        edges.append((0, first, head, view[: PAGE_SIZE - head]))
-                    if tail:
-                        edges.append((len(infos) + bool(head), last, 0, view[length - tail :]))
-                for at, index, start, piece in edges:
-                    info, payload = self._rmw_locked(index, start, piece)
-                    infos.insert(at, info)
-                    payloads.insert(at, payload)
-            except (CorruptedSlotError, BackingIOError):
-                self._failed_writes += 1
-                raise
-            self._commit_locked(first, infos, payloads)
-            self._table.ac_time[first : last + 1] = stamps
+        try:
+            with self._lock:
+                self._num_writes += last - first + 1
+                self._commit_edges_locked(first, infos, payloads, edges, stamps)
+        except MemLimitError as exc:
+            self._after_limit(exc, self._commit_edges_locked, first, infos, payloads, edges, stamps)
+
+    def _commit_stamped_locked(self, first, infos, payloads, stamps):
+        """Under the lock: _commit_locked, then stamp the slots' ac_time."""
+        self._commit_locked(first, infos, payloads)
+        self._table.ac_time[first : first + len(stamps)] = stamps
+
+    def _commit_edges_locked(self, first, infos, payloads, edges, stamps):
+        """Under the lock: a write's whole blocks (``infos``, ``payloads``:
+        left as they are, for a retry) with its ``edges`` read-modify-written
+        in, committed and stamped (one atomic step for the edge blocks)."""
+        infos = list(infos)
+        payloads = list(payloads)
+        try:
+            for at, index, start, piece in edges:
+                info, payload = self._rmw_locked(index, start, piece)
+                infos.insert(at, info)
+                payloads.insert(at, payload)
+        except (CorruptedSlotError, BackingIOError):
+            self._failed_writes += 1
+            raise
+        self._commit_stamped_locked(first, infos, payloads, stamps)
 
     # --- the read path ----------------------------------------------------------
 
@@ -972,16 +1041,16 @@ class BlockDevice:
             if self._backing is not None:
                 self._backing.reclaim()  # punch the freed blocks, outside the lock
         for index, start, size in edges:
-            with self._lock:
-                if not self._table.info[index]:
-                    continue  # an empty slot already reads as zeros
-                try:
-                    info, payload = self._rmw_locked(index, start, bytes(size))
-                except (CorruptedSlotError, BackingIOError):
-                    self._failed_writes += 1
-                    raise
-                self._commit_locked(index, (info,), (payload,))
-                self._table.ac_time[index] = _SECONDS.now - self._epoch
+            # An empty slot already reads as zeros (checked under the lock).
+            edge = ((0, index, start, bytes(size)),)
+            try:
+                with self._lock:
+                    if self._table.info[index]:
+                        self._commit_edges_locked(index, (), (), edge, self._stamps(1))
+            except MemLimitError as exc:
+                self._after_limit(
+                    exc, self._commit_edges_locked, index, (), (), edge, self._stamps(1)
+                )
 
     # --- idle tracking ----------------------------------------------------------
 
@@ -1124,6 +1193,8 @@ class BlockDevice:
             old, self._backing = self._backing, store
             if old is not None:
                 old.close()
+            with self._lock:
+                self._wm_update_locked()
 
     def reclaim_backing(self):
         """Punch the holes of backing blocks freed by rewrites since the
@@ -1174,6 +1245,92 @@ class BlockDevice:
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise InvalidArgumentError(f"writeback_batch_size must be an int >= 1, not {count!r}")
         self._wb_batch_size = count
+
+    # --- the watermark (beyond zram; zramfs._watermark) ------------------------------
+
+    @staticmethod
+    def _wm_to_pages(value, name):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidWatermarkError(f"{name} must be an int >= 0 bytes, not {value!r}")
+        return (value + _PAGE_MASK) >> PAGE_SHIFT  # whole pages, rounded up as mem_limit
+
+    @property
+    def writeback_watermark(self):
+        """Bytes of pool memory (mem_used_total) at which the watermark
+        thread starts writing the coldest slots back; 0 = off.  Active only
+        with a backing store (inactive, not refused, without one: the
+        store may be set later)."""
+        return self._wm_high << PAGE_SHIFT
+
+    @writeback_watermark.setter
+    def writeback_watermark(self, value):
+        pages = self._wm_to_pages(value, "writeback_watermark")
+        with self._lock:
+            if pages and self._wm_low and self._wm_low >= pages:
+                raise InvalidWatermarkError(
+                    f"writeback_watermark {pages << PAGE_SHIFT} must be above "
+                    f"writeback_low_watermark {self._wm_low << PAGE_SHIFT} (lower that first)"
+                )
+            self._wm_high = pages
+            self._wm_update_locked()
+        if pages:
+            self._watermark.start()
+            self._watermark.kick()  # the pool may be over the new mark already
+
+    @property
+    def writeback_low_watermark(self):
+        """Bytes of pool memory a watermark round writes back to; 0 = the
+        default, 7/8 of the watermark."""
+        return self._wm_low << PAGE_SHIFT
+
+    @writeback_low_watermark.setter
+    def writeback_low_watermark(self, value):
+        pages = self._wm_to_pages(value, "writeback_low_watermark")
+        with self._lock:
+            if pages and self._wm_high and pages >= self._wm_high:
+                raise InvalidWatermarkError(
+                    f"writeback_low_watermark {pages << PAGE_SHIFT} must be below "
+                    f"writeback_watermark {self._wm_high << PAGE_SHIFT}"
+                )
+            self._wm_low = pages
+
+    def _wm_trigger_pages(self):
+        """The high mark in pages: the watermark, or 15/16 of mem_limit if
+        set and lower (writeback starts before writes reach the limit and
+        wait); _NEVER when off."""
+        high = self._wm_high
+        if not high:
+            return _NEVER
+        limit = self._limit_pages
+        return min(high, limit - limit // 16) if limit else high
+
+    def _wm_low_pages(self):
+        """The low mark in pages: writeback_low_watermark if set and below
+        the high mark, else 7/8 of the high mark."""
+        high = self._wm_trigger_pages()
+        low = self._wm_low
+        if low and low < high:
+            return low
+        return high * LOW_NUM // LOW_DEN
+
+    def _wm_update_locked(self):
+        """Under the lock: the pool page count at which a store kicks the
+        watermark thread (never without a backing store)."""
+        self._wm_trigger = self._wm_trigger_pages() if self._backing is not None else _NEVER
+
+    def watermark_stats(self):
+        """The watermark's WatermarkStats (``writeback_watermark_stat``)."""
+        return self._watermark.stats()
+
+    def writeback_watermark_stat(self):
+        """The ``writeback_watermark_stat`` line (zramfs._watermark)."""
+        return watermark_stat_line(self.watermark_stats())
+
+    @property
+    def watermark_error(self):
+        """Why the watermark's last round stopped early (backing store full,
+        an I/O error, writeback_limit), or None."""
+        return self._watermark.error
 
     # --- writeback -----------------------------------------------------------------
 
@@ -1239,6 +1396,11 @@ class BlockDevice:
         taken per 4096 slots) and a sort of the candidates' stamps; slots
         at or below it are then written back in index order.
         """
+        return self._writeback_cold(pages)
+
+    def _writeback_cold(self, pages, abort=None):
+        """writeback_cold; ``abort`` (a callable) is asked before each batch
+        whether to stop early (the watermark thread's close)."""
         if self._backing is None:
             raise NoBackingDevError("writeback needs a backing device (backing_dev)")
         if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
@@ -1269,19 +1431,19 @@ class BlockDevice:
             def want(info, stamp):
                 return not info & skip and stamp & ~AC_IDLE <= cutoff
 
-            return self._writeback_range(want, 0, table.nr_slots, pages)
+            return self._writeback_range(want, 0, table.nr_slots, pages, abort)
         except (BackingStoreError, WritebackLimitError) as exc:
             self.writeback_error = str(exc)
             raise
         finally:
             self._pp_lock.release()
 
-    def _writeback_range(self, want, pos, end, max_pages=None):
+    def _writeback_range(self, want, pos, end, max_pages=None, abort=None):
         """Write back the slots of [pos, end) that ``want`` picks, at most
-        ``max_pages`` (None: no limit)."""
+        ``max_pages`` (None: no limit), until ``abort()`` (if given) is true."""
         store = self._backing
         written = 0
-        while pos < end and max_pages != 0:
+        while pos < end and max_pages != 0 and not (abort is not None and abort()):
             with self._lock:
                 count = self._wb_batch_size
                 if max_pages is not None:
