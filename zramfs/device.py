@@ -120,6 +120,7 @@ __all__ = [
     "NoBackingDevError",
     "NoRecompAlgorithmError",
     "OutOfRangeError",
+    "check_watermarks",
     "classes_table",
     "debug_stat_text",
     "io_stat_line",
@@ -199,6 +200,24 @@ class CorruptedSlotError(DeviceError):
     """Raised when a stored object fails to decompress to a whole page.
     Counted in ``failed_reads`` (or ``failed_writes`` when it happens in a
     partial write's read-modify-write).  It means a bug or memory corruption."""
+
+
+def check_watermarks(high, low, changed):
+    """Check a writeback_watermark ``high`` and writeback_low_watermark
+    ``low`` (bytes, ints >= 0; 0 = off, default) as a pair, after a change
+    of the one named ``changed``: both set, the low mark must be below the
+    watermark in whole pages.  InvalidWatermarkError if not."""
+    high_pages = (high + _PAGE_MASK) >> PAGE_SHIFT
+    low_pages = (low + _PAGE_MASK) >> PAGE_SHIFT
+    if high_pages and low_pages and low_pages >= high_pages:
+        if changed == "writeback_watermark":
+            raise InvalidWatermarkError(
+                f"writeback_watermark {high} must be above writeback_low_watermark {low} "
+                "(lower that first)"
+            )
+        raise InvalidWatermarkError(
+            f"writeback_low_watermark {low} must be below writeback_watermark {high}"
+        )
 
 
 def _undecodable(exc):
@@ -1266,11 +1285,7 @@ class BlockDevice:
     def writeback_watermark(self, value):
         pages = self._wm_to_pages(value, "writeback_watermark")
         with self._lock:
-            if pages and self._wm_low and self._wm_low >= pages:
-                raise InvalidWatermarkError(
-                    f"writeback_watermark {pages << PAGE_SHIFT} must be above "
-                    f"writeback_low_watermark {self._wm_low << PAGE_SHIFT} (lower that first)"
-                )
+            check_watermarks(pages << PAGE_SHIFT, self._wm_low << PAGE_SHIFT, "writeback_watermark")
             self._wm_high = pages
             self._wm_update_locked()
         if pages:
@@ -1287,11 +1302,9 @@ class BlockDevice:
     def writeback_low_watermark(self, value):
         pages = self._wm_to_pages(value, "writeback_low_watermark")
         with self._lock:
-            if pages and self._wm_high and pages >= self._wm_high:
-                raise InvalidWatermarkError(
-                    f"writeback_low_watermark {pages << PAGE_SHIFT} must be below "
-                    f"writeback_watermark {self._wm_high << PAGE_SHIFT}"
-                )
+            check_watermarks(
+                self._wm_high << PAGE_SHIFT, pages << PAGE_SHIFT, "writeback_low_watermark"
+            )
             self._wm_low = pages
 
     def _wm_trigger_pages(self):

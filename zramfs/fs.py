@@ -69,11 +69,15 @@ from zramfs.device import (
     BlockDevice,
     DeviceStats,
     InvalidDiskSizeError,
+    InvalidWatermarkError,
     OutOfRangeError,
+    WatermarkStats,
+    check_watermarks,
     classes_table,
     debug_stat_text,
     io_stat_line,
     mm_stat_line,
+    watermark_stat_line,
 )
 
 ROOT_INO = 1
@@ -309,6 +313,24 @@ _ATTR_FILES = (
     _AttrFile("block_state", 0o400, show=_show_block_state, dump=True),
     # zsmalloc's debugfs file (/sys/kernel/debug/zsmalloc/zramN/classes).
     _AttrFile("classes", 0o444, show=lambda fs: classes_table(fs.pool_stats())),
+    # Beyond zram: writeback before memory runs out (zramfs._watermark).
+    _AttrFile(
+        "writeback_watermark",
+        0o644,
+        show=lambda fs: f"{fs.writeback_watermark}\n",
+        store=_text(lambda fs, t: fs.set_watermark("writeback_watermark", t)),
+    ),
+    _AttrFile(
+        "writeback_low_watermark",
+        0o644,
+        show=lambda fs: f"{fs.writeback_low_watermark}\n",
+        store=_text(lambda fs, t: fs.set_watermark("writeback_low_watermark", t)),
+    ),
+    _AttrFile(
+        "writeback_watermark_stat",
+        0o444,
+        show=lambda fs: watermark_stat_line(fs.watermark_stats()),
+    ),
 )
 # Attribute files take the inode numbers after `disk`, in the order above.
 _FIRST_ATTR_INO = DISK_INO + 1
@@ -341,6 +363,8 @@ class Filesystem:
         self.algorithm = device.algorithm if device is not None else DEFAULT_ALGORITHM
         self._params = AlgorithmParams()
         self._mem_limit = device.mem_limit if device is not None else 0
+        # The watermark's settings before init, in bytes (see set_watermark).
+        self._watermarks = {"writeback_watermark": 0, "writeback_low_watermark": 0}
         self._disk_openers = 0
         # Open dumps: file handle -> the text rendered at open.
         self._dumps = {}
@@ -425,6 +449,9 @@ class Filesystem:
                 self.device = BlockDevice(size, codec=codec, mem_limit=self._mem_limit)
             except InvalidDiskSizeError as exc:  # the slot table cannot be reserved, or a bad size
                 raise OutOfMemoryError(str(exc)) from None
+            # Checked as a pair when set: the watermark first, then its low mark.
+            for name, value in self._watermarks.items():
+                setattr(self.device, name, value)
         self._resized()
 
     def reset(self, text):
@@ -440,6 +467,7 @@ class Filesystem:
             self.algorithm = DEFAULT_ALGORITHM
             self._params = AlgorithmParams()
             self._mem_limit = 0
+            self._watermarks = dict.fromkeys(self._watermarks, 0)
         if device is not None:
             device.close()
             self._resized()
@@ -490,6 +518,50 @@ class Filesystem:
             except ValueError as e:  # the device's own range check
                 raise InvalidValueError(str(e)) from None
             self._mem_limit = limit
+
+    # -- the watermark (beyond zram; zramfs._watermark) -------------------------
+
+    @property
+    def writeback_watermark(self):
+        device = self.device
+        if device is not None:
+            return device.writeback_watermark
+        return self._watermarks["writeback_watermark"]
+
+    @property
+    def writeback_low_watermark(self):
+        device = self.device
+        if device is not None:
+            return device.writeback_low_watermark
+        return self._watermarks["writeback_low_watermark"]
+
+    def watermark_stats(self):
+        """The watermark's counters (all 0 before init)."""
+        device = self.device
+        if device is not None:
+            return device.watermark_stats()
+        return WatermarkStats(0, 0, 0, 0, 0)
+
+    def set_watermark(self, name, text):
+        """writeback_watermark or writeback_low_watermark (``name``): memparse
+        syntax, any time, like mem_limit; 0 = off (the low mark: 7/8 of the
+        watermark).  EINVAL past 64 bits, or when the low mark would not be
+        below the watermark (both set).  Allowed without a backing store,
+        inactive until one is set."""
+        value = memparse(text)
+        if value > _MEM_LIMIT_MAX:
+            raise InvalidValueError(f"{name} {text.strip()!r} does not fit 64 bits")
+        with self._lock:
+            marks = {**self._watermarks, name: value}
+            try:
+                check_watermarks(
+                    marks["writeback_watermark"], marks["writeback_low_watermark"], name
+                )
+                if self.device is not None:
+                    setattr(self.device, name, value)
+            except InvalidWatermarkError as e:
+                raise InvalidValueError(str(e)) from None
+            self._watermarks = marks
 
     def _resized(self):
         hook = self.on_resize
