@@ -221,6 +221,8 @@ class DeviceConfig:
     # The device's run directory (see zramfs.system), where the daemon
     # writes its record; None: it writes none (a daemon started by hand).
     run_dir: str | None = None
+    # zram's backing_dev (an absolute path); None: no backing store.
+    backing_dev: str | None = None
 
     def argv(self):
         """The daemon's arguments (after ``python -m zramfs.daemon``); `from_args` reads them back."""
@@ -239,6 +241,8 @@ class DeviceConfig:
             argv += ["--threads", str(self.threads)]
         if self.run_dir is not None:
             argv += ["--run-dir", self.run_dir]
+        if self.backing_dev is not None:
+            argv += ["--backing-dev", self.backing_dev]
         return argv
 
     @staticmethod
@@ -269,6 +273,7 @@ class DeviceConfig:
         parser.add_argument(
             "--run-dir", default=None, help="where the daemon writes its record and log"
         )
+        parser.add_argument("--backing-dev", default=None, help="zram's backing_dev: a path")
 
     @classmethod
     def from_args(cls, args):

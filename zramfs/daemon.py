@@ -212,6 +212,8 @@ def build_filesystem(config):
     if config.algorithm_params:
         fs.set_algorithm_params(config.algorithm_params)
     fs.set_mem_limit(str(config.mem_limit))
+    if config.backing_dev is not None:
+        fs.set_backing_dev(config.backing_dev)
     if config.size is not None:
         fs.init_size(config.size)
     return fs

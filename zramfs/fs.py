@@ -66,6 +66,7 @@ from zramfs.config import (
 )
 from zramfs.device import (
     PAGE_SIZE,
+    BackingStoreError,
     BlockDevice,
     DeviceStats,
     InvalidDiskSizeError,
@@ -363,6 +364,7 @@ class Filesystem:
         self.algorithm = device.algorithm if device is not None else DEFAULT_ALGORITHM
         self._params = AlgorithmParams()
         self._mem_limit = device.mem_limit if device is not None else 0
+        self._backing_dev = None  # zram's backing_dev for the next init
         # The watermark's settings before init, in bytes (see set_watermark).
         self._watermarks = {"writeback_watermark": 0, "writeback_low_watermark": 0}
         self._disk_openers = 0
@@ -446,9 +448,13 @@ class Filesystem:
             except InvalidCodecParamsError as exc:
                 raise InvalidValueError(str(exc)) from None
             try:
-                self.device = BlockDevice(size, codec=codec, mem_limit=self._mem_limit)
+                self.device = BlockDevice(
+                    size, codec=codec, mem_limit=self._mem_limit, backing_dev=self._backing_dev
+                )
             except InvalidDiskSizeError as exc:  # the slot table cannot be reserved, or a bad size
                 raise OutOfMemoryError(str(exc)) from None
+            except BackingStoreError as exc:
+                raise InvalidValueError(str(exc)) from None
             # Checked as a pair when set: the watermark first, then its low mark.
             for name, value in self._watermarks.items():
                 setattr(self.device, name, value)
@@ -467,6 +473,7 @@ class Filesystem:
             self.algorithm = DEFAULT_ALGORITHM
             self._params = AlgorithmParams()
             self._mem_limit = 0
+            self._backing_dev = None
             self._watermarks = dict.fromkeys(self._watermarks, 0)
         if device is not None:
             device.close()
@@ -518,6 +525,15 @@ class Filesystem:
             except ValueError as e:  # the device's own range check
                 raise InvalidValueError(str(e)) from None
             self._mem_limit = limit
+
+    def set_backing_dev(self, path):
+        """zram's backing_dev, before init only (EBUSY after), used from
+        init on (the daemon's --backing-dev; the attribute file is not
+        here yet)."""
+        with self._lock:
+            if self.device is not None:
+                raise BusyError("backing_dev cannot change on an initialised device")
+            self._backing_dev = path
 
     # -- the watermark (beyond zram; zramfs._watermark) -------------------------
 

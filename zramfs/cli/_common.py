@@ -128,6 +128,8 @@ def device_config(args, *, size, mountpoint, name, sys_):
         name=name,
         fuse_backend=args.fuse_backend,
         run_dir=sys_.device_dir(name),
+        # The daemon runs in "/": a relative path must not change meaning.
+        backing_dev=None if args.backing_dev is None else os.path.abspath(args.backing_dev),
     )
 
 

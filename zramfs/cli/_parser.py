@@ -60,6 +60,11 @@ def build_parser():
             "--mem-limit", help="memory limit for compressed data (like zram's mem_limit)"
         )
         p.add_argument(
+            "--backing-dev",
+            metavar="PATH",
+            help="zram's backing_dev: a block device or a new or empty file for writeback",
+        )
+        p.add_argument(
             "--fuse-backend",
             choices=BACKENDS,
             default=DEFAULT_BACKEND,
