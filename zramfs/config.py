@@ -223,6 +223,9 @@ class DeviceConfig:
     run_dir: str | None = None
     # zram's backing_dev (an absolute path); None: no backing store.
     backing_dev: str | None = None
+    # Beyond zram (zramfs._watermark), bytes; 0: off / 7/8 of the watermark.
+    writeback_watermark: int = 0
+    writeback_low_watermark: int = 0
 
     def argv(self):
         """The daemon's arguments (after ``python -m zramfs.daemon``); `from_args` reads them back."""
@@ -243,6 +246,10 @@ class DeviceConfig:
             argv += ["--run-dir", self.run_dir]
         if self.backing_dev is not None:
             argv += ["--backing-dev", self.backing_dev]
+        if self.writeback_watermark:
+            argv += ["--writeback-watermark", str(self.writeback_watermark)]
+        if self.writeback_low_watermark:
+            argv += ["--writeback-low-watermark", str(self.writeback_low_watermark)]
         return argv
 
     @staticmethod
@@ -274,6 +281,12 @@ class DeviceConfig:
             "--run-dir", default=None, help="where the daemon writes its record and log"
         )
         parser.add_argument("--backing-dev", default=None, help="zram's backing_dev: a path")
+        parser.add_argument(
+            "--writeback-watermark", type=size, default=0, help="bytes of pool; 0 = off"
+        )
+        parser.add_argument(
+            "--writeback-low-watermark", type=size, default=0, help="bytes; 0 = 7/8 of the mark"
+        )
 
     @classmethod
     def from_args(cls, args):

@@ -26,6 +26,10 @@ ATTR_MODES = {
     "debug_stat": 0o444,
     "block_state": 0o400,
     "classes": 0o444,
+    # Beyond zram: the watermark (test_watermark_attrs.py).
+    "writeback_watermark": 0o644,
+    "writeback_low_watermark": 0o644,
+    "writeback_watermark_stat": 0o444,
 }
 
 
