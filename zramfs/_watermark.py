@@ -26,10 +26,16 @@ keeps its pool (mm_stat's mem_used_total) near the watermark itself:
   gives back), then compacts the pool if the freed objects left it still
   over the low mark (an object freed from a zspage that keeps others frees
   no page until compaction moves them);
-* a write that ``mem_limit`` refuses waits for a round instead of failing,
-  and is retried while rounds make progress: writes fail only when the
-  backing store is full, fails, or ``writeback_limit`` is used up (then as
-  in zram: ENOSPC for the writer, and counted in failed_writes).
+* the *cap* is H plus an eighth (WM_CAP_DEN), or ``mem_limit`` if lower: a
+  write that would take the pool past it waits for a chunk of writeback
+  (``wait_for_room``) instead of going ahead or failing, and is retried
+  while the chunks make progress.  So the pool stays under the cap
+  throughout, however fast the writers, and writes never fail while the
+  backing store has room;
+* when writeback cannot make room (the store is full or failing,
+  ``writeback_limit`` is used up), a write held at the cap goes ahead, and
+  one at ``mem_limit`` fails as in zram (ENOSPC for the writer, counted in
+  failed_writes).
 
 ``writeback_limit`` applies: the watermark's writeback draws on it as a
 ``writeback`` request does, since the limit exists to bound the wear of the
@@ -58,6 +64,12 @@ __all__ = ["RETRY_S", "Watermark", "WatermarkStats", "watermark_stat_line"]
 # an eighth of the pool, so rounds (each a scan of the slot table) stay
 # rare, and the pool stays within an eighth of its watermark.
 LOW_NUM, LOW_DEN = 7, 8
+# The cap: a store that would take the pool more than 1/WM_CAP_DEN above
+# the watermark waits for writeback (as at mem_limit), while writeback can
+# make room.  An eighth: the distance between the low and the high mark, so
+# a write waits only when a whole round's worth of writes outran the thread
+# (measured: without it, swap's first fill took a 32 MiB mark to 58.7 MiB).
+WM_CAP_DEN = 8
 # After a failed round no round starts for this long (a full store: until
 # it has a free block again).
 RETRY_S = 1.0

@@ -36,6 +36,13 @@ zram's text (``zramfs._pp_args``).  A written-back slot is read from the
 backing store outside the lock and checked afterwards to still be there
 (``_wb_page``); a recompressed one is decoded by its priority's codec.
 
+Beyond zram, ``writeback_watermark`` (zramfs._watermark): with a backing
+store, a thread writes the coldest slots back (``writeback_cold``) when
+the pool reaches the watermark; a store that reaches it kicks the thread,
+and a write that the pool's cap (an eighth above the watermark, or
+mem_limit) refuses waits for that writeback and is retried
+(``_after_limit``) instead of failing.
+
 The slot table's layout, flags and states are ``zramfs._slots``'s.  Every
 change of a slot's state -- a write of one block or of 256, a partial
 block's read-modify-write, a discard -- goes through one method,
@@ -61,8 +68,10 @@ cannot lose each other.  A discard takes the lock once per 4096 whole
 blocks, so an fstrim of a large device does not stall other I/O;
 ``compact()`` takes only the pool's lock (compaction moves objects but keeps
 handles valid).  Nothing under the lock waits on I/O, sleeps, or calls back
-into fs or fuse.  Concurrent writes to the same block land in some order,
-each block whole, as on any block device.
+into fs or fuse.  A write refused for memory waits for the watermark's
+writeback only after letting go of the lock (``_after_limit``), so the
+writeback can always take it.  Concurrent writes to the same block land in
+some order, each block whole, as on any block device.
 """
 
 import operator
@@ -99,7 +108,14 @@ from ._slots import (
     SlotTable,
     SlotTableTooLargeError,
 )
-from ._watermark import LOW_DEN, LOW_NUM, Watermark, WatermarkStats, watermark_stat_line
+from ._watermark import (
+    LOW_DEN,
+    LOW_NUM,
+    WM_CAP_DEN,
+    Watermark,
+    WatermarkStats,
+    watermark_stat_line,
+)
 from .codecs import CODECS, DEFAULT_ALGORITHM, get_codec
 
 __all__ = [
@@ -167,6 +183,8 @@ class MemLimitError(DeviceError):
     what the pool can hold at all).  Nothing stored changes.  Counted in
     ``failed_writes``; the FUSE layer answers ENOSPC, as zram's -ENOMEM
     becomes an I/O error for the writer."""
+
+    watermark = False  # the watermark's cap refused the write, not mem_limit
 
 
 class InvalidIdleAgeError(DeviceError, ValueError):
@@ -395,6 +413,11 @@ class BlockDevice:
         self._wm_high = 0
         self._wm_low = 0
         self._wm_trigger = _NEVER
+        # What a store may take the pool to: mem_limit, or the watermark's
+        # cap if lower (_wm_update_locked); _wm_bypass (under the lock) lets
+        # one write past the cap when writeback cannot make room.
+        self._store_limit = self._limit_pages
+        self._wm_bypass = False
         self._watermark = Watermark(self)
         if backing_dev is not None:
             try:
@@ -659,9 +682,10 @@ class BlockDevice:
         """Under the lock: new pool objects for ``objs``, all or none, in one
         pool lock round (1 MiB overwrite of fio-like data: 1800 -> 1540 us
         against two or three rounds per block); updates mem_used_max.
-        MemLimitError, counted in failed_writes, past mem_limit or a full pool."""
+        MemLimitError past mem_limit (or the watermark's cap, _store_limit:
+        its ``watermark`` attribute is then True) or a full pool."""
         pool = self._pool
-        limit = self._limit_pages if check_limit else 0
+        limit = (self._limit_pages if self._wm_bypass else self._store_limit) if check_limit else 0
         new_handles: Sequence[int]
         try:
             if limit or len(objs) > 1:
@@ -677,10 +701,12 @@ class BlockDevice:
             # zram checks right after zs_malloc whether this allocation took
             # the pool past the limit ("alloced_pages > limit_pages");
             # store_many did, and freed what it had stored.
-            raise self._limit_error(
+            error = self._limit_error(
                 f"write would take the pool to {exc.pages_used * PAGE_SIZE} bytes, "
                 f"past mem_limit {limit * PAGE_SIZE}"
-            ) from exc
+            )
+            error.watermark = limit != self._limit_pages  # the watermark's cap
+            raise error from exc
         # The peak is now, with the new and the old objects both in the pool.
         used = pool.pages_used
         if used > self._max_used_pages:
@@ -706,6 +732,20 @@ class BlockDevice:
             try:
                 with self._lock:
                     commit(*args)
+                return
+            except MemLimitError as again:
+                exc = again
+        if exc.watermark:
+            # Only the watermark's cap refused it, and its writeback cannot
+            # help (the store is full or failing): the write goes ahead, as
+            # in zram, up to mem_limit.
+            try:
+                with self._lock:
+                    self._wm_bypass = True
+                    try:
+                        commit(*args)
+                    finally:
+                        self._wm_bypass = False
                 return
             except MemLimitError as again:
                 exc = again
@@ -1328,8 +1368,16 @@ class BlockDevice:
 
     def _wm_update_locked(self):
         """Under the lock: the pool page count at which a store kicks the
-        watermark thread (never without a backing store)."""
-        self._wm_trigger = self._wm_trigger_pages() if self._backing is not None else _NEVER
+        watermark thread, and the cap a store waits at (without a backing
+        store: neither)."""
+        limit = self._limit_pages
+        if self._backing is None or not self._wm_high:
+            self._wm_trigger = _NEVER
+            self._store_limit = limit
+            return
+        self._wm_trigger = self._wm_trigger_pages()
+        cap = self._wm_high + self._wm_high // WM_CAP_DEN
+        self._store_limit = min(cap, limit) if limit else cap
 
     def watermark_stats(self):
         """The watermark's WatermarkStats (``writeback_watermark_stat``)."""

@@ -16,7 +16,8 @@ The tree is fixed, like a zram device's sysfs directory::
 The device has zram's lifecycle.  Uninitialised (``device`` None,
 ``initstate`` 0), `disk` has size 0: reads find its end and writes get
 ENOSPC, as on a block device of size 0; ``comp_algorithm``,
-``algorithm_params`` and ``mem_limit`` take their settings.  Writing
+``algorithm_params``, ``mem_limit`` and the watermark's two files (beyond
+zram) take their settings.  Writing
 ``disksize`` builds the BlockDevice with them; from then on the first two
 and ``disksize`` answer EBUSY.  Writing ``reset`` closes the device (EBUSY
 while `disk` is open: a loop device holds it open) and puts every setting

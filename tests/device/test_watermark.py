@@ -178,6 +178,29 @@ def test_writes_at_mem_limit_wait_for_writeback_instead_of_failing(dev):
     assert dev.read(NR // 2 * PAGE_SIZE + 256 * PAGE_SIZE + 100, 5000) == big[:5000]
 
 
+def test_writes_wait_at_an_eighth_above_the_watermark(dev):
+    dev.writeback_watermark = 1 * MiB
+    model = fill(dev, NR)  # ~7 MiB of pool without the watermark
+    s = dev.stats()
+    assert s.mem_used_max <= 1 * MiB + 1 * MiB // 8
+    assert s.failed_writes == 0
+    assert dev.watermark_stats().failed == 0
+    check(dev, model)
+
+
+def test_writes_go_past_the_cap_when_the_store_is_full(dev, tmp_path):
+    dev._backing.close()
+    dev._backing = BackingStore(tmp_path / "small", 8 * PAGE_SIZE)
+    dev.writeback_watermark = 1 * MiB
+    model = fill(dev, NR // 2)  # as zram would store them: no failure
+    s = dev.stats()
+    assert s.failed_writes == 0
+    assert s.mem_used_total > 2 * MiB
+    assert s.bd_count == 8
+    assert dev.watermark_stats().failed >= 1
+    check(dev, model)
+
+
 def test_writes_fail_at_mem_limit_when_the_store_is_full(dev, tmp_path):
     dev._backing.close()
     dev._backing = BackingStore(tmp_path / "small", 8 * PAGE_SIZE)
