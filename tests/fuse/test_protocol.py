@@ -321,6 +321,9 @@ def test_readdir_in_pieces(client):
         "debug_stat",
         "block_state",
         "classes",
+        "writeback_watermark",
+        "writeback_low_watermark",
+        "writeback_watermark_stat",
     }
     assert client.call(_abi.READDIR, DISK_INO, read_in(0, 4096))[0] == -errno.ENOTDIR
 
