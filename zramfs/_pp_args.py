@@ -95,7 +95,8 @@ def parse_idle(text):
             f"idle: {word!r} is neither 'all' nor a number of seconds"
         ) from None
     if not 0 <= age < 1 << 32:
-        raise InvalidArgumentError(f"idle: {word!r} is out of range", errno.ERANGE)
+        # kstrtouint's ERANGE, which idle_store turns into EINVAL like any failure.
+        raise InvalidArgumentError(f"idle: {word!r} is out of range")
     return age
 
 
@@ -141,10 +142,14 @@ def parse_writeback(text, nr_pages):
 
 
 def parse_recomp_algorithm(text):
-    """``recomp_algorithm`` -> (algo, priority): ``algo=NAME`` is required,
-    ``priority`` 1..3 defaults to 1 (recomp_algorithm_store)."""
+    """``recomp_algorithm`` -> (algo, priority, level): ``algo=NAME`` is
+    required, ``priority`` 1..3 defaults to 1 (recomp_algorithm_store).
+    ``level=N`` (None if absent) is beyond zram, which ignores the key and
+    takes levels through ``algorithm_params``: zramfs sets the codec's level
+    in the same write."""
     algo = None
     priority = 1
+    level = None
     for key, value in _args(text):
         if not value:
             raise InvalidArgumentError(f"recomp_algorithm: {key} needs a value (key=value)")
@@ -152,11 +157,17 @@ def parse_recomp_algorithm(text):
             algo = value
         elif key == "priority":
             priority = _uint(key, value, 31)
+        elif key == "level":
+            # kstrtoint: an optional sign, then decimal digits.
+            digits = value[1:] if value[:1] in "+-" else value
+            if not digits.isdigit() or not digits.isascii():
+                raise InvalidArgumentError(f"level={value}: not a decimal number")
+            level = int(value, 10)
     if algo is None:
         raise InvalidArgumentError("recomp_algorithm: algo=NAME is required")
     if not 1 <= priority <= 3:
         raise InvalidArgumentError(f"recomp_algorithm: priority must be 1..3, not {priority}")
-    return algo, priority
+    return algo, priority, level
 
 
 def parse_recompress(text):

@@ -25,12 +25,15 @@ will be evaluated into the same integers and checked by the same functions.
 """
 
 import argparse
+import errno
 import os
 import re
+import stat
 from dataclasses import dataclass, fields
 from decimal import Decimal
 
 from allocator import PAGE_SIZE  # a disksize is a whole number of slots
+from zramfs import mountinfo
 from zramfs._slots import SlotTableTooLargeError, check_reservable
 from zramfs.codecs import DEFAULT_ALGORITHM
 
@@ -42,12 +45,14 @@ __all__ = [
     "ConfigError",
     "SizeError",
     "InvalidNameError",
+    "BackingDevError",
     "memparse",
     "parse_size",
     "check_disksize",
     "mem_total",
     "default_swap_size",
     "check_name",
+    "check_backing_dev",
     "DeviceConfig",
 ]
 
@@ -86,6 +91,15 @@ class SizeError(ConfigError):
 
 class InvalidNameError(ConfigError):
     """Raised when a device name cannot be used (it names a directory and a mount source)."""
+
+
+class BackingDevError(ConfigError):
+    """Raised when a path cannot be a device's backing store (``--backing-dev``,
+    a write to ``backing_dev``); ``errno`` is what the write answers."""
+
+    def __init__(self, message, errno_=errno.EINVAL):
+        super().__init__(message)
+        self.errno = errno_
 
 
 # A device name becomes a directory (/run/zramfs/NAME), the mount's source in
@@ -197,6 +211,97 @@ def check_name(name):
     return name
 
 
+# The mount type of every zramfs device (zramfs.system.FSTYPE; that module
+# builds on this one, so the name is repeated here, once).
+_ZRAMFS_FSTYPE = "fuse.zramfs"
+
+
+def check_backing_dev(path, *, mountinfo_path=mountinfo.MOUNTINFO, sys_dev="/sys/dev/block"):
+    """Return ``path`` if it can be a device's backing store, else raise BackingDevError.
+
+    What zramfs._backing.BackingStore will take: a block device, a regular
+    file that is empty, or a new file in an existing directory we may
+    write.  Refused: a relative path (the daemon works in "/"), a
+    directory, another kind of file, and anything on a zramfs mount -- a
+    file there, or a loop device over one: writeback would then need
+    zramfs's own I/O to make room in zramfs, and could deadlock.  A path
+    that is lexically on a zramfs mount is refused before it is touched.
+    Nothing is created here: a new file is made, sized to the disk, by
+    the device when it is initialised.
+    """
+    if not path:
+        raise BackingDevError("the backing device path is empty", errno.ENOENT)
+    if not os.path.isabs(path):
+        raise BackingDevError(f"backing device {path!r} is not an absolute path")
+    mounts = [m for m in mountinfo.mounts(mountinfo_path) if m.fstype == _ZRAMFS_FSTYPE]
+
+    def refuse_on_zramfs(p, dev=None):
+        for m in mounts:
+            if p == m.mountpoint or p.startswith(m.mountpoint.rstrip("/") + "/") or dev == m.dev:
+                raise BackingDevError(
+                    f"backing device {path} is on the zramfs mount {m.mountpoint}: "
+                    "writeback into zramfs itself could deadlock"
+                )
+
+    refuse_on_zramfs(os.path.normpath(path))
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise BackingDevError(f"backing device {path}: {e.strerror}", e.errno) from None
+    real = os.path.realpath(path)
+    parent = os.path.dirname(real)
+    if st is None:
+        try:
+            pst = os.stat(parent)
+        except OSError as e:
+            raise BackingDevError(
+                f"backing file {path}: directory {parent}: {e.strerror}", e.errno
+            ) from None
+        if not stat.S_ISDIR(pst.st_mode):
+            raise BackingDevError(
+                f"backing file {path}: {parent} is not a directory", errno.ENOTDIR
+            )
+        refuse_on_zramfs(real, f"{os.major(pst.st_dev)}:{os.minor(pst.st_dev)}")
+        if not os.access(parent, os.W_OK):
+            raise BackingDevError(
+                f"backing file {path}: no permission to create it in {parent}", errno.EACCES
+            )
+        return path
+    if stat.S_ISDIR(st.st_mode):
+        raise BackingDevError(f"backing device {path} is a directory", errno.EISDIR)
+    if stat.S_ISBLK(st.st_mode):
+        # A loop device over a file on zramfs is zramfs too.
+        rdev = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+        try:
+            with open(os.path.join(sys_dev, rdev, "loop", "backing_file")) as f:
+                backing = f.read().rstrip("\n")
+        except OSError:
+            backing = None
+        if backing:
+            try:
+                refuse_on_zramfs(backing)
+            except BackingDevError:
+                raise BackingDevError(
+                    f"backing device {path} is a loop device over {backing}, on zramfs: "
+                    "writeback into zramfs itself could deadlock"
+                ) from None
+        return path
+    if not stat.S_ISREG(st.st_mode):
+        raise BackingDevError(
+            f"backing device {path} is neither a block device nor a regular file", errno.ENOTBLK
+        )
+    refuse_on_zramfs(real, f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+    if st.st_size:
+        raise BackingDevError(
+            f"backing file {path} exists and is not empty ({st.st_size} bytes); "
+            "give a new path or an empty file",
+            errno.EEXIST,
+        )
+    return path
+
+
 @dataclass(frozen=True)
 class DeviceConfig:
     """One device's settings, from the CLI to the daemon's command line and back.
@@ -221,11 +326,17 @@ class DeviceConfig:
     # The device's run directory (see zramfs.system), where the daemon
     # writes its record; None: it writes none (a daemon started by hand).
     run_dir: str | None = None
-    # zram's backing_dev (an absolute path); None: no backing store.
+    # zram's backing_dev: a block device or a file (absolute); None: none.
     backing_dev: str | None = None
+    # zram's recomp_algorithm writes ("algo=zstd priority=1 level=9"), in order.
+    recomp_algorithms: tuple[str, ...] = ()
     # Beyond zram (zramfs._watermark), bytes; 0: off / 7/8 of the watermark.
     writeback_watermark: int = 0
     writeback_low_watermark: int = 0
+
+    def __post_init__(self):
+        # A daemon record read back from JSON has a list here.
+        object.__setattr__(self, "recomp_algorithms", tuple(self.recomp_algorithms))
 
     def argv(self):
         """The daemon's arguments (after ``python -m zramfs.daemon``); `from_args` reads them back."""
@@ -246,6 +357,8 @@ class DeviceConfig:
             argv += ["--run-dir", self.run_dir]
         if self.backing_dev is not None:
             argv += ["--backing-dev", self.backing_dev]
+        for text in self.recomp_algorithms:
+            argv += ["--recomp-algorithm", text]
         if self.writeback_watermark:
             argv += ["--writeback-watermark", str(self.writeback_watermark)]
         if self.writeback_low_watermark:
@@ -280,7 +393,13 @@ class DeviceConfig:
         parser.add_argument(
             "--run-dir", default=None, help="where the daemon writes its record and log"
         )
-        parser.add_argument("--backing-dev", default=None, help="zram's backing_dev: a path")
+        parser.add_argument(
+            "--backing-dev", default=None, help="zram's backing_dev: a block device or a file"
+        )
+        parser.add_argument(
+            "--recomp-algorithm", dest="recomp_algorithms", action="append", default=[],
+            help="zram's recomp_algorithm, e.g. 'algo=zstd priority=1'; repeatable",
+        )  # fmt: skip
         parser.add_argument(
             "--writeback-watermark", type=size, default=0, help="bytes of pool; 0 = off"
         )

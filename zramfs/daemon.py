@@ -203,7 +203,8 @@ async def _wait_until_answering(mountpoint):
 
 def build_filesystem(config):
     """The Filesystem of `config`, set up through the same calls as zram's
-    attribute files: comp_algorithm, algorithm_params and mem_limit, then,
+    attribute files: comp_algorithm, algorithm_params, mem_limit,
+    recomp_algorithm and backing_dev, then,
     with a size, disksize (a daemon started with --size is initialised at
     once; without, it waits for a write to `disksize`).  FsError when a
     setting is refused, with the message the attribute write would get.
@@ -213,6 +214,8 @@ def build_filesystem(config):
     if config.algorithm_params:
         fs.set_algorithm_params(config.algorithm_params)
     fs.set_mem_limit(str(config.mem_limit))
+    for text in config.recomp_algorithms:
+        fs.set_recomp_algorithm(text)
     if config.backing_dev is not None:
         fs.set_backing_dev(config.backing_dev)
     # The watermark, then its low mark (checked as a pair).
@@ -234,6 +237,9 @@ async def run(config, ready):
         async with AsyncExitStack() as stack:
             try:
                 fs = build_filesystem(config)
+                # Last out: the device closes after the unmount (a backing
+                # file is emptied then, see zramfs._backing).
+                stack.callback(fs.close)
                 session = Session(
                     fs,
                     mountpoint,

@@ -43,8 +43,16 @@ lookups and ``fs.device`` are read without it (single reads are atomic).
 The device is closed only by a reset, which needs `disk` closed, so no
 request is on the device then.  No method here waits on anything that
 might need swap I/O.
+
+Slow stores (`_AttrFile.slow`: writeback, recompress, idle, compact,
+backing_dev, reset) may take seconds or touch other files; the backends run
+them off the threads that serve `disk`.  Those that work on the device hold
+it through `device_op`, counted under `_lock`; a reset (and `close`, at
+unmount) waits on `_ops_done` until none is left, as zram's reset waits for
+its dev_lock, so the device is never closed under a running writeback.
 """
 
+import contextlib
 import os
 import stat
 import threading
@@ -52,6 +60,8 @@ import time
 from dataclasses import dataclass, replace
 
 from allocator import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, Pool
+from zramfs._backing import BackingStoreError
+from zramfs._pp_args import parse_idle, parse_recomp_algorithm
 from zramfs.codecs import (
     CODECS,
     DEFAULT_ALGORITHM,
@@ -61,19 +71,20 @@ from zramfs.codecs import (
     get_codec,
     parse_algorithm_params,
 )
-from zramfs.config import SizeError
+from zramfs.config import SizeError, check_backing_dev
 from zramfs.config import (
     memparse as _kernel_memparse,  # the kernel's size grammar, shared with the CLI
 )
 from zramfs.device import (
+    DEFAULT_WB_BATCH_SIZE,
     PAGE_SIZE,
-    BackingStoreError,
     BlockDevice,
     DeviceStats,
     InvalidDiskSizeError,
     InvalidWatermarkError,
     OutOfRangeError,
     WatermarkStats,
+    bd_stat_line,
     check_watermarks,
     classes_table,
     debug_stat_text,
@@ -218,26 +229,31 @@ def _strip_newline(text):
     return text[:-1] if text.endswith("\n") else text
 
 
-def _kstrtou16(text):
-    """The kernel's kstrtou16(text, 10): decimal digits, an optional leading
-    '+', one optional trailing newline.  EINVAL if not that, ERANGE past 65535."""
+def _kstrtou(text, bits, too_large=ValueRangeError):
+    """The kernel's kstrtou<bits>(text, 10): decimal digits, an optional
+    leading '+', one optional trailing newline.  InvalidValueError if not
+    that, ``too_large`` (ERANGE, or what the store answers) past the type."""
     body = _strip_newline(text)
     if body.startswith("+"):
         body = body[1:]
     if not body or not body.isascii() or not body.isdigit():
         raise InvalidValueError(f"not a decimal number: {text.strip()!r}")
     value = int(body, 10)
-    if value > 0xFFFF:
-        raise ValueRangeError(f"{value} does not fit 16 bits")
+    if value >> bits:
+        raise too_large(f"{value} does not fit {bits} bits")
     return value
+
+
+def _kstrtou16(text):
+    return _kstrtou(text, 16)
 
 
 class _AttrFile:
     """One zram-style attribute file: how it renders and how it takes a write."""
 
-    __slots__ = ("name", "perm", "show", "store", "dump")
+    __slots__ = ("name", "perm", "show", "store", "dump", "slow")
 
-    def __init__(self, name, perm, show=None, store=None, dump=False):
+    def __init__(self, name, perm, show=None, store=None, dump=False, slow=False):
         self.name = name
         self.perm = perm
         self.show = show  # (fs) -> str, or None if write-only
@@ -245,12 +261,20 @@ class _AttrFile:
         # A dump is rendered once per open and read from that copy (the
         # debugfs files, too large to render again for each read).
         self.dump = dump
+        # A slow store may take seconds (a writeback) or touch files: the
+        # FUSE backends run it off the threads that serve `disk`, so I/O
+        # keeps flowing while the writer waits, as zram's writer waits.
+        self.slow = slow
+
+
+def _available(selected):
+    # zcomp_available_show: every name followed by a space, the selected one
+    # in brackets, then a newline ("[lzo-rle] lzo lz4 \n" on the kernel).
+    return "".join(f"[{c}] " if c == selected else f"{c} " for c in CODECS) + "\n"
 
 
 def _show_comp_algorithm(fs):
-    # zcomp_available_show: every name followed by a space, the selected one
-    # in brackets, then a newline ("[lzo-rle] lzo lz4 \n" on the kernel).
-    return "".join(f"[{c}] " if c == fs.algorithm else f"{c} " for c in CODECS) + "\n"
+    return _available(fs.algorithm)
 
 
 def _store_mem_used_max(fs, text):
@@ -276,10 +300,72 @@ def _show_block_state(fs):
 def _store_compact(fs, _data):
     # Kernel zram's compact_store never looks at what was written; it
     # refuses an uninitialised device (-EINVAL).
-    device = fs.device
-    if device is None:
-        raise InvalidValueError("compact: the device is not initialised (write disksize first)")
-    device.compact()
+    with fs.device_op("compact") as device:
+        device.compact()
+
+
+# -- post-processing: idle, writeback, recompression (zram's CONFIG_ZRAM_WRITEBACK
+# and CONFIG_ZRAM_MULTI_COMP attributes; zramfs.device does the work) --------
+
+
+def _store_idle(fs, text):
+    # idle_store: "all" or seconds (kstrtouint base 0), then EINVAL before init.
+    age = parse_idle(_strip_newline(text))
+    with fs.device_op("idle") as device:
+        device.mark_idle(age)
+
+
+def _store_writeback(fs, text):
+    # writeback_store: EINVAL before init, ENODEV without backing_dev, then
+    # the request (zramfs._pp_args.parse_writeback); EIO when
+    # writeback_limit runs out, ENOSPC when the store is full.
+    with fs.device_op("writeback") as device:
+        device.writeback(text)
+
+
+def _store_recompress(fs, text):
+    with fs.device_op("recompress") as device:
+        device.recompress(text)
+
+
+def _show_recomp_algorithm(fs):
+    # recomp_algorithm_show: "#N: " and comp_algorithm's list, per priority set.
+    return "".join(
+        f"#{priority}: " + _available(name) for priority, (name, _) in sorted(fs.recomp.items())
+    )
+
+
+# The writeback settings zram keeps in struct zram, any time, before init
+# too: name -> (parse of the written text, show of the value).  Parsed as
+# their stores do: kstrtoull/kstrtouint, base 10, every failure EINVAL.
+_WB_SETTINGS = {
+    "writeback_limit": (lambda t: _kstrtou(t, 64, InvalidValueError), str),
+    "writeback_limit_enable": (lambda t: bool(_kstrtou(t, 64, InvalidValueError)), int),
+    "writeback_batch_size": (lambda t: _nonzero(_kstrtou(t, 32, InvalidValueError)), str),
+}
+
+
+def _nonzero(value):
+    if not value:
+        raise InvalidValueError("0 is not allowed here")
+    return value
+
+
+_WB_DEFAULTS = {
+    "writeback_limit": 0,
+    "writeback_limit_enable": False,
+    "writeback_batch_size": DEFAULT_WB_BATCH_SIZE,
+}
+
+
+def _wb_setting_file(name):
+    parse, show = _WB_SETTINGS[name]
+    return _AttrFile(
+        name,
+        0o644,
+        show=lambda fs: f"{show(fs.wb_setting(name))}\n",
+        store=_text(lambda fs, t: fs.set_wb_setting(name, parse(t))),
+    )
 
 
 _ATTR_FILES = (
@@ -287,7 +373,8 @@ _ATTR_FILES = (
         "disksize", 0o644, show=lambda fs: f"{fs.disksize}\n", store=_text(lambda fs, t: fs.init(t))
     ),
     _AttrFile("initstate", 0o444, show=lambda fs: f"{int(fs.device is not None)}\n"),
-    _AttrFile("reset", 0o200, store=_text(lambda fs, t: fs.reset(t))),
+    # slow: a reset waits for a running writeback, recompression or compaction.
+    _AttrFile("reset", 0o200, store=_text(lambda fs, t: fs.reset(t)), slow=True),
     _AttrFile(
         "comp_algorithm",
         0o644,
@@ -309,12 +396,31 @@ _ATTR_FILES = (
     ),
     _AttrFile("mm_stat", 0o444, show=lambda fs: mm_stat_line(fs.stats())),
     _AttrFile("io_stat", 0o444, show=lambda fs: io_stat_line(fs.stats())),
-    _AttrFile("compact", 0o200, store=_store_compact),
+    _AttrFile("compact", 0o200, store=_store_compact, slow=True),
     _AttrFile("debug_stat", 0o444, show=lambda fs: debug_stat_text()),
     # zram's debugfs file (/sys/kernel/debug/zram/zramN/block_state, 0400).
     _AttrFile("block_state", 0o400, show=_show_block_state, dump=True),
     # zsmalloc's debugfs file (/sys/kernel/debug/zsmalloc/zramN/classes).
     _AttrFile("classes", 0o444, show=lambda fs: classes_table(fs.pool_stats())),
+    # Idle tracking, writeback and recompression, as zram's.
+    _AttrFile("idle", 0o200, store=_text(_store_idle), slow=True),
+    _AttrFile(
+        "backing_dev",
+        0o644,
+        show=lambda fs: f"{fs.backing_dev or 'none'}\n",
+        store=_text(lambda fs, t: fs.set_backing_dev(t)),
+        slow=True,  # it looks at the path, which may be anywhere
+    ),
+    _AttrFile("writeback", 0o200, store=_text(_store_writeback), slow=True),
+    *(_wb_setting_file(name) for name in _WB_SETTINGS),
+    _AttrFile("bd_stat", 0o444, show=lambda fs: bd_stat_line(fs.stats())),
+    _AttrFile(
+        "recomp_algorithm",
+        0o644,
+        show=_show_recomp_algorithm,
+        store=_text(lambda fs, t: fs.set_recomp_algorithm(t)),
+    ),
+    _AttrFile("recompress", 0o200, store=_text(_store_recompress), slow=True),
     # Beyond zram: writeback before memory runs out (zramfs._watermark).
     _AttrFile(
         "writeback_watermark",
@@ -365,10 +471,21 @@ class Filesystem:
         self.algorithm = device.algorithm if device is not None else DEFAULT_ALGORITHM
         self._params = AlgorithmParams()
         self._mem_limit = device.mem_limit if device is not None else 0
-        self._backing_dev = None  # zram's backing_dev for the next init
+        # zram's backing_dev (a path, or None) and recomp_algorithm
+        # ({priority: (name, level)}): set before init only, as in zram.
+        self._backing_dev = None
+        self.recomp = {}
+        if device is not None:
+            self.recomp = {p: (name, None) for p, name in device.recomp_algorithms.items()}
+        # writeback_limit & co. before init; the device holds them after.
+        self._wb_settings = dict(_WB_DEFAULTS)
         # The watermark's settings before init, in bytes (see set_watermark).
         self._watermarks = {"writeback_watermark": 0, "writeback_low_watermark": 0}
         self._disk_openers = 0
+        # Slow stores working on the device now (device_op); a reset waits
+        # for them (_ops_done) instead of closing the device under them.
+        self._device_ops = 0
+        self._ops_done = threading.Condition(self._lock)
         # Open dumps: file handle -> the text rendered at open.
         self._dumps = {}
         self._next_fh = _FIRST_DUMP_FH
@@ -449,16 +566,25 @@ class Filesystem:
             except InvalidCodecParamsError as exc:
                 raise InvalidValueError(str(exc)) from None
             try:
-                self.device = BlockDevice(
+                device = BlockDevice(
                     size, codec=codec, mem_limit=self._mem_limit, backing_dev=self._backing_dev
                 )
             except InvalidDiskSizeError as exc:  # the slot table cannot be reserved, or a bad size
                 raise OutOfMemoryError(str(exc)) from None
-            except BackingStoreError as exc:
+            except BackingStoreError as exc:  # e.g. no O_DIRECT where the file is
                 raise InvalidValueError(str(exc)) from None
-            # Checked as a pair when set: the watermark first, then its low mark.
-            for name, value in self._watermarks.items():
-                setattr(self.device, name, value)
+            try:
+                for priority, (name, level) in sorted(self.recomp.items()):
+                    device.set_recomp_algorithm(name, priority, level)
+                for name, value in self._wb_settings.items():
+                    setattr(device, name, value)
+                # Checked as a pair when set: the watermark first, then its low mark.
+                for name, value in self._watermarks.items():
+                    setattr(device, name, value)
+            except BaseException:
+                device.close()
+                raise
+            self.device = device
         self._resized()
 
     def reset(self, text):
@@ -468,17 +594,36 @@ class Filesystem:
         if not _kstrtou16(text):
             raise InvalidValueError("reset takes a non-zero number")
         with self._lock:
+            # zram's reset waits for a writeback or recompression (dev_lock).
+            while self._device_ops:
+                self._ops_done.wait()
             if self._disk_openers:
                 raise BusyError(f"disk is open ({self._disk_openers} opens, e.g. by a loop device)")
             device, self.device = self.device, None
             self.algorithm = DEFAULT_ALGORITHM
             self._params = AlgorithmParams()
             self._mem_limit = 0
+            # zram_reset_device drops the backing device (reset_bdev) and
+            # every algorithm; the writeback settings live in struct zram
+            # and outlast a reset, writeback_limit's remaining budget too.
             self._backing_dev = None
+            self.recomp = {}
+            if device is not None:
+                self._wb_settings = {name: getattr(device, name) for name in _WB_SETTINGS}
             self._watermarks = dict.fromkeys(self._watermarks, 0)
         if device is not None:
             device.close()
             self._resized()
+
+    def close(self):
+        """Close the device, if any (the daemon, once unmounted), after any
+        slow store still working on it."""
+        with self._lock:
+            while self._device_ops:
+                self._ops_done.wait()
+            device, self.device = self.device, None
+        if device is not None:
+            device.close()
 
     def set_algorithm(self, text):
         """comp_algorithm_store: E2BIG, then EINVAL for a name this build
@@ -527,14 +672,85 @@ class Filesystem:
                 raise InvalidValueError(str(e)) from None
             self._mem_limit = limit
 
-    def set_backing_dev(self, path):
-        """zram's backing_dev, before init only (EBUSY after), used from
-        init on (the daemon's --backing-dev; the attribute file is not
-        here yet)."""
+    @contextlib.contextmanager
+    def device_op(self, what):
+        """The device, for a slow store to work on (``with fs.device_op("writeback")
+        as device``): EINVAL before init, as zram's post-processing stores
+        answer; a reset waits until the block ends."""
+        with self._lock:
+            device = self.device
+            if device is None:
+                raise InvalidValueError(
+                    f"{what}: the device is not initialised (write disksize first)"
+                )
+            self._device_ops += 1
+        try:
+            yield device
+        finally:
+            with self._lock:
+                self._device_ops -= 1
+                self._ops_done.notify_all()
+
+    def is_slow(self, ino):
+        """Whether a write to inode ``ino`` may take long (see _AttrFile.slow)."""
+        af = self._attr_files.get(ino)
+        return af is not None and af.slow
+
+    @property
+    def backing_dev(self):
+        """zram's backing_dev: the path, or None."""
+        device = self.device
+        return device.backing_dev if device is not None else self._backing_dev
+
+    def set_backing_dev(self, text):
+        """backing_dev_store: EBUSY once initialised; the path (one trailing
+        newline dropped) checked by config.check_backing_dev, whose
+        BackingDevError carries the errno.  The store itself is opened
+        (a file created, sized to the disk) by the init."""
+        path = _strip_newline(text)
         with self._lock:
             if self.device is not None:
-                raise BusyError("backing_dev cannot change on an initialised device")
+                raise BusyError(
+                    "backing_dev cannot change on an initialised device (write reset first)"
+                )
+        path = check_backing_dev(path)  # outside the lock: it stats the path
+        with self._lock:
+            if self.device is not None:
+                raise BusyError(
+                    "backing_dev cannot change on an initialised device (write reset first)"
+                )
             self._backing_dev = path
+
+    def set_recomp_algorithm(self, text):
+        """recomp_algorithm_store: ``algo=NAME [priority=1..3]`` (zramfs also
+        takes ``level=N``); EINVAL for a bad text or an unknown algorithm,
+        E2BIG for a long name, EBUSY once initialised."""
+        name, priority, level = parse_recomp_algorithm(text)
+        if len(name) >= _MAX_ALGO_NAME:
+            raise ArgumentTooLongError(f"algorithm name of {len(name)} bytes is too long")
+        try:
+            get_codec(name, level=level)
+        except (UnknownAlgorithmError, InvalidCodecParamsError) as exc:
+            raise InvalidValueError(str(exc)) from None
+        with self._lock:
+            if self.device is not None:
+                raise BusyError(
+                    "recomp_algorithm cannot change on an initialised device (write reset first)"
+                )
+            self.recomp[priority] = (name, level)
+
+    def wb_setting(self, name):
+        """writeback_limit, writeback_limit_enable or writeback_batch_size."""
+        device = self.device
+        return getattr(device, name) if device is not None else self._wb_settings[name]
+
+    def set_wb_setting(self, name, value):
+        """Set a writeback setting (already parsed), any time, as zram does."""
+        with self._lock:
+            device = self.device
+            if device is not None:
+                setattr(device, name, value)  # InvalidArgumentError: EINVAL
+            self._wb_settings[name] = value
 
     # -- the watermark (beyond zram; zramfs._watermark) -------------------------
 

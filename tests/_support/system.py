@@ -16,6 +16,7 @@ not be the judge of its own cleanup.  Only mm_stat, a format rather than
 a piece of state, goes through the one parser.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -58,6 +59,57 @@ def _alive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except (OSError, IndexError):
         return False
+
+
+# -- small steps the system tests share ------------------------------------------
+
+
+def sh(*argv):
+    """Run a system tool and require success; its stdout."""
+    proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, (argv, proc.returncode, proc.stdout, proc.stderr)
+    return proc.stdout
+
+
+def attach(disk):
+    """A loop device on `disk` as zramfs attaches one (direct I/O, 4 KiB sectors)."""
+    return sh(
+        "losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", disk
+    ).strip()
+
+
+def detach(env, loop):
+    """Detach `loop` and wait until it is gone (autoclear ends with its last opener)."""
+    sh("losetup", "-d", loop)
+    deadline = time.monotonic() + 10
+    while loop in env.loops() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def store(mnt, name, text):
+    """Write `text` to attribute file `name` at mount root `mnt`, in one write(2), as echo does."""
+    fd = os.open(os.path.join(mnt, name), os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def attr(mnt, name):
+    """Attribute file `name` at mount root `mnt`, as cat shows it."""
+    with open(os.path.join(mnt, name)) as f:
+        return f.read()
+
+
+@contextlib.contextmanager
+def tmpfs(path, size):
+    """A tmpfs of `size` bytes mounted at `path` (made if missing), unmounted afterwards."""
+    os.makedirs(path, exist_ok=True)
+    sh("mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path))
+    try:
+        yield path
+    finally:
+        sh("umount", str(path))
 
 
 class ZramfsEnv:

@@ -185,6 +185,8 @@ def test_device_config_round_trips_through_the_daemon_command_line():
             fuse_backend="pyfuse3",
             threads=3,
             run_dir="/run/zramfs/.swap-1",
+            backing_dev="/var/tmp/swap-1.wb",
+            recomp_algorithms=("algo=zstd priority=1 level=9", "algo=deflate priority=2"),
         ),
     ]
     for config in configs:

@@ -51,8 +51,10 @@ def test_bad_watermarks_are_one_line_and_exit_2(capsys, argv, message):
     assert (code, out, err) == (2, "", f"zramfs: error: {message}\n")
 
 
-def test_watermarks_take_sizes_and_percent_of_ram(monkeypatch):
+def test_watermarks_take_sizes_and_percent_of_ram(monkeypatch, tmp_path):
     monkeypatch.setattr(_common, "parse_size", lambda text: _parse(text))
+    (tmp_path / "rel").mkdir()
+    monkeypatch.chdir(tmp_path)
     args = cli.build_parser().parse_args(
         [
             "swapon",

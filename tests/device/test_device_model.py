@@ -339,7 +339,12 @@ class DeviceModel(RuleBasedStateMachine):
             self.bd_reads,
             self.bd_writes,
         )
-        assert self.dev.bd_stat().split() == [str(s.bd_count), str(s.bd_reads), str(s.bd_writes)]
+        assert self.dev.bd_stat().split() == [
+            str(s.bd_count),
+            str(s.bd_reads),
+            str(s.bd_writes),
+            str(s.wb_failures),
+        ]
         assert s.notify_free == self.notify_free
         assert s.failed_writes == self.limit_failures
         assert s.failed_reads == s.invalid_io == 0

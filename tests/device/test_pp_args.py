@@ -24,18 +24,20 @@ def test_idle():
             parse_idle(bad)
     with pytest.raises(InvalidArgumentError) as info:
         parse_idle(str(1 << 32))
-    assert info.value.errno == errno.ERANGE
+    assert info.value.errno == errno.EINVAL  # idle_store: any kstrtouint failure
 
 
 def test_recomp_algorithm():
-    assert parse_recomp_algorithm("algo=zstd") == ("zstd", 1)
-    assert parse_recomp_algorithm("priority=2 algo=deflate\n") == ("deflate", 2)
+    assert parse_recomp_algorithm("algo=zstd") == ("zstd", 1, None)
+    assert parse_recomp_algorithm("priority=2 algo=deflate\n") == ("deflate", 2, None)
+    assert parse_recomp_algorithm("algo=zstd level=-3 priority=3") == ("zstd", 3, -3)
     for bad in (
         "priority=1",
         "algo",
         "algo=zstd priority=4",
         "algo=zstd priority=0",
         "algo=zstd priority=x",
+        "algo=zstd level=high",
     ):
         with pytest.raises(InvalidArgumentError):
             parse_recomp_algorithm(bad)

@@ -26,6 +26,16 @@ ATTR_MODES = {
     "debug_stat": 0o444,
     "block_state": 0o400,
     "classes": 0o444,
+    # idle tracking, writeback, recompression (test_writeback_attrs.py)
+    "idle": 0o200,
+    "backing_dev": 0o644,
+    "writeback": 0o200,
+    "writeback_limit": 0o644,
+    "writeback_limit_enable": 0o644,
+    "writeback_batch_size": 0o644,
+    "bd_stat": 0o444,
+    "recomp_algorithm": 0o644,
+    "recompress": 0o200,
     # Beyond zram: the watermark (test_watermark_attrs.py).
     "writeback_watermark": 0o644,
     "writeback_low_watermark": 0o644,

@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from tests.fuse.test_attributes import ATTR_MODES
 from zramfs.device import BlockDevice
 from zramfs.fs import DISK_INO, ROOT_INO, Filesystem
 from zramfs.fuse import _abi
@@ -307,24 +308,8 @@ def test_readdir_in_pieces(client):
             offset = off
             pos += _abi.dirent_size(namelen)
     assert names[:3] == [".", "..", "disk"]
-    assert set(names[3:]) == {
-        "disksize",
-        "initstate",
-        "reset",
-        "comp_algorithm",
-        "algorithm_params",
-        "mem_limit",
-        "mem_used_max",
-        "mm_stat",
-        "io_stat",
-        "compact",
-        "debug_stat",
-        "block_state",
-        "classes",
-        "writeback_watermark",
-        "writeback_low_watermark",
-        "writeback_watermark_stat",
-    }
+    assert set(names[3:]) == set(ATTR_MODES)  # every attribute file, once
+    assert len(names) == 3 + len(ATTR_MODES)
     assert client.call(_abi.READDIR, DISK_INO, read_in(0, 4096))[0] == -errno.ENOTDIR
 
 

@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 
+from tests._support.system import tmpfs
 from zramfs._backing import BackingStore, BackingStoreError
 from zramfs.device import PAGE_SIZE, BackingIOError, BlockDevice
 
@@ -26,15 +27,8 @@ def huge_pages():
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A tmpfs with room for 8 pages, unmounted afterwards."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={8 * PAGE_SIZE},mode=0700", "tmpfs", mnt], check=True
-    )
-    try:
+    with tmpfs(tmp_path / "small", 8 * PAGE_SIZE) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", mnt], check=True)
 
 
 @pytest.fixture

@@ -9,19 +9,13 @@ import time
 
 import pytest
 
-from tests._support.system import BACKENDS
+from tests._support.system import BACKENDS, sh
 
 MiB = 1 << 20
 
 # /usr/lib/python3* is about 100 MiB of real files (source, bytecode, shared
 # objects), a mix that compresses anywhere from 1:1 to 5:1.
 SOURCE_TREES = sorted(p for p in glob.glob("/usr/lib/python3*") if os.path.isdir(p))
-
-
-def sh(*argv):
-    proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, (argv, proc.returncode, proc.stdout, proc.stderr)
-    return proc.stdout
 
 
 def tree_size(root):

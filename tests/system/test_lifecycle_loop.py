@@ -5,46 +5,12 @@ disk, reset after detaching, and what a write at mem_limit returns."""
 import errno
 import mmap
 import os
-import subprocess
-import time
 
 import pytest
 
-from tests._support.system import BACKENDS
+from tests._support.system import BACKENDS, attach, attr, detach, sh, store
 
 MiB = 1 << 20
-
-
-def sh(*argv):
-    proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, (argv, proc.returncode, proc.stdout, proc.stderr)
-    return proc.stdout
-
-
-def attach(disk):
-    return sh(
-        "losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", disk
-    ).strip()
-
-
-def detach(env, loop):
-    sh("losetup", "-d", loop)
-    deadline = time.monotonic() + 10
-    while loop in env.loops() and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
-def store(mnt, name, text):
-    fd = os.open(os.path.join(mnt, name), os.O_WRONLY)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
-def attr(mnt, name):
-    with open(os.path.join(mnt, name)) as f:
-        return f.read()
 
 
 def blockdev_size(loop):

@@ -12,8 +12,16 @@ import subprocess
 import sys
 
 from zramfs import launch, system
+from zramfs._pp_args import InvalidArgumentError, parse_recomp_algorithm
 from zramfs.codecs import get_codec, parse_algorithm_params
-from zramfs.config import ConfigError, DeviceConfig, check_disksize, check_name, parse_size
+from zramfs.config import (
+    ConfigError,
+    DeviceConfig,
+    check_backing_dev,
+    check_disksize,
+    check_name,
+    parse_size,
+)
 from zramfs.device import InvalidWatermarkError, check_watermarks
 from zramfs.fuse import BACKENDS, UnknownBackendError, supports_discard
 
@@ -152,20 +160,48 @@ def device_config(args, *, size, mountpoint, name, sys_):
         name=name,
         fuse_backend=args.fuse_backend,
         run_dir=sys_.device_dir(name),
-        # The daemon runs in "/": a relative path must not change meaning.
-        backing_dev=None if args.backing_dev is None else os.path.abspath(args.backing_dev),
+        backing_dev=backing_dev(args.backing_dev),
+        recomp_algorithms=tuple(args.recomp_algorithms),
         writeback_watermark=high,
         writeback_low_watermark=low,
     )
 
 
+def backing_dev(text):
+    """--backing-dev as an absolute path, if config.check_backing_dev takes it; None when not given."""
+    if text is None:
+        return None
+    if not text.strip():
+        raise ConfigError("--backing-dev is empty")
+    return check_backing_dev(os.path.abspath(text))
+
+
+def check_recomp_algorithms(texts):
+    """Each --recomp-algorithm as the recomp_algorithm file reads it, its
+    codec and level known, and no priority given twice."""
+    seen = {}
+    for text in texts:
+        try:
+            name, priority, level = parse_recomp_algorithm(text)
+        except InvalidArgumentError as e:
+            raise ConfigError(f"--recomp-algorithm {text!r}: {e}") from None
+        get_codec(name, level=level)  # UnknownAlgorithmError, InvalidCodecParamsError: exit 2
+        if priority in seen:
+            raise ConfigError(
+                f"--recomp-algorithm: priority {priority} is given twice ({seen[priority]!r}, {text!r})"
+            )
+        seen[priority] = text
+
+
 def check_options(args):
     """Check the device options mount and swapon share (--algorithm, --algorithm-params, --mem-limit,
-    a NAME given)."""
+    --backing-dev, --recomp-algorithm, a NAME given)."""
     check_algorithm(args.algorithm)
     # InvalidCodecParamsError: the message the algorithm_params file would give, exit 2.
     parse_algorithm_params(args.algorithm_params).resolve(args.algorithm)
     mem_limit(args.mem_limit)
+    backing_dev(args.backing_dev)
+    check_recomp_algorithms(args.recomp_algorithms)
     watermarks(args)
     if args.name is not None:
         check_name(args.name)

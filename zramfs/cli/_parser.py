@@ -62,7 +62,17 @@ def build_parser():
         p.add_argument(
             "--backing-dev",
             metavar="PATH",
-            help="zram's backing_dev: a block device or a new or empty file for writeback",
+            help="zram's backing_dev for writeback: a block device, or a file (made sparse, "
+            "sized to the disk, mode 0600; a new or an empty one)",
+        )
+        p.add_argument(
+            "--recomp-algorithm",
+            dest="recomp_algorithms",
+            action="append",
+            default=[],
+            metavar="'algo=NAME priority=N [level=N]'",
+            help="zram's recomp_algorithm: a secondary algorithm for recompress, "
+            "priority 1 to 3; repeatable",
         )
         p.add_argument(
             "--writeback-watermark",

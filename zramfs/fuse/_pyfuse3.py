@@ -209,6 +209,10 @@ class _Operations(pyfuse3.Operations if pyfuse3 is not None else object):  # typ
 
     async def write(self, fh, off, buf):
         try:
+            if self._fs.is_slow(fh):
+                # A writeback may take minutes: off the trio thread (and
+                # outside the limiter), so other requests go on meanwhile.
+                return await trio.to_thread.run_sync(self._fs.write, fh, off, buf)
             if len(buf) >= _THREAD_MIN_BYTES:
                 return await trio.to_thread.run_sync(
                     self._fs.write, fh, off, buf, limiter=self.limiter

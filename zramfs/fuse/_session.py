@@ -29,7 +29,10 @@ write happen while fio or the kernel is busy elsewhere.
 
 Concurrency: threads share nothing here but the fd and counters; several
 readers on one /dev/fuse fd is what the kernel expects (each request goes to
-exactly one reader).  The Filesystem and BlockDevice do their own locking.
+exactly one reader).  A WRITE to a slow attribute file (a writeback may run
+for minutes; `Filesystem.is_slow`) gets a thread of its own, which answers
+it: with the helper reader gated on large READs, the first reader would
+otherwise hold every other request until it ended.  The Filesystem and BlockDevice do their own locking.
 Nothing on this path logs, sleeps or waits on anything that might need swap
 I/O; per-request failures are counted (`errors`), never written anywhere.
 
@@ -536,8 +539,36 @@ class DevSession(MountedSession):
         data = mv[_abi.WRITE_DATA_OFFSET : _abi.WRITE_DATA_OFFSET + size]
         if len(data) != size:
             raise MalformedRequestError(f"WRITE of {size} bytes carries {len(data)}")
+        if self.fs.is_slow(nodeid):
+            # A writeback may take minutes: it gets a thread of its own,
+            # which answers it, so the readers go on serving disk (the
+            # helper reader takes requests only beside a large READ).
+            threading.Thread(
+                target=self._slow_write,
+                args=(unique, nodeid, offset, bytes(data)),
+                name="zramfs-slow-write",
+                daemon=True,
+            ).start()
+            return
         written = self.fs.write(nodeid, offset, data)
         self._send((_abi.out_header.pack(24, 0, unique), _abi.write_out.pack(written, 0)))
+
+    def _slow_write(self, unique, nodeid, offset, data):
+        """A slow attribute write (Filesystem.is_slow), in its own thread."""
+        try:
+            written = self.fs.write(nodeid, offset, data)
+            self._send((_abi.out_header.pack(24, 0, unique), _abi.write_out.pack(written, 0)))
+        except _ConnectionGone:
+            pass
+        except Exception as e:
+            err = errno_for(e)
+            if err == errno.EIO:
+                self.errors += 1
+                self.last_error = e
+            try:
+                self._reply_error(unique, err)
+            except Exception:  # the connection is gone: nobody waits any more
+                pass
 
     def _release(self, unique, nodeid, mv, n):
         (fh,) = _abi.release_in_fh.unpack_from(mv, _abi.IN_HEADER_SIZE)
