@@ -330,6 +330,9 @@ class DeviceConfig:
     backing_dev: str | None = None
     # zram's recomp_algorithm writes ("algo=zstd priority=1 level=9"), in order.
     recomp_algorithms: tuple[str, ...] = ()
+    # Beyond zram (zramfs._watermark), bytes; 0: off / 7/8 of the watermark.
+    writeback_watermark: int = 0
+    writeback_low_watermark: int = 0
 
     def __post_init__(self):
         # A daemon record read back from JSON has a list here.
@@ -356,6 +359,10 @@ class DeviceConfig:
             argv += ["--backing-dev", self.backing_dev]
         for text in self.recomp_algorithms:
             argv += ["--recomp-algorithm", text]
+        if self.writeback_watermark:
+            argv += ["--writeback-watermark", str(self.writeback_watermark)]
+        if self.writeback_low_watermark:
+            argv += ["--writeback-low-watermark", str(self.writeback_low_watermark)]
         return argv
 
     @staticmethod
@@ -393,6 +400,12 @@ class DeviceConfig:
             "--recomp-algorithm", dest="recomp_algorithms", action="append", default=[],
             help="zram's recomp_algorithm, e.g. 'algo=zstd priority=1'; repeatable",
         )  # fmt: skip
+        parser.add_argument(
+            "--writeback-watermark", type=size, default=0, help="bytes of pool; 0 = off"
+        )
+        parser.add_argument(
+            "--writeback-low-watermark", type=size, default=0, help="bytes; 0 = 7/8 of the mark"
+        )
 
     @classmethod
     def from_args(cls, args):

@@ -207,7 +207,8 @@ def build_filesystem(config):
     recomp_algorithm and backing_dev, then,
     with a size, disksize (a daemon started with --size is initialised at
     once; without, it waits for a write to `disksize`).  FsError when a
-    setting is refused, with the message the attribute write would get."""
+    setting is refused, with the message the attribute write would get.
+    The watermark's settings go through writeback_watermark's calls."""
     fs = Filesystem()
     fs.set_algorithm(config.algorithm)
     if config.algorithm_params:
@@ -217,6 +218,10 @@ def build_filesystem(config):
         fs.set_recomp_algorithm(text)
     if config.backing_dev is not None:
         fs.set_backing_dev(config.backing_dev)
+    # The watermark, then its low mark (checked as a pair).
+    for name in ("writeback_watermark", "writeback_low_watermark"):
+        if getattr(config, name):
+            fs.set_watermark(name, str(getattr(config, name)))
     if config.size is not None:
         fs.init_size(config.size)
     return fs

@@ -36,6 +36,13 @@ zram's text (``zramfs._pp_args``).  A written-back slot is read from the
 backing store outside the lock and checked afterwards to still be there
 (``_wb_page``); a recompressed one is decoded by its priority's codec.
 
+Beyond zram, ``writeback_watermark`` (zramfs._watermark): with a backing
+store, a thread writes the coldest slots back (``writeback_cold``) when
+the pool reaches the watermark; a store that reaches it kicks the thread,
+and a write that the pool's cap (an eighth above the watermark, or
+mem_limit) refuses waits for that writeback and is retried
+(``_after_limit``) instead of failing.
+
 The slot table's layout, flags and states are ``zramfs._slots``'s.  Every
 change of a slot's state -- a write of one block or of 256, a partial
 block's read-modify-write, a discard -- goes through one method,
@@ -81,8 +88,10 @@ cannot lose each other.  A discard takes the lock once per 4096 whole
 blocks, so an fstrim of a large device does not stall other I/O;
 ``compact()`` takes only the pool's lock (compaction moves objects but keeps
 handles valid).  Nothing under the lock waits on I/O, sleeps, or calls back
-into fs or fuse.  Concurrent writes to the same block land in some order,
-each block whole, as on any block device.
+into fs or fuse.  A write refused for memory waits for the watermark's
+writeback only after letting go of the lock (``_after_limit``), so the
+writeback can always take it.  Concurrent writes to the same block land in
+some order, each block whole, as on any block device.
 """
 
 import operator
@@ -157,6 +166,14 @@ from ._state import (
     decode_bytes,
     encode_bytes,
 )
+from ._watermark import (
+    LOW_DEN,
+    LOW_NUM,
+    WM_CAP_DEN,
+    Watermark,
+    WatermarkStats,
+    watermark_stat_line,
+)
 from .codecs import (
     CODECS,
     DEFAULT_ALGORITHM,
@@ -179,10 +196,12 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidIdleAgeError",
     "InvalidMemLimitError",
+    "InvalidWatermarkError",
     "MemLimitError",
     "NoBackingDevError",
     "NoRecompAlgorithmError",
     "OutOfRangeError",
+    "check_watermarks",
     "classes_table",
     "debug_stat_text",
     "bd_stat_line",
@@ -192,7 +211,9 @@ __all__ = [
     "StateCorruptError",
     "StateError",
     "StateFormatError",
+    "WatermarkStats",
     "WritebackLimitError",
+    "watermark_stat_line",
 ]
 
 #: Fault injection for the crash tests (see allocator._pool._fault): None in
@@ -200,6 +221,8 @@ __all__ = [
 _fault = None
 
 _PAGE_MASK = PAGE_SIZE - 1
+# A pool page count no pool reaches: the watermark's trigger when it is off.
+_NEVER = 1 << 62
 _ZERO_PAGE = bytes(PAGE_SIZE)
 _WORDS_PER_PAGE = PAGE_SIZE // 8
 
@@ -217,6 +240,12 @@ class InvalidMemLimitError(DeviceError, ValueError):
     """Raised when ``mem_limit`` is set to something other than an int >= 0."""
 
 
+class InvalidWatermarkError(DeviceError, ValueError):
+    """Raised when ``writeback_watermark`` or ``writeback_low_watermark`` is
+    set to something other than an int >= 0, or so that the low mark would
+    not be below the watermark (both set)."""
+
+
 class OutOfRangeError(DeviceError):
     """Raised when a read, write or discard reaches outside [0, disksize]
     (or has a negative offset or length).  Counted in ``invalid_io``."""
@@ -227,6 +256,8 @@ class MemLimitError(DeviceError):
     what the pool can hold at all).  Nothing stored changes.  Counted in
     ``failed_writes``; the FUSE layer answers ENOSPC, as zram's -ENOMEM
     becomes an I/O error for the writer."""
+
+    watermark = False  # the watermark's cap refused the write, not mem_limit
 
 
 class InvalidIdleAgeError(DeviceError, ValueError):
@@ -260,6 +291,24 @@ class CorruptedSlotError(DeviceError):
     """Raised when a stored object fails to decompress to a whole page.
     Counted in ``failed_reads`` (or ``failed_writes`` when it happens in a
     partial write's read-modify-write).  It means a bug or memory corruption."""
+
+
+def check_watermarks(high, low, changed):
+    """Check a writeback_watermark ``high`` and writeback_low_watermark
+    ``low`` (bytes, ints >= 0; 0 = off, default) as a pair, after a change
+    of the one named ``changed``: both set, the low mark must be below the
+    watermark in whole pages.  InvalidWatermarkError if not."""
+    high_pages = (high + _PAGE_MASK) >> PAGE_SHIFT
+    low_pages = (low + _PAGE_MASK) >> PAGE_SHIFT
+    if high_pages and low_pages and low_pages >= high_pages:
+        if changed == "writeback_watermark":
+            raise InvalidWatermarkError(
+                f"writeback_watermark {high} must be above writeback_low_watermark {low} "
+                "(lower that first)"
+            )
+        raise InvalidWatermarkError(
+            f"writeback_low_watermark {low} must be below writeback_watermark {high}"
+        )
 
 
 class StateError(DeviceError):
@@ -482,6 +531,18 @@ class BlockDevice:
         self.writeback_error = None  # why the last writeback stopped, or None
         # A priority that stored a slot.
         self._recomp_used = [bool(words[W_RECOMP_USED] >> p & 1) for p in range(4)]
+
+        # The watermark (beyond zram, zramfs._watermark): marks in pages,
+        # 0 = off; a store that takes the pool to _wm_trigger kicks it.
+        self._wm_high = 0
+        self._wm_low = 0
+        self._wm_trigger = _NEVER
+        # What a store may take the pool to: mem_limit, or the watermark's
+        # cap if lower (_wm_update_locked); _wm_bypass (under the lock) lets
+        # one write past the cap when writeback cannot make room.
+        self._store_limit = self._limit_pages
+        self._wm_bypass = False
+        self._watermark = Watermark(self)
         if backing_dev is not None:
             try:
                 self.set_backing_dev(backing_dev)
@@ -496,6 +557,8 @@ class BlockDevice:
         holds them (``state_fds``) to hand to the next daemon.  A backing
         file is emptied, unless ``handover`` says the next daemon will
         resume this state and still needs its blocks."""
+        # The watermark thread first: it finishes its batch and exits.
+        self._watermark.close()
         with self._lock:
             self._pool.close()
             self._table.close()
@@ -761,6 +824,7 @@ class BlockDevice:
         pages = self._limit_to_pages(mem_limit)
         with self._lock:
             self._limit_pages = self._w[W_LIMIT_PAGES] = pages
+            self._wm_update_locked()
 
     def _check_range(self, offset, length, op):
         if (
@@ -927,11 +991,14 @@ class BlockDevice:
             # free and no malloc (4 KiB rewrite 6.56 -> 4.50 us per page).  A
             # pool already past mem_limit takes the path below and fails
             # there, as zram's write does whatever the old object frees.
-            limit = self._limit_pages
+            # The watermark's cap too (_store_limit): replace may take a new zspage.
+            limit = self._limit_pages if self._wm_bypass else self._store_limit
             fits = not limit or pool.pages_used <= limit
             if fits and pool.replace(handles[first], payloads[0], limit):
                 slot_infos[first] = top
                 table.account(old, infos)
+                if pool.pages_used >= self._wm_trigger:
+                    self._watermark.kick()
                 return
         objs: Sequence
         if not top:
@@ -1001,9 +1068,10 @@ class BlockDevice:
         """Under the lock: new pool objects for ``objs``, all or none, in one
         pool lock round (1 MiB overwrite of fio-like data: 1800 -> 1540 us
         against two or three rounds per block); updates mem_used_max.
-        MemLimitError, counted in failed_writes, past mem_limit or a full pool."""
+        MemLimitError past mem_limit (or the watermark's cap, _store_limit:
+        its ``watermark`` attribute is then True) or a full pool."""
         pool = self._pool
-        limit = self._limit_pages if check_limit else 0
+        limit = (self._limit_pages if self._wm_bypass else self._store_limit) if check_limit else 0
         new_handles: Sequence[int]
         try:
             if limit or len(objs) > 1:
@@ -1019,20 +1087,57 @@ class BlockDevice:
             # zram checks right after zs_malloc whether this allocation took
             # the pool past the limit ("alloced_pages > limit_pages");
             # store_many did, and freed what it had stored.
-            raise self._limit_error(
+            error = self._limit_error(
                 f"write would take the pool to {exc.pages_used * PAGE_SIZE} bytes, "
                 f"past mem_limit {limit * PAGE_SIZE}"
-            ) from exc
+            )
+            error.watermark = limit != self._limit_pages  # the watermark's cap
+            raise error from exc
         # The peak is now, with the new and the old objects both in the pool.
         used = pool.pages_used
         if used > self._w[W_MAX_USED_PAGES]:
             self._w[W_MAX_USED_PAGES] = used
+        if used >= self._wm_trigger:
+            self._watermark.kick()
         return new_handles
 
     def _limit_error(self, message):
-        """Under the lock: a write refused for memory, counted in failed_writes."""
-        self._w[W_FAILED_WRITES] += 1
+        """A write refused for memory; counted in failed_writes by
+        _after_limit, once no writeback will make room for it."""
         return MemLimitError(message)
+
+    def _after_limit(self, exc, commit, *args):
+        """After ``commit(*args)`` (a write's change of state, run under the
+        lock) raised MemLimitError ``exc``, and with no lock held: while the
+        watermark's writeback frees memory (zramfs._watermark), wait for it
+        and run ``commit`` again; else count the write in failed_writes and
+        raise the error, as zram fails it."""
+        first = True
+        while self._watermark.wait_for_room(first):
+            first = False
+            try:
+                with self._lock:
+                    commit(*args)
+                return
+            except MemLimitError as again:
+                exc = again
+        if exc.watermark:
+            # Only the watermark's cap refused it, and its writeback cannot
+            # help (the store is full or failing): the write goes ahead, as
+            # in zram, up to mem_limit.
+            try:
+                with self._lock:
+                    self._wm_bypass = True
+                    try:
+                        commit(*args)
+                    finally:
+                        self._wm_bypass = False
+                return
+            except MemLimitError as again:
+                exc = again
+        with self._lock:
+            self._w[W_FAILED_WRITES] += 1
+        raise exc
 
     # --- the write path ---------------------------------------------------------
 
@@ -1052,10 +1157,16 @@ class BlockDevice:
             info, payload = self._classify(self._codec.compress(view), view)
             now = _SECONDS.now - self._epoch
             index = offset >> PAGE_SHIFT
-            with self._lock:
-                self._w[W_NUM_WRITES] += 1
-                self._commit_locked(index, (info,), (payload,))
-                self._table.ac_time[index] = now
+            try:
+                with self._lock:
+                    self._w[W_NUM_WRITES] += 1
+                    self._commit_locked(index, (info,), (payload,))
+                    self._table.ac_time[index] = now
+            except MemLimitError as exc:
+                stamp = self._stamps(1)
+                self._after_limit(
+                    exc, self._commit_stamped_locked, index, (info,), (payload,), stamp
+                )
             return
         if not length:
             return
@@ -1085,35 +1196,55 @@ class BlockDevice:
                     # Whole blocks, each an ordinary compressed object (no
                     # same-filled or huge page): no per-page Python loop.
                     stamps = self._stamps(len(sizes))
-                    with self._lock:
-                        self._w[W_NUM_WRITES] += len(sizes)
-                        self._commit_locked(first, sizes, compressed)
-                        self._table.ac_time[first : first + len(sizes)] = stamps
+                    try:
+                        with self._lock:
+                            self._w[W_NUM_WRITES] += len(sizes)
+                            self._commit_locked(first, sizes, compressed)
+                            self._table.ac_time[first : first + len(sizes)] = stamps
+                    except MemLimitError as exc:
+                        self._after_limit(
+                            exc, self._commit_stamped_locked, first, sizes, compressed, stamps
+                        )
                     return
                 infos, payloads = self._encode_many(compressed, pages)
 
+        edges: Sequence[tuple[int, int, int, memoryview]]
+        if partial:
+            edges = ((0, first, head, view),)
+        else:
+            edges = []
+            if head:
+                edges.append((0, first, head, view[: PAGE_SIZE - head]))
+            if tail:
+                edges.append((len(infos) + bool(head), last, 0, view[length - tail :]))
         stamps = self._stamps(last - first + 1)
-        with self._lock:
-            self._w[W_NUM_WRITES] += last - first + 1
-            try:
-                edges: Sequence[tuple[int, int, int, memoryview]]
-                if partial:
-                    edges = ((0, first, head, view),)
-                else:
-                    edges = []
-                    if head:
-                        edges.append((0, first, head, view[: PAGE_SIZE - head]))
-                    if tail:
-                        edges.append((len(infos) + bool(head), last, 0, view[length - tail :]))
-                for at, index, start, piece in edges:
-                    info, payload = self._rmw_locked(index, start, piece)
-                    infos.insert(at, info)
-                    payloads.insert(at, payload)
-            except (CorruptedSlotError, BackingIOError):
-                self._w[W_FAILED_WRITES] += 1
-                raise
-            self._commit_locked(first, infos, payloads)
-            self._table.ac_time[first : last + 1] = stamps
+        try:
+            with self._lock:
+                self._w[W_NUM_WRITES] += last - first + 1
+                self._commit_edges_locked(first, infos, payloads, edges, stamps)
+        except MemLimitError as exc:
+            self._after_limit(exc, self._commit_edges_locked, first, infos, payloads, edges, stamps)
+
+    def _commit_stamped_locked(self, first, infos, payloads, stamps):
+        """Under the lock: _commit_locked, then stamp the slots' ac_time."""
+        self._commit_locked(first, infos, payloads)
+        self._table.ac_time[first : first + len(stamps)] = stamps
+
+    def _commit_edges_locked(self, first, infos, payloads, edges, stamps):
+        """Under the lock: a write's whole blocks (``infos``, ``payloads``:
+        left as they are, for a retry) with its ``edges`` read-modify-written
+        in, committed and stamped (one atomic step for the edge blocks)."""
+        infos = list(infos)
+        payloads = list(payloads)
+        try:
+            for at, index, start, piece in edges:
+                info, payload = self._rmw_locked(index, start, piece)
+                infos.insert(at, info)
+                payloads.insert(at, payload)
+        except (CorruptedSlotError, BackingIOError):
+            self._w[W_FAILED_WRITES] += 1
+            raise
+        self._commit_stamped_locked(first, infos, payloads, stamps)
 
     # --- the read path ----------------------------------------------------------
 
@@ -1355,16 +1486,16 @@ class BlockDevice:
             if self._backing is not None:
                 self._backing.reclaim()  # punch the freed blocks, outside the lock
         for index, start, size in edges:
-            with self._lock:
-                if not self._table.info[index]:
-                    continue  # an empty slot already reads as zeros
-                try:
-                    info, payload = self._rmw_locked(index, start, bytes(size))
-                except (CorruptedSlotError, BackingIOError):
-                    self._w[W_FAILED_WRITES] += 1
-                    raise
-                self._commit_locked(index, (info,), (payload,))
-                self._table.ac_time[index] = _SECONDS.now - self._epoch
+            # An empty slot already reads as zeros (checked under the lock).
+            edge = ((0, index, start, bytes(size)),)
+            try:
+                with self._lock:
+                    if self._table.info[index]:
+                        self._commit_edges_locked(index, (), (), edge, self._stamps(1))
+            except MemLimitError as exc:
+                self._after_limit(
+                    exc, self._commit_edges_locked, index, (), (), edge, self._stamps(1)
+                )
 
     # --- idle tracking ----------------------------------------------------------
 
@@ -1509,6 +1640,8 @@ class BlockDevice:
                 self._set_config(backing=store.path)
             if old is not None:
                 old.close()
+            with self._lock:
+                self._wm_update_locked()
 
     def reclaim_backing(self):
         """Punch the holes of backing blocks freed by rewrites since the
@@ -1561,6 +1694,94 @@ class BlockDevice:
             raise InvalidArgumentError(f"writeback_batch_size must be an int >= 1, not {count!r}")
         with self._lock:
             self._wb_batch_size = self._w[W_WB_BATCH] = count
+
+    # --- the watermark (beyond zram; zramfs._watermark) ------------------------------
+
+    @staticmethod
+    def _wm_to_pages(value, name):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidWatermarkError(f"{name} must be an int >= 0 bytes, not {value!r}")
+        return (value + _PAGE_MASK) >> PAGE_SHIFT  # whole pages, rounded up as mem_limit
+
+    @property
+    def writeback_watermark(self):
+        """Bytes of pool memory (mem_used_total) at which the watermark
+        thread starts writing the coldest slots back; 0 = off.  Active only
+        with a backing store (inactive, not refused, without one: the
+        store may be set later)."""
+        return self._wm_high << PAGE_SHIFT
+
+    @writeback_watermark.setter
+    def writeback_watermark(self, value):
+        pages = self._wm_to_pages(value, "writeback_watermark")
+        with self._lock:
+            check_watermarks(pages << PAGE_SHIFT, self._wm_low << PAGE_SHIFT, "writeback_watermark")
+            self._wm_high = pages
+            self._wm_update_locked()
+        if pages:
+            self._watermark.start()
+            self._watermark.kick()  # the pool may be over the new mark already
+
+    @property
+    def writeback_low_watermark(self):
+        """Bytes of pool memory a watermark round writes back to; 0 = the
+        default, 7/8 of the watermark."""
+        return self._wm_low << PAGE_SHIFT
+
+    @writeback_low_watermark.setter
+    def writeback_low_watermark(self, value):
+        pages = self._wm_to_pages(value, "writeback_low_watermark")
+        with self._lock:
+            check_watermarks(
+                self._wm_high << PAGE_SHIFT, pages << PAGE_SHIFT, "writeback_low_watermark"
+            )
+            self._wm_low = pages
+
+    def _wm_trigger_pages(self):
+        """The high mark in pages: the watermark, or 15/16 of mem_limit if
+        set and lower (writeback starts before writes reach the limit and
+        wait); _NEVER when off."""
+        high = self._wm_high
+        if not high:
+            return _NEVER
+        limit = self._limit_pages
+        return min(high, limit - limit // 16) if limit else high
+
+    def _wm_low_pages(self):
+        """The low mark in pages: writeback_low_watermark if set and below
+        the high mark, else 7/8 of the high mark."""
+        high = self._wm_trigger_pages()
+        low = self._wm_low
+        if low and low < high:
+            return low
+        return high * LOW_NUM // LOW_DEN
+
+    def _wm_update_locked(self):
+        """Under the lock: the pool page count at which a store kicks the
+        watermark thread, and the cap a store waits at (without a backing
+        store: neither)."""
+        limit = self._limit_pages
+        if self._backing is None or not self._wm_high:
+            self._wm_trigger = _NEVER
+            self._store_limit = limit
+            return
+        self._wm_trigger = self._wm_trigger_pages()
+        cap = self._wm_high + self._wm_high // WM_CAP_DEN
+        self._store_limit = min(cap, limit) if limit else cap
+
+    def watermark_stats(self):
+        """The watermark's WatermarkStats (``writeback_watermark_stat``)."""
+        return self._watermark.stats()
+
+    def writeback_watermark_stat(self):
+        """The ``writeback_watermark_stat`` line (zramfs._watermark)."""
+        return watermark_stat_line(self.watermark_stats())
+
+    @property
+    def watermark_error(self):
+        """Why the watermark's last round stopped early (backing store full,
+        an I/O error, writeback_limit), or None."""
+        return self._watermark.error
 
     # --- writeback -----------------------------------------------------------------
 
@@ -1626,6 +1847,11 @@ class BlockDevice:
         taken per 4096 slots) and a sort of the candidates' stamps; slots
         at or below it are then written back in index order.
         """
+        return self._writeback_cold(pages)
+
+    def _writeback_cold(self, pages, abort=None):
+        """writeback_cold; ``abort`` (a callable) is asked before each batch
+        whether to stop early (the watermark thread's close)."""
         if self._backing is None:
             raise NoBackingDevError("writeback needs a backing device (backing_dev)")
         if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
@@ -1656,19 +1882,19 @@ class BlockDevice:
             def want(info, stamp):
                 return not info & skip and stamp & ~AC_IDLE <= cutoff
 
-            return self._writeback_range(want, 0, table.nr_slots, pages)
+            return self._writeback_range(want, 0, table.nr_slots, pages, abort)
         except (BackingStoreError, WritebackLimitError) as exc:
             self.writeback_error = str(exc)
             raise
         finally:
             self._pp_lock.release()
 
-    def _writeback_range(self, want, pos, end, max_pages=None):
+    def _writeback_range(self, want, pos, end, max_pages=None, abort=None):
         """Write back the slots of [pos, end) that ``want`` picks, at most
-        ``max_pages`` (None: no limit)."""
+        ``max_pages`` (None: no limit), until ``abort()`` (if given) is true."""
         store = self._backing
         written = 0
-        while pos < end and max_pages != 0:
+        while pos < end and max_pages != 0 and not (abort is not None and abort()):
             with self._lock:
                 count = self._wb_batch_size
                 if max_pages is not None:

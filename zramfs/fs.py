@@ -16,7 +16,8 @@ The tree is fixed, like a zram device's sysfs directory::
 The device has zram's lifecycle.  Uninitialised (``device`` None,
 ``initstate`` 0), `disk` has size 0: reads find its end and writes get
 ENOSPC, as on a block device of size 0; ``comp_algorithm``,
-``algorithm_params`` and ``mem_limit`` take their settings.  Writing
+``algorithm_params``, ``mem_limit`` and the watermark's two files (beyond
+zram) take their settings.  Writing
 ``disksize`` builds the BlockDevice with them; from then on the first two
 and ``disksize`` answer EBUSY.  Writing ``reset`` closes the device (EBUSY
 while `disk` is open: a loop device holds it open) and puts every setting
@@ -80,12 +81,16 @@ from zramfs.device import (
     BlockDevice,
     DeviceStats,
     InvalidDiskSizeError,
+    InvalidWatermarkError,
     OutOfRangeError,
+    WatermarkStats,
     bd_stat_line,
+    check_watermarks,
     classes_table,
     debug_stat_text,
     io_stat_line,
     mm_stat_line,
+    watermark_stat_line,
 )
 
 ROOT_INO = 1
@@ -416,6 +421,24 @@ _ATTR_FILES = (
         store=_text(lambda fs, t: fs.set_recomp_algorithm(t)),
     ),
     _AttrFile("recompress", 0o200, store=_text(_store_recompress), slow=True),
+    # Beyond zram: writeback before memory runs out (zramfs._watermark).
+    _AttrFile(
+        "writeback_watermark",
+        0o644,
+        show=lambda fs: f"{fs.writeback_watermark}\n",
+        store=_text(lambda fs, t: fs.set_watermark("writeback_watermark", t)),
+    ),
+    _AttrFile(
+        "writeback_low_watermark",
+        0o644,
+        show=lambda fs: f"{fs.writeback_low_watermark}\n",
+        store=_text(lambda fs, t: fs.set_watermark("writeback_low_watermark", t)),
+    ),
+    _AttrFile(
+        "writeback_watermark_stat",
+        0o444,
+        show=lambda fs: watermark_stat_line(fs.watermark_stats()),
+    ),
 )
 # Attribute files take the inode numbers after `disk`, in the order above.
 _FIRST_ATTR_INO = DISK_INO + 1
@@ -456,6 +479,8 @@ class Filesystem:
             self.recomp = {p: (name, None) for p, name in device.recomp_algorithms.items()}
         # writeback_limit & co. before init; the device holds them after.
         self._wb_settings = dict(_WB_DEFAULTS)
+        # The watermark's settings before init, in bytes (see set_watermark).
+        self._watermarks = {"writeback_watermark": 0, "writeback_low_watermark": 0}
         self._disk_openers = 0
         # Slow stores working on the device now (device_op); a reset waits
         # for them (_ops_done) instead of closing the device under them.
@@ -553,6 +578,9 @@ class Filesystem:
                     device.set_recomp_algorithm(name, priority, level)
                 for name, value in self._wb_settings.items():
                     setattr(device, name, value)
+                # Checked as a pair when set: the watermark first, then its low mark.
+                for name, value in self._watermarks.items():
+                    setattr(device, name, value)
             except BaseException:
                 device.close()
                 raise
@@ -582,6 +610,7 @@ class Filesystem:
             self.recomp = {}
             if device is not None:
                 self._wb_settings = {name: getattr(device, name) for name in _WB_SETTINGS}
+            self._watermarks = dict.fromkeys(self._watermarks, 0)
         if device is not None:
             device.close()
             self._resized()
@@ -722,6 +751,50 @@ class Filesystem:
             if device is not None:
                 setattr(device, name, value)  # InvalidArgumentError: EINVAL
             self._wb_settings[name] = value
+
+    # -- the watermark (beyond zram; zramfs._watermark) -------------------------
+
+    @property
+    def writeback_watermark(self):
+        device = self.device
+        if device is not None:
+            return device.writeback_watermark
+        return self._watermarks["writeback_watermark"]
+
+    @property
+    def writeback_low_watermark(self):
+        device = self.device
+        if device is not None:
+            return device.writeback_low_watermark
+        return self._watermarks["writeback_low_watermark"]
+
+    def watermark_stats(self):
+        """The watermark's counters (all 0 before init)."""
+        device = self.device
+        if device is not None:
+            return device.watermark_stats()
+        return WatermarkStats(0, 0, 0, 0, 0)
+
+    def set_watermark(self, name, text):
+        """writeback_watermark or writeback_low_watermark (``name``): memparse
+        syntax, any time, like mem_limit; 0 = off (the low mark: 7/8 of the
+        watermark).  EINVAL past 64 bits, or when the low mark would not be
+        below the watermark (both set).  Allowed without a backing store,
+        inactive until one is set."""
+        value = memparse(text)
+        if value > _MEM_LIMIT_MAX:
+            raise InvalidValueError(f"{name} {text.strip()!r} does not fit 64 bits")
+        with self._lock:
+            marks = {**self._watermarks, name: value}
+            try:
+                check_watermarks(
+                    marks["writeback_watermark"], marks["writeback_low_watermark"], name
+                )
+                if self.device is not None:
+                    setattr(self.device, name, value)
+            except InvalidWatermarkError as e:
+                raise InvalidValueError(str(e)) from None
+            self._watermarks = marks
 
     def _resized(self):
         hook = self.on_resize

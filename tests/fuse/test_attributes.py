@@ -36,6 +36,10 @@ ATTR_MODES = {
     "bd_stat": 0o444,
     "recomp_algorithm": 0o644,
     "recompress": 0o200,
+    # Beyond zram: the watermark (test_watermark_attrs.py).
+    "writeback_watermark": 0o644,
+    "writeback_low_watermark": 0o644,
+    "writeback_watermark_stat": 0o444,
 }
 
 

@@ -87,12 +87,21 @@ def test_bench_quick_runs_every_target_and_cleans_up(tmp_path):
 
 
 def _check_suite(setting, results):
-    expected = {"zramfs", "zramfs-pyfuse3", "memserver"}
+    expected = {"zramfs", "zramfs-pyfuse3", "memserver", "zramfs-wb"}
     if os.path.exists("/sys/class/zram-control"):
         expected.add("kernel")
     assert set(results) == expected, setting
     for target, res in results.items():
         where = (setting, target)
+        if target == "zramfs-wb":
+            # Swap only (with a backing file, which kernel zram cannot use).
+            assert "fio" not in res, where
+            assert res["swap"]["bad_pages"] == 0 and res["swap"]["exit_code"] == 0, where
+            assert res["swap"]["rss"]["peak_rss"] > 0, where
+            assert set(res["swap"]["watermark_stat"]) == {
+                "triggered", "written", "waited", "failed", "compacted"
+            }, where  # fmt: skip
+            continue
         assert set(res["fio"]) >= {
             "seq_write_1m",
             "seq_read_1m",

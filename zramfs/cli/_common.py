@@ -22,6 +22,7 @@ from zramfs.config import (
     check_name,
     parse_size,
 )
+from zramfs.device import InvalidWatermarkError, check_watermarks
 from zramfs.fuse import BACKENDS, UnknownBackendError, supports_discard
 
 from ._errors import (
@@ -125,8 +126,31 @@ def mem_limit(text):
     return 0 if text is None else parse_size(text)
 
 
+def watermarks(args):
+    """(--writeback-watermark, --writeback-low-watermark) in bytes, 0 when
+    not given; ConfigError unless the low mark comes with a watermark above
+    it, and the watermark with a --backing-dev."""
+    high = 0 if args.writeback_watermark is None else parse_size(args.writeback_watermark)
+    low = 0 if args.writeback_low_watermark is None else parse_size(args.writeback_low_watermark)
+    if low and not high:
+        raise ConfigError("--writeback-low-watermark needs --writeback-watermark")
+    if high and args.backing_dev is None:
+        raise ConfigError(
+            "--writeback-watermark needs --backing-dev (where pages are written back)"
+        )
+    try:
+        check_watermarks(high, low, "writeback_low_watermark")
+    except InvalidWatermarkError:
+        raise ConfigError(
+            f"--writeback-low-watermark ({low} bytes) must be below "
+            f"--writeback-watermark ({high} bytes)"
+        ) from None
+    return high, low
+
+
 def device_config(args, *, size, mountpoint, name, sys_):
     """The DeviceConfig of a mount or swapon: its options (`check_options` first) and the claimed name."""
+    high, low = watermarks(args)
     return DeviceConfig(
         mountpoint=mountpoint,
         size=size,
@@ -138,6 +162,8 @@ def device_config(args, *, size, mountpoint, name, sys_):
         run_dir=sys_.device_dir(name),
         backing_dev=backing_dev(args.backing_dev),
         recomp_algorithms=tuple(args.recomp_algorithms),
+        writeback_watermark=high,
+        writeback_low_watermark=low,
     )
 
 
@@ -176,6 +202,7 @@ def check_options(args):
     mem_limit(args.mem_limit)
     backing_dev(args.backing_dev)
     check_recomp_algorithms(args.recomp_algorithms)
+    watermarks(args)
     if args.name is not None:
         check_name(args.name)
 

@@ -75,6 +75,18 @@ def build_parser():
             "priority 1 to 3; repeatable",
         )
         p.add_argument(
+            "--writeback-watermark",
+            metavar="SIZE",
+            help="beyond zram: when the pool reaches SIZE (bytes, K/M/G/T/P/E suffix or N%% of "
+            "RAM), write the least recently used pages back to --backing-dev; writes at "
+            "--mem-limit then wait for that writeback instead of failing (default: off)",
+        )
+        p.add_argument(
+            "--writeback-low-watermark",
+            metavar="SIZE",
+            help="write back until the pool is under SIZE (default 7/8 of --writeback-watermark)",
+        )
+        p.add_argument(
             "--fuse-backend",
             choices=BACKENDS,
             default=DEFAULT_BACKEND,
