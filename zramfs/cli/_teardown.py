@@ -51,8 +51,11 @@ def _device_steps(sys_, name, mountpoint, mounted):
     if mounted:
         steps.append(Step("unmount", mountpoint))
     record = sys_.daemon_record(name)
-    if sys_.daemon_alive(record) and record.config.mountpoint == mountpoint:
-        steps.append(Step("stop", mountpoint, record.pid, record.start_time))
+    if record is not None and record.config.mountpoint == mountpoint:
+        # The supervisor first (it stops its daemon), then a daemon whose
+        # supervisor was killed: each is waited for, SIGTERMed if it stays.
+        for pid, started in sys_.live_processes(record):
+            steps.append(Step("stop", mountpoint, pid, started))
     return steps
 
 
