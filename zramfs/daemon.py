@@ -189,8 +189,15 @@ class SupervisorLink:
         self._send(f"FUSE {kernel_minor} {int(can_resend)}", [fd])
 
     def state(self, device):
-        """The device's state memfds (none: uninitialised), replacing the ones sent before."""
-        fds = device.state_fds() if device is not None and hasattr(device, "state_fds") else {}
+        """The device's state memfds (none: uninitialised), replacing the ones sent before.
+
+        A device that cannot give its state ("NOSTATE") must not be
+        restarted: a new daemon would start empty and every page be lost.
+        """
+        if device is not None and not hasattr(device, "state_fds"):
+            self._send("NOSTATE")
+            return
+        fds = device.state_fds() if device is not None else {}
         self._send(" ".join(["STATE", *fds]), fds.values())
 
 
@@ -386,7 +393,7 @@ async def run(config, ready, link=None, resume=None):
                     setup_error = e
                     nursery.cancel_scope.cancel()
                 else:
-                    if resume is None:
+                    if resume is None and link.sock is not None:
                         link.fuse(session.fd, session.kernel_minor, session.can_resend)
                     link.state(fs.device)
                     if fs.device is None:

@@ -129,7 +129,8 @@ class Supervisor:
         self.fuse_fd = None
         self.kernel_minor = None
         self.can_resend = False
-        self.state = {}  # name -> memfd
+        # name -> memfd; None: the daemon's device cannot give its state.
+        self.state: dict[str, int] | None = {}
         self.restarts = 0
         self.quick_deaths = 0
         self.stopping = False
@@ -156,9 +157,9 @@ class Supervisor:
         if resume:
             argv += ["--fuse-fd", str(self.fuse_fd), "--kernel-minor", str(self.kernel_minor)]
             argv += ["--restarts", str(self.restarts)]
-            for name, fd in self.state.items():
+            for name, fd in (self.state or {}).items():
                 argv += ["--state-fd", f"{name}={fd}"]
-            passed += [self.fuse_fd, *self.state.values()]
+            passed += [self.fuse_fd, *(self.state or {}).values()]
         try:
             for fd in passed:
                 os.set_inheritable(fd, True)
@@ -195,10 +196,14 @@ class Supervisor:
             self.kernel_minor = int(words[1])
             self.can_resend = words[2] == "1"
         elif words[0] == "STATE" and len(fds) == len(words) - 1:
-            old = self.state
+            old = self.state or {}
             self.state = dict(zip(words[1:], fds, strict=True))
             for fd in old.values():
                 os.close(fd)
+        elif words[0] == "NOSTATE":
+            for fd in (self.state or {}).values():
+                os.close(fd)
+            self.state = None
         else:
             log(f"ignored a message from the daemon: {words[0]!r} with {len(fds)} fds")
             for fd in fds:
@@ -275,6 +280,8 @@ class Supervisor:
             return "it never served"
         if not self.can_resend:
             return f"the kernel cannot resend FUSE requests (protocol 7.{self.kernel_minor} < 7.40)"
+        if self.state is None:
+            return "this zramfs keeps the device's state in no memfd (nothing to resume)"
         if self.quick_deaths >= MAX_QUICK_DEATHS:
             return f"{MAX_QUICK_DEATHS} daemons in a row died before they served"
         return None
@@ -329,23 +336,33 @@ class Supervisor:
             conn.sendall(b"ERROR the daemon is starting or restarting; try again\n")
             conn.close()
         else:
-            why = self.check_new_code()
-            if why is not None:
-                conn.sendall((f"REFUSED {_one_line(why)}\n").encode())
+            refusal = self.check_new_code()
+            if refusal is not None:
+                conn.sendall((" ".join(refusal) + "\n").encode())
                 conn.close()
                 return
             self.restart_conn = conn
             self.restart()
 
     def check_new_code(self):
-        """Why the code installed now cannot take this device over, or None."""
+        """None if the code installed now can take this device over; else
+        ("REFUSED", why) when the state format changed, ("ERROR", why) otherwise."""
         if not self.can_resend:
-            return f"the kernel cannot resend FUSE requests (protocol 7.{self.kernel_minor} < 7.40)"
+            return (
+                "ERROR",
+                f"the kernel cannot resend FUSE requests (protocol 7.{self.kernel_minor} < 7.40)",
+            )
+        if self.state is None:
+            return (
+                "ERROR",
+                "the running daemon keeps the device's state in no memfd (nothing to hand over)",
+            )
         argv = [self.python, "-I", "-m", "zramfs.daemon", "--check-state"]
-        for name, fd in self.state.items():
+        state = self.state or {}
+        for name, fd in state.items():
             argv += ["--state-fd", f"{name}={fd}"]
         r, w = os.pipe()
-        passed = list(self.state.values())
+        passed = list(state.values())
         try:
             for fd in passed:
                 os.set_inheritable(fd, True)
@@ -370,8 +387,8 @@ class Supervisor:
         lines = [line for line in out.decode(errors="replace").splitlines() if line.strip()]
         detail = lines[-1].strip() if lines else f"exit status {code}"
         if code == EXIT_STATE_FORMAT:
-            return f"the state format changed incompatibly: {detail}"
-        return f"the new code cannot start: {detail}"
+            return ("REFUSED", f"the state format changed incompatibly: {_one_line(detail)}")
+        return ("ERROR", f"the new code cannot start: {_one_line(detail)}")
 
     def restart(self):
         """Tell the daemon to stop at a safe point; `_reap` starts the new code."""
@@ -450,7 +467,7 @@ class Supervisor:
 
     def _release(self):
         """Let go of everything: with the last fd of the connection, the kernel aborts it."""
-        for fd in self.state.values():
+        for fd in (self.state or {}).values():
             os.close(fd)
         self.state = {}
         if self.fuse_fd is not None:

@@ -154,19 +154,40 @@ class ZramfsEnv:
                     found[fields[0]] = int(fields[3]) * 1024
         return found
 
-    def daemons(self):
-        """{pid: argv} of zramfs daemons whose mountpoint is under root."""
+    def _processes(self, module):
         found = {}
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             argv = _cmdline(entry)
-            if "zramfs.daemon" not in argv or not _alive(int(entry)):
+            if module not in argv or not _alive(int(entry)):
                 continue
-            args = argv[argv.index("zramfs.daemon") + 1 :]
+            args = argv[argv.index(module) + 1 :]
             if any(_under(a, self.root) for a in args):
                 found[int(entry)] = argv
         return found
+
+    def daemons(self):
+        """{pid: argv} of zramfs daemons whose mountpoint is under root."""
+        return self._processes("zramfs.daemon")
+
+    def supervisors(self):
+        """{pid: argv} of zramfs supervisors (zramfs.supervisor) whose daemon's mountpoint is under root."""
+        return self._processes("zramfs.supervisor")
+
+    def kill_device(self, mountpoint):
+        """SIGKILL the supervisor, then the daemon, of the device at `mountpoint`: what a
+        device whose processes all died looks like (a dead mount, ENOTCONN)."""
+        for found in (self.supervisors(), self.daemons()):
+            for pid, argv in found.items():
+                if mountpoint in argv:
+                    with _suppress_lookup():
+                        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(
+            mountpoint in argv for argv in [*self.daemons().values(), *self.supervisors().values()]
+        ):
+            time.sleep(0.05)
 
     def leftovers(self):
         """Everything zramfs-related still alive under root; empty when clean."""
@@ -175,6 +196,7 @@ class ZramfsEnv:
             "loops": sorted(self.loops()),
             "mounts": [m[0] for m in self.mounts()],
             "daemons": sorted(self.daemons()),
+            "supervisors": sorted(self.supervisors()),
             "run_dirs": self._run_dirs(),
             # Machine settings a swapon changed and no swapoff has put back.
             "saved_settings": sorted(_saved_settings(self.run_dir)),
@@ -221,7 +243,8 @@ class ZramfsEnv:
         for mountpoint, fstype, source in reversed(self.mounts()):
             if not attempt(["umount", mountpoint]) and not attempt(["umount", "-l", mountpoint]):
                 errors.append(f"umount {mountpoint}")
-        daemons = self.daemons()
+        # Supervisors first, so that none starts a daemon again.
+        daemons = {**self.supervisors(), **self.daemons()}
         for pid in daemons:
             with _suppress_lookup():
                 os.kill(pid, signal.SIGTERM)
