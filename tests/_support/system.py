@@ -175,6 +175,33 @@ class ZramfsEnv:
         """{pid: argv} of zramfs supervisors (zramfs.supervisor) whose daemon's mountpoint is under root."""
         return self._processes("zramfs.supervisor")
 
+    def record(self, name):
+        """Device `name`'s daemon.json as a dict (None when there is none yet)."""
+        try:
+            with open(os.path.join(self.run_dir, "." + name, "daemon.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def kill_daemon(self, name, timeout=30):
+        """SIGKILL device `name`'s daemon and wait until its supervisor's next
+        daemon serves (its record names it); returns the seconds that took."""
+        before = self.record(name)
+        os.kill(before["daemon_pid"], signal.SIGKILL)
+        start = time.monotonic()
+        return self.wait_restarted(name, before, start + timeout) - start
+
+    def wait_restarted(self, name, before, deadline):
+        """Wait until a daemon other than `before`'s serves device `name`; when it did (monotonic)."""
+        while time.monotonic() < deadline:
+            now = self.record(name)
+            if now is not None and now["restarts"] > before["restarts"]:
+                return time.monotonic()
+            time.sleep(0.005)
+        raise AssertionError(
+            f"{name}: no new daemon within the timeout (record {self.record(name)})"
+        )
+
     def kill_device(self, mountpoint):
         """SIGKILL the supervisor, then the daemon, of the device at `mountpoint`: what a
         device whose processes all died looks like (a dead mount, ENOTCONN)."""

@@ -25,16 +25,30 @@ from ._errors import EXIT_OK, DaemonError, DeviceNotFoundError, RestartRefusedEr
 def cmd_restart(args):
     """Ask NAME's supervisor for a new daemon; print its pid once it serves."""
     name = check_name(args.name)
-    sys_ = System()
+    pid, restarts = restart(System(), name)
+    print(f"{name}: restarted, daemon pid {pid}" + (f" (restart {restarts})" if restarts else ""))
+    return EXIT_OK
+
+
+def restart(sys_, name):
+    """Have device `name`'s supervisor start the code installed now; (new daemon pid, restarts so far).
+
+    DeviceNotFoundError if no live device has that name; DaemonError if it
+    has no live supervisor or the restart fails; RestartRefusedError if the
+    new code cannot read the state (the old daemon serves on).
+    """
     record = sys_.daemon_record(name)
     if record is None or not sys_.daemon_alive(record):
         raise DeviceNotFoundError(f"no running zramfs device named {name!r}")
-    if not record.supervised or start_time(record.pid, sys_.root) != record.start_time:
+    if not record.supervised:
         raise DaemonError(
-            f"{name!r} has no supervisor ({record.config.fuse_backend} backend"
-            f"{'' if record.supervised else ', or started with --foreground'}"
-            f"{', supervisor killed' if record.supervised else ''}): "
-            "it cannot be restarted without losing its data"
+            f"{name!r} runs without a supervisor (the {record.config.fuse_backend} backend, "
+            "or mount --foreground): it cannot be restarted without losing its data"
+        )
+    if start_time(record.pid, sys_.root) != record.start_time:
+        raise DaemonError(
+            f"the supervisor of {name!r} (pid {record.pid}) is gone: "
+            "its daemon serves on, but cannot be restarted without losing its data"
         )
     try:
         answer = request_restart(control_path(sys_.path(record.config.run_dir)))
@@ -46,6 +60,4 @@ def cmd_restart(args):
     if word != "OK":
         raise DaemonError(f"{name}: not restarted: {detail}")
     new = sys_.daemon_record(name)
-    restarts = f" (restart {new.restarts})" if new is not None else ""
-    print(f"{name}: restarted, daemon pid {detail}{restarts}")
-    return EXIT_OK
+    return int(detail), (new.restarts if new is not None else 0)
