@@ -101,7 +101,14 @@ two memfds, ``_stats`` and ``_errors`` are what callers get back, and
 """
 
 from ._arena import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE
-from ._errors import PoolError, PoolFullError, PoolLimitError
+from ._errors import (
+    PoolDamagedError,
+    PoolError,
+    PoolFormatError,
+    PoolFullError,
+    PoolLimitError,
+    PoolStateError,
+)
 from ._layout import PAGE_SHIFT, PAGE_SIZE
 from ._pool import Pool
 from ._stats import ClassStats, PoolStats
@@ -115,8 +122,11 @@ __all__ = [
     "PAGE_SIZE",
     "ClassStats",
     "Pool",
+    "PoolDamagedError",
     "PoolError",
+    "PoolFormatError",
     "PoolFullError",
     "PoolLimitError",
+    "PoolStateError",
     "PoolStats",
 ]

@@ -15,8 +15,9 @@ Why a memfd and hole punching, not anonymous memory and ``MADV_DONTNEED``:
   ``vm.max_map_count`` runs out.  ``fallocate(PUNCH_HOLE | KEEP_SIZE)`` on the
   memfd frees the pages from the file, and so from every mapping, locked or
   not.  The tests check that RSS really falls in both cases.
-* A memfd can be handed to another process: what a daemon restart that keeps
-  its stored data will need.
+* A memfd can be handed to another process, and outlives the one that made
+  it while anyone holds it: a restarted daemon maps the same memfd again
+  (``Arena(size, fd=fd)``) and finds every page where it was.
 """
 
 from __future__ import annotations
@@ -48,12 +49,20 @@ class Arena:
 
     __slots__ = ("fd", "map", "mv", "mv32", "size", "closed", "_close_fd", "__weakref__")
 
-    def __init__(self, size: int, name: str = "zramfs-pool"):
+    def __init__(self, size: int, name: str = "zramfs-pool", fd: int | None = None):
+        """A new memfd of ``size`` bytes, or, given ``fd``, that memfd (of
+        that size) taken over as it is: its pages are kept, and the arena
+        owns the fd from here on (closes it in ``close``)."""
         self.size = size
         self.closed = False
-        self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        self.fd = os.memfd_create(name, os.MFD_CLOEXEC) if fd is None else fd
         try:
-            os.ftruncate(self.fd, size)
+            if fd is None:
+                os.ftruncate(self.fd, size)
+            elif os.fstat(fd).st_size != size:
+                raise ValueError(
+                    f"memfd {fd} is {os.fstat(fd).st_size} bytes, the layout needs {size}"
+                )
             self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.close(self.fd)

@@ -34,7 +34,11 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from ._layout import FULL, NR_GROUPS, OBJ_HEADER_SIZE, SIZE_BITS, SIZE_MASK
+from ._layout import FULL, M_PAGES_COMPACTED, NR_GROUPS, OBJ_HEADER_SIZE, SIZE_BITS, SIZE_MASK
+
+#: Fault injection for the crash tests (see ``_pool._fault``): None in every
+#: real run.
+_fault = None
 
 
 class Compaction:
@@ -50,8 +54,10 @@ class Compaction:
     _mv32: memoryview
     _zs_shift: int
     _handles: memoryview
+    _meta: memoryview
     _class_size: list[int]
     _objs_per_zspage: list[int]
+    _pages_per_zspage: list[int]
     _group_of: list[list[int]]
     _group_heads: list[int]
     _group_mask: list[int]
@@ -105,15 +111,25 @@ class Compaction:
                 h = word >> 1
                 osize = handles[h] & SIZE_MASK
                 new = self._take_slot(c, dst)
-                # Header (the handle) and data in one copy.
+                # Header (the handle) and data in one copy, then the entry
+                # is repointed (one 8-byte store): a process killed before
+                # it leaves the object where it was, after it where it is
+                # now, and a rebuild frees whichever copy the entry does
+                # not name.
                 move(new, base | off, OBJ_HEADER_SIZE + osize)
+                if _fault is not None:
+                    _fault("compact:copied")
                 handles[h] = ((new + OBJ_HEADER_SIZE) << SIZE_BITS) | osize
+                if _fault is not None:
+                    _fault("compact:moved")
                 # The old slot goes onto src's free list.
                 mv32[(base | off) >> 2] = zs_freeobj[src] << 1
                 zs_freeobj[src] = off + 1
                 zs_inuse[src] -= 1
             inuse = zs_inuse[src]
             if not inuse:
+                # Counted first: a rebuild frees an emptied zspage anyway.
+                self._meta[M_PAGES_COMPACTED] += self._pages_per_zspage[c]
                 freed += self._free_zspage(src)
                 wasted -= objs
                 continue

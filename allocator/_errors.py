@@ -37,3 +37,21 @@ class PoolLimitError(PoolError):
         )
         self.pages_used = pages_used
         self.max_pages = max_pages
+
+
+class PoolStateError(PoolError):
+    """Base class of the errors ``Pool.attach`` raises: the memfds it was
+    given cannot be taken over.  Nothing was changed in them."""
+
+
+class PoolFormatError(PoolStateError):
+    """Raised when the memfds were written by a pool of another state format
+    (or are no pool's at all): the message says which format was found and
+    which this code reads.  Taking them over would misread every table."""
+
+
+class PoolDamagedError(PoolStateError):
+    """Raised when the tables contradict themselves in a way no crash can
+    leave behind (two handles on one slot, a handle outside the arena, an
+    object whose size does not belong in its zspage's class): a bug or
+    memory corruption, not an interrupted update."""

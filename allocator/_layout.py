@@ -81,3 +81,28 @@ RESERVATION_BYTES = 1 << 40
 #: them): two thirds of a 512 KiB request's worth for fio-like data, and at
 #: most 16 * 8 pages = 512 KiB of memory that holds no object.
 READY_MAX = 16
+
+
+# -- state that outlives the process (Pool.attach) -----------------------------
+
+#: The first table of the tables memfd: a header of 64-bit words.  Magic and
+#: version say whose and which layout; the pool's arguments fix every other
+#: table's length and the arena's; the ends bound the handles, zspage ids
+#: and huge pages ever handed out (each written *before* the first use of
+#: what it bounds, so a rebuild never has to look past it); pages_compacted
+#: is the one counter that no table can give back.
+META_MAGIC = int.from_bytes(b"zspool\x00\x01", "little")
+#: Bumped whenever a table, the object header or the handle entry changes
+#: meaning; ``Pool.attach`` refuses any other (PoolFormatError).
+META_VERSION = 1
+M_MAGIC = 0
+M_VERSION = 1
+M_CHAIN = 2  # max_pages_per_zspage
+M_MAX_PAGES = 3  # 0: None
+M_MAX_OBJECTS = 4  # 0: None
+M_HANDLES_END = 5
+M_ZS_END = 6
+M_HUGE_NEXT = 7
+M_PAGES_COMPACTED = 8
+M_ARENA_BYTES = 9
+META_WORDS = 16

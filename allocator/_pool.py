@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import operator
+import os
 import threading
 from array import array
 from typing import Literal
@@ -28,11 +29,24 @@ from typing import Literal
 from ._arena import Arena
 from ._check import ConsistencyCheck
 from ._compact import Compaction
-from ._errors import PoolFullError, PoolLimitError
+from ._errors import PoolFormatError, PoolFullError, PoolLimitError
 from ._layout import (
     DEFAULT_MAX_PAGES_PER_ZSPAGE,
     FULL,
+    M_ARENA_BYTES,
+    M_CHAIN,
+    M_HANDLES_END,
+    M_HUGE_NEXT,
+    M_MAGIC,
+    M_MAX_OBJECTS,
+    M_MAX_PAGES,
+    M_PAGES_COMPACTED,
+    M_VERSION,
+    M_ZS_END,
     MAX_HANDLE,
+    META_MAGIC,
+    META_VERSION,
+    META_WORDS,
     NR_GROUPS,
     OBJ_HEADER_SIZE,
     PAGE_SHIFT,
@@ -43,9 +57,16 @@ from ._layout import (
     SIZE_MASK,
     ZS_MAX_ALLOC_SIZE,
 )
+from ._rebuild import Rebuild
 from ._size_class import SizeClassTable
 from ._stats import ClassStats, PoolStats
 from ._tables import Tables
+
+#: Fault injection for the crash tests: None in every real run.  A test sets
+#: it to a callable that is called with the name of each step of an update
+#: as the step is reached (``"malloc:published"``, ...) and kills the process
+#: at the one it wants; the check costs one global load per step.
+_fault = None
 
 #: Map modes of ``Pool.map``, as zsmalloc's ZS_MM_RO / ZS_MM_WO / ZS_MM_RW.
 MAP_MODES = ("r", "w", "rw")
@@ -94,7 +115,7 @@ class _Mapping:
         return False
 
 
-class Pool(Compaction, ConsistencyCheck):
+class Pool(Compaction, ConsistencyCheck, Rebuild):
     """A zsmalloc-style pool of objects of 1..4096 bytes.  See the package docstring.
 
     ``max_pages`` caps ``pages_used`` (PoolFullError past it).
@@ -132,6 +153,7 @@ class Pool(Compaction, ConsistencyCheck):
         "_group_mask",
         "_class_zspages",
         "_tables",
+        "_meta",
         "_handles",
         "_free_handle",
         "_handles_end",
@@ -148,7 +170,6 @@ class Pool(Compaction, ConsistencyCheck):
         "_huge_next",
         "_pages_used",
         "_bytes_used",
-        "_pages_compacted",
         "_zs_ready",
         "_ready_pages",
         "_want",
@@ -159,6 +180,8 @@ class Pool(Compaction, ConsistencyCheck):
         max_pages_per_zspage: int = DEFAULT_MAX_PAGES_PER_ZSPAGE,
         max_pages: int | None = None,
         max_objects: int | None = None,
+        *,
+        _fds: tuple[int, int] | None = None,
     ):
         classes = SizeClassTable(max_pages_per_zspage)
         if max_pages is not None and (type(max_pages) is not int or max_pages < 1):
@@ -205,7 +228,8 @@ class Pool(Compaction, ConsistencyCheck):
         self._max_zspages = zs_bytes >> shift
         self._huge_base = zs_bytes
         self._huge_slots = huge_bytes >> PAGE_SHIFT
-        self._arena = arena = Arena(zs_bytes + huge_bytes)
+        arena_fd, tables_fd = _fds if _fds is not None else (None, None)
+        self._arena = arena = Arena(zs_bytes + huge_bytes, fd=arena_fd)
         self._map = arena.map
         self._mv = arena.mv
         self._mv32 = arena.mv32
@@ -231,19 +255,25 @@ class Pool(Compaction, ConsistencyCheck):
         # The handle table and the zspage tables, sized for every handle
         # and zspage id the pool can have; memory only where written.
         nz = self._max_zspages
-        self._tables = tables = Tables(
-            {
-                "handles": ("Q", self._max_handle + 1),
-                "zs_class": ("H", nz),
-                "zs_inuse": ("H", nz),
-                "zs_group": ("B", nz),
-                "zs_freeobj": ("I", nz),
-                "zs_bump": ("I", nz),
-                "zs_next": ("I", nz),
-                "zs_prev": ("I", nz),
-            }
-        )
+        try:
+            self._tables = tables = Tables(self._table_spec(nz), tables_fd)
+        except BaseException:
+            arena.close()
+            raise
         views = tables.views
+        # The header (see _layout's META_*): what attach needs to take the
+        # memfds over, and the ends of the handles and ids handed out.
+        self._meta = meta = views["meta"]
+        if _fds is None:
+            meta[M_MAGIC] = META_MAGIC
+            meta[M_VERSION] = META_VERSION
+            meta[M_CHAIN] = max_pages_per_zspage
+            meta[M_MAX_PAGES] = max_pages or 0
+            meta[M_MAX_OBJECTS] = max_objects or 0
+            meta[M_HANDLES_END] = 1
+            meta[M_ZS_END] = 1
+            meta[M_HUGE_NEXT] = 0
+            meta[M_ARENA_BYTES] = arena.size
         # Handle 0 is never handed out: it stays a free entry with no next.
         # Handles from handles_end up have never been used.
         self._handles = views["handles"]
@@ -265,7 +295,6 @@ class Pool(Compaction, ConsistencyCheck):
         self._huge_next = 0
         self._pages_used = 0
         self._bytes_used = 0
-        self._pages_compacted = 0
         # Ready zspages (populate_ahead): per chain length, ids whose pages
         # are in memory already and that no class owns yet.
         self._zs_ready = [array("I") for _ in range(max_pages_per_zspage + 1)]
@@ -273,6 +302,90 @@ class Pool(Compaction, ConsistencyCheck):
         # Chain lengths to make ready, one per zspage made since; None once
         # the kernel refused MADV_POPULATE_WRITE (older than 5.14).
         self._want: array | None = array("B")
+        if _fds is not None:
+            try:
+                with self._lock:
+                    self._rebuild_locked()
+            except BaseException:
+                self._tables.close()
+                arena.close()
+                raise
+
+    def _table_spec(self, nz: int) -> dict[str, tuple[str, int]]:
+        """The tables memfd's layout: the header first (attach reads it
+        alone), then the handle table and the zspage tables."""
+        return {
+            "meta": ("Q", META_WORDS),
+            "handles": ("Q", self._max_handle + 1),
+            "zs_class": ("H", nz),
+            "zs_inuse": ("H", nz),
+            "zs_group": ("B", nz),
+            "zs_freeobj": ("I", nz),
+            "zs_bump": ("I", nz),
+            "zs_next": ("I", nz),
+            "zs_prev": ("I", nz),
+        }
+
+    # -- state that outlives the process ------------------------------------
+
+    def state_fds(self) -> dict[str, int]:
+        """The memfds that hold the whole pool: ``{"arena": fd, "tables": fd}``.
+
+        Whoever holds them (a supervisor) keeps every object alive after
+        this process is gone; ``Pool.attach`` takes them over.  They stay
+        this pool's: close() closes them, so a holder keeps dups.
+        """
+        return {"arena": self._arena.fd, "tables": self._tables.arena.fd}
+
+    @classmethod
+    def attach(cls, fds: dict[str, int]) -> Pool:
+        """Take over the pool in ``fds`` (as ``state_fds`` gave them, in this
+        process or another), rebuild what lives only in a process, return it.
+
+        The handle table is the truth: every entry with a size is a live
+        object, wherever the process that wrote it stopped (the update
+        order in ``_rebuild`` says why that is enough).  Everything else
+        is rebuilt from it: zspage occupancy, object headers, free slots,
+        fullness groups, the free handle and zspage id lists, the huge page
+        list, pages_used and bytes_used; memory that no live object holds
+        (zspages being freed, ready zspages) goes back to the kernel.  The
+        pool owns the fds from here on.  PoolFormatError when the memfds are
+        not a pool of this format; PoolDamagedError when the tables
+        contradict themselves.
+        """
+        try:
+            arena_fd, tables_fd = fds["arena"], fds["tables"]
+        except (KeyError, TypeError):
+            raise PoolFormatError(
+                f"attach needs the fds 'arena' and 'tables', got {fds!r}"
+            ) from None
+        head = array("Q", os.pread(tables_fd, 8 * META_WORDS, 0).ljust(8 * META_WORDS, b"\0"))
+        if head[M_MAGIC] != META_MAGIC:
+            raise PoolFormatError(f"memfd {tables_fd} holds no pool tables (no pool magic)")
+        if head[M_VERSION] != META_VERSION:
+            raise PoolFormatError(
+                f"the pool state is format {head[M_VERSION]}, this code reads format "
+                f"{META_VERSION} only"
+            )
+        try:
+            pool = cls(
+                head[M_CHAIN],
+                head[M_MAX_PAGES] or None,
+                head[M_MAX_OBJECTS] or None,
+                _fds=(arena_fd, tables_fd),
+            )
+        except ValueError as exc:  # arguments or memfd sizes that do not fit
+            raise PoolFormatError(f"the pool state does not fit its own header: {exc}") from None
+        return pool
+
+    @property
+    def pages_compacted(self) -> int:
+        """Pages freed by compact() since the pool was created (kept in the
+        tables memfd, so it survives attach)."""
+        return self._meta[M_PAGES_COMPACTED]
+
+    # stats() reads the counter under this name.
+    _pages_compacted = pages_compacted
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -280,6 +393,8 @@ class Pool(Compaction, ConsistencyCheck):
         """Give all memory back at once.  The pool is unusable afterwards."""
         with self._lock:
             self._arena.close()
+            # The header stays readable (pages_compacted of a closed pool).
+            self._meta = array("Q", self._meta)  # type: ignore[assignment]
             self._tables.close()
             self._pages_used = 0
             self._ready_pages = 0
@@ -350,10 +465,14 @@ class Pool(Compaction, ConsistencyCheck):
             hdr = (z << self._zs_shift) | off
         entry = ((hdr + OBJ_HEADER_SIZE) << SIZE_BITS) | size
         if h == self._handles_end:
-            self._handles_end = h + 1
+            # The end grows in the header before the entry is written: a
+            # rebuild never needs to look past it.
+            self._meta[M_HANDLES_END] = self._handles_end = h + 1
         else:
             self._free_handle = handles[h] >> SIZE_BITS
-        handles[h] = entry
+        handles[h] = entry  # published: from here a rebuild sees the object
+        if _fault is not None:
+            _fault("malloc:published")
         mv32[hdr >> 2] = (h << 1) | 1
         zs_inuse = self._zs_inuse
         inuse = zs_inuse[z] + 1
@@ -398,7 +517,7 @@ class Pool(Compaction, ConsistencyCheck):
             slot = self._huge_free.pop()
         elif self._huge_next < self._huge_slots:
             slot = self._huge_next
-            self._huge_next = slot + 1
+            self._meta[M_HUGE_NEXT] = self._huge_next = slot + 1
         else:
             raise PoolFullError(f"pool is full: all {self._huge_slots} huge page slots are in use")
         entry = ((self._huge_base + (slot << PAGE_SHIFT)) << SIZE_BITS) | size
@@ -406,8 +525,10 @@ class Pool(Compaction, ConsistencyCheck):
             self._free_handle = self._handles[h] >> SIZE_BITS
         else:
             h = self._handles_end
-            self._handles_end = h + 1
+            self._meta[M_HANDLES_END] = self._handles_end = h + 1
         self._handles[h] = entry
+        if _fault is not None:
+            _fault("malloc:published")
         self._pages_used += 1
         self._class_zspages[self._huge_class] += 1
         self._bytes_used += size
@@ -459,7 +580,7 @@ class Pool(Compaction, ConsistencyCheck):
             raise PoolFullError(
                 f"pool is full: all {self._max_zspages - 1} zspage slots are in use"
             )
-        self._zs_end = z + 1
+        self._meta[M_ZS_END] = self._zs_end = z + 1
         return z
 
     def _free_zspage(self, z: int) -> int:
@@ -629,7 +750,10 @@ class Pool(Compaction, ConsistencyCheck):
     def _free_locked(self, handle: int) -> None:
         """free with the lock held: the body free and free_many share."""
         addr, size = self._lookup(handle, "free of ")
+        # Unpublished first: a rebuild from here on sees a free slot.
         self._handles[handle] = self._free_handle << SIZE_BITS
+        if _fault is not None:
+            _fault("free:unpublished")
         self._free_handle = handle
         self._bytes_used -= size
         if size >= self.huge_class_size:
@@ -637,7 +761,11 @@ class Pool(Compaction, ConsistencyCheck):
             if not self._pages_used:
                 self._shrink_tables()
             return
-        hdr = addr - OBJ_HEADER_SIZE
+        self._release_slot(addr - OBJ_HEADER_SIZE)
+
+    def _release_slot(self, hdr: int) -> None:
+        """Put the slot whose header is at ``hdr`` on its zspage's free list
+        (no handle names it any more), regroup or free the zspage."""
         z = hdr >> self._zs_shift
         zs_freeobj = self._zs_freeobj
         self._mv32[hdr >> 2] = zs_freeobj[z] << 1
@@ -706,12 +834,15 @@ class Pool(Compaction, ConsistencyCheck):
                 "zs_prev": nz,
             }
         )
+        # The ends start over only after the tables are cleared: a rebuild
+        # in between finds zeros, which are free entries.
+        meta = self._meta
         self._free_handle = 0
-        self._handles_end = 1
+        meta[M_HANDLES_END] = self._handles_end = 1
         self._zs_freed = 0
-        self._zs_end = 1
+        meta[M_ZS_END] = self._zs_end = 1
         del self._huge_free[:]
-        self._huge_next = 0
+        meta[M_HUGE_NEXT] = self._huge_next = 0
 
     def _free_huge(self, addr: int) -> None:
         self._huge_free.append((addr - self._huge_base) >> PAGE_SHIFT)
@@ -785,16 +916,20 @@ class Pool(Compaction, ConsistencyCheck):
             lock.release()
 
     def replace(self, handle: int, data) -> bool:
-        """Put ``data`` in the place of a live object when it fits its slot.
+        """Put ``data`` in the place of a live object, keeping its handle.
 
         When the new size (1..4096) rounds to the same size class as the
-        object's, the bytes are copied over the old ones, the handle keeps
-        its slot and its entry takes the new size: True.  Otherwise nothing
-        changes and the caller frees and stores (False).  This is what a
-        block rewritten with a similar compressed size (the common case
-        when one swap slot or one filesystem block is written again) costs
-        instead of a free and a malloc.  ValueError for an unknown or freed
-        handle.
+        object's and some zspage of that class has a free slot, the bytes
+        are written into that slot, the handle is repointed at it and the
+        old slot is freed: True.  Otherwise nothing changes and the caller
+        frees and stores (False).  This is what a block rewritten with a
+        similar compressed size (the common case when one swap slot or one
+        filesystem block is written again) costs instead of a free and a
+        malloc: no handle is freed or taken, so the caller's record of it
+        stays as it is.  Never in place: a process killed in the middle
+        of the copy must leave the old bytes whole (the handle entry, one
+        8-byte store, switches from the old copy to the new).  ValueError
+        for an unknown or freed handle.
         """
         size = len(data)
         lock = self._lock
@@ -805,13 +940,22 @@ class Pool(Compaction, ConsistencyCheck):
             if old >= huge or not 0 < size < huge:
                 return False
             class_of = self._class_of
-            if (
-                class_of[(size + OBJ_HEADER_SIZE + 15) >> 4]
-                != class_of[(old + OBJ_HEADER_SIZE + 15) >> 4]
-            ):
+            c = class_of[(size + OBJ_HEADER_SIZE + 15) >> 4]
+            if c != class_of[(old + OBJ_HEADER_SIZE + 15) >> 4]:
                 return False
-            self._mv[addr : addr + size] = data
-            self._handles[handle] = (addr << SIZE_BITS) | size
+            m = self._group_mask[c]
+            if not m:
+                return False  # every zspage of the class is full
+            hdr = self._take_slot(c, self._group_heads[c * NR_GROUPS + m.bit_length() - 1])
+            self._mv32[hdr >> 2] = (handle << 1) | 1
+            new = hdr + OBJ_HEADER_SIZE
+            self._mv[new : new + size] = data
+            if _fault is not None:
+                _fault("replace:copied")
+            self._handles[handle] = (new << SIZE_BITS) | size  # the switch
+            if _fault is not None:
+                _fault("replace:published")
+            self._release_slot(addr - OBJ_HEADER_SIZE)
             self._bytes_used += size - old
             return True
         finally:
@@ -931,7 +1075,6 @@ class Pool(Compaction, ConsistencyCheck):
             freed = 0
             for c in range(self._huge_class):
                 freed += self._compact_class(c)
-            self._pages_compacted += freed
             # Compaction is how memory is asked back: ready zspages too
             # (not counted in the pages returned: they were never in use).
             self._release_ready()

@@ -26,20 +26,24 @@ from ._layout import PAGE_SIZE
 class Tables:
     """Named tables ``{name: (typecode, length)}``, each a memoryview of its own range.
 
+    The first table starts at offset 0 of the memfd, so a small header
+    table listed first can be read before the rest of the spec is known.
+
     A table reads as zeros until written and after ``clear``.  Not thread
     safe on its own: the pool calls it under the pool lock.
     """
 
     __slots__ = ("arena", "views", "_ranges")
 
-    def __init__(self, spec: dict[str, tuple[str, int]]):
+    def __init__(self, spec: dict[str, tuple[str, int]], fd: int | None = None):
         ranges = {}
         end = 0
         for name, (code, length) in spec.items():
             nbytes = length * _ITEMSIZE[code]
             ranges[name] = (end, _ITEMSIZE[code])
             end += -(-nbytes // PAGE_SIZE) * PAGE_SIZE
-        self.arena = arena = Arena(end, "zramfs-pool-tables")
+        # Given ``fd``, the tables of an earlier pool (same spec) are taken over.
+        self.arena = arena = Arena(end, "zramfs-pool-tables", fd)
         self._ranges = ranges
         # (The typecodes are the keys of _ITEMSIZE, which mypy cannot see.)
         self.views = {

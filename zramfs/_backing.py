@@ -34,6 +34,16 @@ device outside its lock, before each allocation and after a discard --
 punches the holes and only then lets the blocks be allocated again, so a
 late hole punch can never hit a block that already holds new data.
 
+Surviving the process: the store keeps nothing that cannot be rebuilt.  A
+daemon that takes a device over (``BlockDevice.resume``) opens the store
+again (``BackingStore.attach``: the fd the supervisor kept, or the path)
+and rebuilds the bitmap from the written-back slots (``adopt``); blocks no
+slot names (written by a writeback killed before it installed them, or
+freed by a rewrite whose punch was still queued) are free again, and a
+file's are punched.  At most 2**31 blocks (8 TiB) are used, so that a
+block number fits the word a slot parks while it changes state
+(zramfs._slots).
+
 Thread safety: one small lock guards the bitmap and the queue; reads may run
 in any number of threads at once (each has its own buffer); writes come from
 one writeback at a time (the device ensures it).
@@ -56,6 +66,9 @@ __all__ = [
 ]
 
 _PUNCH = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+
+#: Most blocks used: a block number must fit 31 bits (see "Surviving").
+_MAX_BLOCKS = 1 << 31
 
 
 class BackingStoreError(Exception):
@@ -89,7 +102,7 @@ class BackingStore:
     path cannot overwrite someone's data.
     """
 
-    def __init__(self, path, size):
+    def __init__(self, path, size, _fd=None):
         self.path = os.fspath(path)
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -101,7 +114,13 @@ class BackingStore:
             st = None
         except OSError as exc:
             raise BackingStoreError(f"backing store {self.path}: {exc.strerror}") from None
-        if st is not None and stat.S_ISBLK(st.st_mode):
+        if _fd is not None:
+            # Taken over (attach): a store this device set up before.
+            fd = _fd
+            st = os.fstat(fd)
+            self.is_file = stat.S_ISREG(st.st_mode)
+            length = os.lseek(fd, 0, os.SEEK_END)
+        elif st is not None and stat.S_ISBLK(st.st_mode):
             self.is_file = False
             fd = self._open(os.O_RDWR | os.O_EXCL)
             try:
@@ -129,7 +148,7 @@ class BackingStore:
                 f"backing store {self.path} is neither a block device nor a regular file"
             )
         self._fd = fd
-        self.nr_blocks = length >> PAGE_SHIFT
+        self.nr_blocks = min(length >> PAGE_SHIFT, _MAX_BLOCKS)
         if not self.nr_blocks:
             self.close()
             raise BackingStoreError(f"backing store {self.path} has no room for one 4 KiB block")
@@ -137,6 +156,56 @@ class BackingStore:
         self._cursor = 0
         self._pending = []  # freed blocks, not yet punched
         self.blocks_used = 0  # blocks allocated and not freed
+
+    @classmethod
+    def attach(cls, path, size, fd=None):
+        """The store a device used before it was taken over: ``fd`` if the
+        supervisor kept it (taken over: closed by ``close``), else ``path``
+        opened again, whatever it holds.  Every block is free until
+        ``adopt``."""
+        if fd is None:
+            st = None
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                raise BackingStoreError(f"backing store {path}: {exc.strerror}") from None
+            flags = os.O_RDWR | (os.O_EXCL if stat.S_ISBLK(st.st_mode) else 0)
+            fd = os.open(path, flags | os.O_DIRECT | os.O_CLOEXEC)
+        return cls(path, size, _fd=fd)
+
+    @property
+    def fd(self):
+        """The store's fd (what a supervisor keeps for a restart)."""
+        return self._fd
+
+    def adopt(self, blocks):
+        """Mark ``blocks`` (the written-back slots') in use, every other
+        block free; punch the free ones of a file (a writeback or a rewrite
+        cut short may have left data there).  BackingStoreError if a block
+        is out of range or named twice."""
+        bitmap = bytearray(self.nr_blocks)
+        for block in blocks:
+            if not 0 <= block < self.nr_blocks or bitmap[block]:
+                raise BackingStoreError(
+                    f"backing block {block} is out of range or named by two slots"
+                )
+            bitmap[block] = 1
+        with self._lock:
+            self._bitmap = bitmap
+            self._pending = []
+            self._cursor = 0
+            self.blocks_used = len(blocks)
+        if self.is_file:
+            pos = 0
+            while pos < self.nr_blocks:
+                first = bitmap.find(0, pos)
+                if first < 0:
+                    break
+                stop = bitmap.find(1, first)
+                if stop < 0:
+                    stop = self.nr_blocks
+                _fallocate(self._fd, _PUNCH, first << PAGE_SHIFT, (stop - first) << PAGE_SHIFT)
+                pos = stop
 
     def _open(self, flags, mode=0o600):
         try:

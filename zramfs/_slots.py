@@ -81,28 +81,78 @@ case there.
 
 Memory
 ------
-No Python object exists per slot.  The table is one anonymous mapping,
-``MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE``, reserved whole for the
-device's size and cut into arrays (struct of arrays, so that a run of slots
-is one slice of each), viewed through ``memoryview`` casts.  Reserving costs
-address space, not memory: the kernel gives a page of the table memory when
-it is first written, and a read of a never-written page maps the shared zero
-page.  The daemon runs under ``mlockall(MCL_CURRENT | MCL_FUTURE |
-MCL_ONFAULT)``, which locks pages as they fault in and leaves the untouched
-rest alone, so an empty 1 TiB device (268 million slots, a 4 GiB table)
-costs a few pages, where kernel zram allocates its whole table up front.
-``NORESERVE`` keeps the reservation out of the commit charge under the
-default overcommit policy; under ``vm.overcommit_memory=2`` the kernel
-charges it, and may refuse it.  ``check_reservable`` makes the same
-reservation and drops it, so the CLI refuses a size the machine cannot
-serve before any daemon starts.  A discard hands back the table pages whose
-slots it emptied, all of them (``release``), so an fstrim of a used device
-gives its table memory back as well as its pool memory.
+No Python object exists per slot.  The table lives in a memfd (so that it
+outlives the process: a restarted daemon takes it over, see "Surviving the
+process" below), cut into arrays (struct of arrays, so that a run of slots
+is one slice of each), viewed through ``memoryview`` casts of one mapping.
+A memfd costs memory only for pages written, but a *read* of a page never
+written allocates one too (shmem has no zero page to map), and the device
+reads the table where nothing was ever written (reads of empty blocks,
+scans for idle slots).  So the mapping is first reserved whole as
+anonymous memory, ``MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE``, where an
+unwritten page reads as the shared zero page, and the memfd is mapped
+over it (``MAP_SHARED | MAP_FIXED``) a chunk at a time (``CHUNK_SLOTS``
+slots: 64 MiB of device, 256 KiB of table) when the device first writes a
+slot of that chunk (``map_chunks``, called by the one commit path before
+it stores).  Reserving costs address space, not memory.  The daemon runs
+under ``mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)``, which locks
+pages as they fault in and leaves the untouched rest alone, so an empty 1
+TiB device (268 million slots, a 4 GiB table) costs a few pages, where
+kernel zram allocates its whole table up front.  ``NORESERVE`` keeps the
+reservation out of the commit charge under the default overcommit policy;
+under ``vm.overcommit_memory=2`` the kernel charges it, and may refuse it.
+``check_reservable`` makes the same reservation and drops it, so the CLI
+refuses a size the machine cannot serve before any daemon starts.  A
+discard hands back the table pages whose slots it emptied, all of them
+(``release``: the memfd's pages are punched, and a chunk emptied whole
+goes back to the anonymous zero page), so an fstrim of a used device gives
+its table memory back as well as its pool memory.
+
+Surviving the process
+---------------------
+The memfd starts with a header page (magic, format version, nr_slots, and
+``huge_pages_since``, the one counter no scan can give back); the other
+counters are recounted from the info words when a device is taken over.
+A slot is two words, ``handle`` and ``info``, and no store writes both at
+once, so ``install`` orders its stores such that a process killed between
+any two leaves a slot that ``settle`` (run on every slot by
+``BlockDevice.resume``) turns into exactly the old or exactly the new
+state:
+
+* to empty: info first (the slot is empty from there; the old handle
+  left in ``handle`` means nothing), then handle.
+* from empty: handle first (meaningless while info is 0), then info.
+* between two states of one kind (object to object with the same flags,
+  huge to huge, same-filled to same-filled): handle first, then info.  A
+  slot with the new handle and the old info holds the new object, and its
+  size, all the old info can have wrong, is the pool's (``settle`` takes
+  it from there).
+* any other change (to or from same-filled, written back, huge, a new
+  priority): the 31-bit word that does not fit the slot is first parked in
+  the slot's ``ac_time`` (a stamp, not data), then info is written with
+  ``TRANSIT`` set, then the handle, then the final info, then the stamp is
+  put back.  When the new handle word fits 31 bits (a pool handle, a
+  backing block), it is the one parked and ``settle`` completes the change
+  (roll forward: the new object or block exists before the slot names
+  it).  When it does not (a same-filled page's word), the old handle word
+  is parked, the transit info is the old info plus ``TO_SAME``, and
+  ``settle`` undoes the change while the handle still equals the parked
+  word, or completes it once the handle was written.
+
+A store of one aligned word is never torn by the death of a process (a
+signal lands between instructions).  A slice assignment is a memmove: each
+8- or 4-byte element of it lands whole, and elements land in order, so a
+batch cut short is old slots followed by new ones, each settled alone.
 """
 
+import ctypes
+import errno
 import mmap
+import os
+from array import array
 
-from allocator import PAGE_SHIFT, PAGE_SIZE
+from allocator import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, PAGE_SHIFT, PAGE_SIZE
+from allocator._arena import _fallocate
 
 __all__ = [
     "COMP_PRIORITY_MASK",
@@ -116,9 +166,12 @@ __all__ = [
     "PP_SLOT",
     "SAME",
     "SIZE_MASK",
+    "TO_SAME",
+    "TRANSIT",
     "SLOT_BYTES",
     "WB",
     "SlotTable",
+    "SlotTableFormatError",
     "SlotTableTooLargeError",
     "check_reservable",
     "state_of",
@@ -141,6 +194,11 @@ DEDUP = 1 << 18  # reserved: shares its object with another slot
 COMP_PRIORITY_SHIFT = 19  # 2 bits, 0 = primary algorithm
 COMP_PRIORITY_MASK = 3 << COMP_PRIORITY_SHIFT
 PP_SLOT = 1 << 21  # picked by a running writeback or recompression
+# A change of state in progress (see "Surviving the process"); never seen
+# outside install() in a running process.
+TRANSIT = 1 << 22
+TO_SAME = 1 << 23  # with TRANSIT: the new state is same-filled; the rest is the old info
+_STASH_MAX = (1 << 31) - 1  # what ac_time can park
 
 #: The idle mark, bit 31 of a slot's ac_time (bits 0-30: seconds, 68 years).
 AC_IDLE = 1 << 31
@@ -148,15 +206,50 @@ AC_IDLE = 1 << 31
 #: A huge slot's info: the raw page, size 4096.
 HUGE_INFO = HUGE | PAGE_SIZE
 
-# How release() frees table pages, tried in order; advice the kernel refuses
-# is dropped for good.  MADV_DONTNEED_LOCKED (24, <asm-generic/mman-common.h>,
-# Linux 5.18) frees pages of a range mlockall has locked and keeps it locked
-# for the next fault; plain MADV_DONTNEED refuses locked ranges (EINVAL), but
-# serves an older kernel where nothing is locked.  With neither, the pages
-# stay, as kernel zram's whole table always does.
-_FREE_ADVICE = [getattr(mmap, "MADV_DONTNEED_LOCKED", 24), mmap.MADV_DONTNEED]
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
+_MAP_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE
+_MAP_FIXED = 0x10  # <asm-generic/mman-common.h>
+_PROT_RW = mmap.PROT_READ | mmap.PROT_WRITE
+_PUNCH = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 
-_MAP_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0x4000)
+#: Slots per chunk of the table mapped from the memfd at once: 64 MiB of
+#: device, 128 KiB of handles and 64 KiB each of info and stamps.  A chunk is
+#: a mapping of its own until its neighbours are mapped too (adjacent ones
+#: merge), so a sparsely written 1 TiB device has at most 3 * 16384 of them,
+#: under vm.max_map_count's 65530; what a read of a never-written slot of a
+#: mapped chunk allocates is at most the chunk (0.4 % of 64 MiB).
+CHUNK_SHIFT = 14
+CHUNK_SLOTS = 1 << CHUNK_SHIFT
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_mmap = _libc.mmap
+_mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
+_mmap.restype = ctypes.c_void_p
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+#: The slot memfd's header page: 64-bit words.
+_MAGIC = int.from_bytes(b"zramslot", "little")
+_VERSION = 1
+_H_MAGIC = 0
+_H_VERSION = 1
+_H_NR_SLOTS = 2
+_H_HUGE_SINCE = 3
+
+#: Fault injection for the crash tests (see allocator._pool._fault): None in
+#: every real run.
+_fault = None
+
+
+class SlotTableFormatError(ValueError):
+    """Raised when a memfd given as a slot table is not one, is of another
+    format version, or is for another number of slots."""
 
 
 class SlotTableTooLargeError(ValueError):
@@ -170,9 +263,10 @@ def _round_page(n):
 
 
 def _layout(nr_slots):
-    """Byte offsets of the three arrays in the mapping, and its length.
-    Each array starts on a page, so each can be given back page by page."""
-    handle = 0
+    """Byte offsets of the three arrays in the mapping (after the header
+    page), and its length.  Each array starts on a page, so each can be
+    given back page by page."""
+    handle = PAGE_SIZE
     info = handle + _round_page(8 * nr_slots)
     ac_time = info + _round_page(4 * nr_slots)
     return handle, info, ac_time, ac_time + _round_page(4 * nr_slots)
@@ -262,49 +356,157 @@ class SlotTable:
     """The slots of one device: ``handle`` (memoryview 'Q'), ``info`` and
     ``ac_time`` (memoryviews 'I'), indexed by slot; ``info_bytes`` is
     ``info`` as bytes; and the counters of their states, kept by ``account``.
+    ``fd`` is the memfd; given one, the table in it is taken over (and
+    owned from then on: ``close`` closes it).
 
     Not thread safe on its own: the device guards it with its lock.
     """
 
     __slots__ = (
         "nr_slots",
+        "fd",
         "handle",
         "info",
         "info_bytes",
         "ac_time",
+        "present",
         "_map",
+        "_base",
         "_arrays",
+        "_header",
         "_views",
         "pages_stored",
         "compr_data_size",
         "same_pages",
         "huge_pages",
-        "huge_pages_since",
         "wb_pages",
     )
 
-    def __init__(self, nr_slots):
+    def __init__(self, nr_slots, fd=None):
         handle_at, info_at, ac_time_at, length = _layout(nr_slots)
         try:
             self._map = _reserve(length)
         except (OSError, OverflowError) as exc:
             raise _too_large(nr_slots, exc) from None
+        # The reservation's address, for the memfd's chunks mapped over it.
+        anchor = ctypes.c_char.from_buffer(self._map)
+        self._base = ctypes.addressof(anchor)
+        del anchor
+        try:
+            if fd is None:
+                fd = os.memfd_create("zramfs-slots", os.MFD_CLOEXEC)
+                try:
+                    os.ftruncate(fd, length)
+                    os.pwrite(fd, _header_bytes(nr_slots), 0)
+                except BaseException:
+                    os.close(fd)
+                    raise
+            else:
+                _check_header(fd, nr_slots, length)
+        except BaseException:
+            self._map.close()
+            raise
+        self.fd = fd
         self.nr_slots = nr_slots
+        # (byte offset in the mapping, bytes per slot) of each array.
+        self._arrays = ((handle_at, 8), (info_at, 4), (ac_time_at, 4))
+        self.present = bytearray((nr_slots + CHUNK_SLOTS - 1) >> CHUNK_SHIFT)
+        self._overlay(0, PAGE_SIZE)  # the header page
         whole = memoryview(self._map)
+        self._header = whole[:PAGE_SIZE].cast("Q")
         self.handle = whole[handle_at : handle_at + 8 * nr_slots].cast("Q")
         self.info = whole[info_at : info_at + 4 * nr_slots].cast("I")
         self.info_bytes = self.info.cast("B")
         self.ac_time = whole[ac_time_at : ac_time_at + 4 * nr_slots].cast("I")
-        # (byte offset in the mapping, bytes per slot) of each array release() frees.
-        self._arrays = ((handle_at, 8), (info_at, 4), (ac_time_at, 4))
-        self._views = (self.info_bytes, self.info, self.handle, self.ac_time, whole)
-        # mm_stat's columns that follow from the slots' states.
+        self._views = (
+            self.info_bytes,
+            self.info,
+            self.handle,
+            self.ac_time,
+            self._header,
+            whole,
+        )
+        # mm_stat's columns that follow from the slots' states (recount()
+        # makes them again from a table taken over).
         self.pages_stored = 0  # slots not empty: orig_data_size / 4096
         self.compr_data_size = 0  # bytes in pool objects (a huge page: 4096)
         self.same_pages = 0
         self.huge_pages = 0
-        self.huge_pages_since = 0  # slots that became huge, ever (never falls)
         self.wb_pages = 0  # slots written back (bd_stat's bd_count)
+        if length > PAGE_SIZE:
+            self._map_present()
+
+    @property
+    def huge_pages_since(self):
+        """Slots that became huge, ever (never falls; in the memfd's header)."""
+        return self._header[_H_HUGE_SINCE]
+
+    # --- the memfd's chunks over the reservation ---------------------------------
+
+    def _overlay(self, start, length):
+        """Map bytes [start, start + length) of the memfd over the reservation."""
+        addr = _mmap(
+            self._base + start, length, _PROT_RW, mmap.MAP_SHARED | _MAP_FIXED, self.fd, start
+        )
+        if addr == _MAP_FAILED:
+            err = ctypes.get_errno()
+            raise OSError(err, f"mapping the slot table's memfd: {os.strerror(err)}")
+
+    def _unoverlay(self, start, length):
+        """Put anonymous zero pages back over [start, start + length)."""
+        addr = _mmap(self._base + start, length, _PROT_RW, _MAP_FLAGS | _MAP_FIXED, -1, 0)
+        if addr == _MAP_FAILED:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unmapping the slot table's memfd: {os.strerror(err)}")
+
+    def _chunk_ranges(self, chunk):
+        """(start, length) in the mapping of each array's part of ``chunk``."""
+        first = chunk << CHUNK_SHIFT
+        end = min(first + CHUNK_SLOTS, self.nr_slots)
+        for at, width in self._arrays:
+            yield at + width * first, _round_page(width * end) - width * first
+
+    def map_chunks(self, first, end):
+        """Make sure slots [first, end) are the memfd's before a store to them
+        (the commit path calls this first when ``present`` says a chunk of
+        the range is not)."""
+        present = self.present
+        for chunk in range(first >> CHUNK_SHIFT, ((end - 1) >> CHUNK_SHIFT) + 1):
+            if not present[chunk]:
+                for start, length in self._chunk_ranges(chunk):
+                    self._overlay(start, length)
+                present[chunk] = 1
+
+    def _map_present(self):
+        """Map every chunk that holds data in the memfd (a table taken over):
+        its data extents, found with SEEK_DATA / SEEK_HOLE."""
+        fd = self.fd
+        pos = PAGE_SIZE
+        chunks = set()
+        while True:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    break
+                raise
+            stop = os.lseek(fd, start, os.SEEK_HOLE)
+            for at, width in self._arrays:
+                end_at = at + _round_page(width * self.nr_slots)
+                lo, hi = max(start, at), min(stop, end_at)
+                if lo < hi:
+                    chunks.update(
+                        range(
+                            ((lo - at) // width) >> CHUNK_SHIFT,
+                            (((hi - at - 1) // width) >> CHUNK_SHIFT) + 1,
+                        )
+                    )
+            pos = stop
+        for chunk in sorted(chunks):
+            if chunk < len(self.present):
+                self.map_chunks(chunk << CHUNK_SHIFT, (chunk << CHUNK_SHIFT) + 1)
+
+    # --- changes of state -----------------------------------------------------------
 
     def account(self, old, new):
         """Count a change of state: slots whose info words were ``old`` now
@@ -332,31 +534,159 @@ class SlotTable:
         self.pages_stored += now[0] - was[0]
         self.same_pages += now[1] - was[1]
         self.huge_pages += now[2] - was[2]
-        self.huge_pages_since += now[2]
+        if now[2]:
+            self._header[_H_HUGE_SINCE] += now[2]
         self.compr_data_size += now[3] - was[3]
         self.wb_pages += now[4] - was[4]
 
+    def install(self, index, new_info, new_handle):
+        """Store slot ``index``'s new info word and handle word, in the order
+        that ``settle`` can finish or undo after a kill at any point (see
+        "Surviving the process").  The device's per-slot path; a run of
+        ordinary objects is stored as slices instead (handles, then infos)."""
+        info = self.info
+        handle = self.handle
+        old = info[index]
+        if not new_info:
+            info[index] = 0
+            if _fault is not None:
+                _fault("slot:emptied")
+            handle[index] = 0
+            return
+        if (
+            not old
+            or (old & new_info & SAME)
+            or (
+                not (old | new_info) & (SAME | WB)
+                and old & ~(SIZE_MASK | PP_SLOT) == new_info & ~SIZE_MASK
+            )
+        ):
+            # From empty, or within one kind: the handle, then the info.
+            handle[index] = new_handle
+            if _fault is not None:
+                _fault("slot:handle")
+            info[index] = new_info
+            return
+        ac_time = self.ac_time
+        stamp = ac_time[index]
+        if new_handle <= _STASH_MAX:
+            # Roll forward: park the new handle word.
+            ac_time[index] = new_handle
+            info[index] = new_info | TRANSIT
+        else:
+            # To same-filled: park the old handle word (a pool handle or a
+            # backing block, both below 2**31).
+            ac_time[index] = handle[index]
+            info[index] = (old & ~PP_SLOT) | TRANSIT | TO_SAME
+        if _fault is not None:
+            _fault("slot:transit")
+        handle[index] = new_handle
+        if _fault is not None:
+            _fault("slot:handle")
+        info[index] = new_info
+        ac_time[index] = stamp
+
+    def settle(self, index):
+        """After a takeover: finish or undo a change slot ``index`` was in
+        the middle of (TRANSIT), drop PP_SLOT (its post-processing died
+        with the process), and zero the handle of an empty slot.  Returns
+        the slot's (info, handle) now.  An object's size is not settled
+        here: the pool knows it (``BlockDevice.resume``)."""
+        info = self.info[index]
+        handle = self.handle[index]
+        if info & TRANSIT:
+            parked = self.ac_time[index]
+            if not info & TO_SAME:
+                info, handle = info & ~TRANSIT, parked
+            elif handle == parked:
+                info = info & ~(TRANSIT | TO_SAME)
+            else:
+                info = SAME
+            self.handle[index] = handle
+            self.ac_time[index] = 0
+        info &= ~PP_SLOT
+        if not info and handle:
+            self.handle[index] = handle = 0
+        self.info[index] = info
+        return info, handle
+
+    def recount(self):
+        """Count the states of every slot again (after a takeover): the
+        counters ``account`` keeps, from the info words."""
+        stored = same = huge = compr = wb = 0
+        info_bytes = self.info_bytes
+        for start in range(0, self.nr_slots, 4096):
+            stop = min(start + 4096, self.nr_slots)
+            if not info_bytes[start * 4 : stop * 4].tobytes().strip(b"\0"):
+                continue
+            counts = _tally(self.info[start:stop])
+            stored += counts[0]
+            same += counts[1]
+            huge += counts[2]
+            compr += counts[3]
+            wb += counts[4]
+        self.pages_stored = stored
+        self.same_pages = same
+        self.huge_pages = huge
+        self.compr_data_size = compr
+        self.wb_pages = wb
+
     def release(self, first, end):
         """Give the kernel back the table pages that hold only slots of
-        [first, end), which must all be empty (info, handle, ac_time 0): they read
-        as zeros again, so nothing changes but RSS (see _FREE_ADVICE)."""
+        [first, end), which must all be empty (info, handle, ac_time 0):
+        their memfd pages are punched, and a chunk emptied whole gets the
+        anonymous zero pages back, so a later read of it allocates
+        nothing.  Only RSS changes."""
+        whole_first = (first + CHUNK_SLOTS - 1) >> CHUNK_SHIFT
+        whole_end = end >> CHUNK_SHIFT if end < self.nr_slots else len(self.present)
         for at, width in self._arrays:
             start = at + _round_page(width * first)
-            stop = at + ((width * end) & -PAGE_SIZE)
-            while start < stop and _FREE_ADVICE:
-                advice = _FREE_ADVICE[0]
-                try:
-                    self._map.madvise(advice, start, stop - start)
-                    break
-                except OSError:
-                    if advice in _FREE_ADVICE:
-                        _FREE_ADVICE.remove(advice)
+            stop = (
+                at + ((width * end) & -PAGE_SIZE)
+                if end < self.nr_slots
+                else at + _round_page(width * end)
+            )
+            if start < stop:
+                _fallocate(self.fd, _PUNCH, start, stop - start)
+        for chunk in range(whole_first, whole_end):
+            if self.present[chunk]:
+                for start, length in self._chunk_ranges(chunk):
+                    self._unoverlay(start, length)
+                self.present[chunk] = 0
 
     def close(self):
-        """Unmap the table.  The device is unusable afterwards."""
+        """Unmap the table and close its memfd.  The device is unusable
+        afterwards; the memfd's pages live on in any other holder of it."""
         if self._map is None:
             return
+        # The counter stays readable (stats of a closed device).
+        header = array("Q", self._header)
         for view in self._views:
             view.release()
+        self._header = header
         self._map.close()
         self._map = None
+        os.close(self.fd)
+
+
+def _header_bytes(nr_slots):
+    words = [0] * 4
+    words[_H_MAGIC] = _MAGIC
+    words[_H_VERSION] = _VERSION
+    words[_H_NR_SLOTS] = nr_slots
+    return b"".join(w.to_bytes(8, "little") for w in words)
+
+
+def _check_header(fd, nr_slots, length):
+    head = os.pread(fd, 24, 0)
+    words = [int.from_bytes(head[i : i + 8], "little") for i in range(0, len(head) - 7, 8)]
+    if len(words) < 3 or words[_H_MAGIC] != _MAGIC:
+        raise SlotTableFormatError(f"memfd {fd} holds no zramfs slot table")
+    if words[_H_VERSION] != _VERSION:
+        raise SlotTableFormatError(
+            f"the slot table is format {words[_H_VERSION]}, this zramfs reads format {_VERSION}"
+        )
+    if words[_H_NR_SLOTS] != nr_slots or os.fstat(fd).st_size != length:
+        raise SlotTableFormatError(
+            f"the slot table has {words[_H_NR_SLOTS]} slots, the device {nr_slots}"
+        )

@@ -72,7 +72,16 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from allocator import PAGE_SHIFT, PAGE_SIZE, Pool, PoolFullError, PoolLimitError
+from allocator import (
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    Pool,
+    PoolDamagedError,
+    PoolFormatError,
+    PoolFullError,
+    PoolLimitError,
+)
+from allocator._check import PoolCorruptError, check_pool
 
 from ._backing import BackingIOError, BackingStore, BackingStoreError, BackingStoreFullError
 from ._codec_batch import BatchCodec
@@ -86,6 +95,7 @@ from ._pp_args import (
 )
 from ._slots import (
     AC_IDLE,
+    CHUNK_SHIFT,
     COMP_PRIORITY_MASK,
     COMP_PRIORITY_SHIFT,
     HUGE,
@@ -95,11 +105,44 @@ from ._slots import (
     PP_SLOT,
     SAME,
     SIZE_MASK,
+    TRANSIT,
     WB,
     SlotTable,
+    SlotTableFormatError,
     SlotTableTooLargeError,
 )
-from .codecs import CODECS, DEFAULT_ALGORITHM, get_codec
+from ._state import (
+    W_BD_READS,
+    W_BD_WRITES,
+    W_CHAIN,
+    W_CREATED_NS,
+    W_DISKSIZE,
+    W_FAILED_READS,
+    W_FAILED_WRITES,
+    W_INVALID_IO,
+    W_LIMIT_PAGES,
+    W_MAX_USED_PAGES,
+    W_NOTIFY_FREE,
+    W_NUM_READS,
+    W_NUM_WRITES,
+    W_RECOMP_USED,
+    W_WB_BATCH,
+    W_WB_FAILURES,
+    W_WB_LIMIT,
+    W_WB_LIMIT_ENABLE,
+    DeviceHeader,
+    HeaderFormatError,
+    check_format,
+    decode_bytes,
+    encode_bytes,
+)
+from .codecs import (
+    CODECS,
+    DEFAULT_ALGORITHM,
+    InvalidCodecParamsError,
+    UnknownAlgorithmError,
+    get_codec,
+)
 
 __all__ = [
     "PAGE_SIZE",
@@ -123,8 +166,15 @@ __all__ = [
     "io_stat_line",
     "mm_stat_line",
     "PostProcessBusyError",
+    "StateCorruptError",
+    "StateError",
+    "StateFormatError",
     "WritebackLimitError",
 ]
+
+#: Fault injection for the crash tests (see allocator._pool._fault): None in
+#: every real run.
+_fault = None
 
 _PAGE_MASK = PAGE_SIZE - 1
 _ZERO_PAGE = bytes(PAGE_SIZE)
@@ -187,6 +237,25 @@ class CorruptedSlotError(DeviceError):
     """Raised when a stored object fails to decompress to a whole page.
     Counted in ``failed_reads`` (or ``failed_writes`` when it happens in a
     partial write's read-modify-write).  It means a bug or memory corruption."""
+
+
+class StateError(DeviceError):
+    """Base class of the errors ``BlockDevice.resume`` raises: the memfds
+    it was given cannot be taken over."""
+
+
+class StateFormatError(StateError):
+    """Raised when the memfds are of another state format than this
+    zramfs's (a different version, or no zramfs device at all), or need an
+    algorithm this build lacks: the message says which.  Taking over is
+    impossible; a restart with this code needs a swapoff first."""
+
+
+class StateCorruptError(StateError):
+    """Raised when the state contradicts itself in a way no crash leaves
+    behind (a slot naming a freed object, two slots naming one object or
+    backing block): a bug or memory corruption.  Also raised by
+    ``BlockDevice.check``."""
 
 
 def _undecodable(exc):
@@ -290,6 +359,8 @@ class BlockDevice:
         max_pages_per_zspage=8,
         codec=None,
         backing_dev=None,
+        *,
+        _resumed=None,
     ):
         if isinstance(disksize, bool) or not isinstance(disksize, int):
             raise InvalidDiskSizeError(f"disksize must be an int, not {disksize!r}")
@@ -299,65 +370,80 @@ class BlockDevice:
             raise InvalidDiskSizeError(
                 f"disksize {disksize} is not a multiple of {PAGE_SIZE} bytes (the page size)"
             )
-        self._codec = codec if codec is not None else get_codec(algorithm)
+        nr_pages = disksize >> PAGE_SHIFT
+        if _resumed is None:
+            codec = codec if codec is not None else get_codec(algorithm)
+            limit_pages = self._limit_to_pages(mem_limit)
+            # A write holds at most one new object per slot besides the slots'
+            # old ones: at most 2 * nr_pages objects are alive.  The pool sizes
+            # its reservation from that (1 TiB of address space without it).
+            pool = Pool(max_pages_per_zspage=max_pages_per_zspage, max_objects=2 * nr_pages)
+            try:
+                table = SlotTable(nr_pages)
+            except SlotTableTooLargeError as exc:
+                pool.close()
+                raise InvalidDiskSizeError(str(exc)) from None
+            try:
+                header = DeviceHeader.create(
+                    disksize,
+                    max_pages_per_zspage,
+                    {
+                        "algorithm": codec.name,
+                        "level": codec.level,
+                        "dictionary": encode_bytes(codec.dictionary),
+                        "recomp": {},
+                        "backing": None,
+                    },
+                )
+            except BaseException:
+                pool.close()
+                table.close()
+                raise
+        else:
+            codec, pool, table, header = _resumed
+            limit_pages = header.words[W_LIMIT_PAGES]
+        self._codec = codec
+        self._pool = pool
+        self._table = table
+        self._header = header
+        # The header's words: settings and counters, in the memfd that
+        # outlives the process (zramfs._state); all guarded by _lock.
+        self._w = words = header.words
         # By COMP_PRIORITY: 0 the primary codec, 1..3 zram's recomp_algorithm.
         self._codecs = [self._codec, None, None, None]
         self._batch = BatchCodec(self._codec)
-        self._limit_pages = self._limit_to_pages(mem_limit)
-        nr_pages = disksize >> PAGE_SHIFT
-        # A write holds at most one new object per slot besides the slots'
-        # old ones: at most 2 * nr_pages objects are alive.  The pool sizes
-        # its reservation from that (1 TiB of address space without it).
-        self._pool = Pool(max_pages_per_zspage=max_pages_per_zspage, max_objects=2 * nr_pages)
+        self._limit_pages = words[W_LIMIT_PAGES] = limit_pages
         self._huge_class_size = self._pool.huge_class_size
-        try:
-            self._table = SlotTable(nr_pages)
-        except SlotTableTooLargeError as exc:
-            self._pool.close()
-            raise InvalidDiskSizeError(str(exc)) from None
 
         self.disksize = disksize
         self.algorithm = self._codec.name
         self._lock = threading.Lock()
-        # ac_time stamps count whole seconds from here (zram counts from
-        # boot); monotonic, so a clock step cannot make a slot look idle.
+        # ac_time stamps count whole seconds from the device's creation (zram
+        # counts from boot); monotonic, so a clock step cannot make a slot
+        # look idle, and system-wide, so a process taking the device over
+        # goes on counting from the same zero.
         _SECONDS.ensure_running()
-        self._epoch = _SECONDS.now
+        self._epoch = _SECONDS.now - (time.monotonic_ns() - words[W_CREATED_NS]) // 10**9
         # Only a page whose compressed form is this short can be same-filled
         # (a repeated 8-byte word compresses to a few dozen bytes with every
         # codec), so _classify checks just those pages word by word instead
         # of every page.  Twice the longest of a few same-filled pages, for
         # margin; a same-filled page that still compressed longer would only
         # be stored compressed, not lost.
-        words = (bytes(8), b"\xff" * 8, bytes(range(1, 9)), bytes.fromhex("9e3779b97f4a7c15"))
-        self._same_max = 2 * max(
-            len(self._codec.compress(word * _WORDS_PER_PAGE)) for word in words
-        )
-
-        # Counters besides the slot table's own, all guarded by _lock.
-        self._max_used_pages = 0
-        # Counted here, not read from pool.stats() (250 us: it builds a
-        # record per size class); only compact() below compacts this pool.
-        self._pages_compacted = 0
-        self._failed_reads = 0
-        self._failed_writes = 0
-        self._invalid_io = 0
-        self._notify_free = 0
-        self._num_reads = 0
-        self._num_writes = 0
+        same = (bytes(8), b"\xff" * 8, bytes(range(1, 9)), bytes.fromhex("9e3779b97f4a7c15"))
+        self._same_max = 2 * max(len(self._codec.compress(word * _WORDS_PER_PAGE)) for word in same)
 
         # Writeback and recompression (zram's post-processing): one at a
-        # time, under _pp_lock, which is never taken under _lock.
+        # time, under _pp_lock, which is never taken under _lock.  The
+        # settings are mirrored in the header (read here, on every I/O).
         self._pp_lock = threading.Lock()
         self._backing = None
-        self._bd_reads = 0
-        self._bd_writes = 0
-        self._wb_failures = 0
-        self._wb_limit = 0  # pages (zram's bd_wb_limit, 4 KiB units)
-        self._wb_limit_enable = False
-        self._wb_batch_size = 32  # zram's default writeback_batch_size
+        self._wb_limit = words[W_WB_LIMIT]  # pages (zram's bd_wb_limit, 4 KiB units)
+        self._wb_limit_enable = bool(words[W_WB_LIMIT_ENABLE])
+        self._wb_batch_size = words[W_WB_BATCH]  # zram's default writeback_batch_size: 32
         self.writeback_error = None  # why the last writeback stopped, or None
-        self._recomp_used = [False] * 4  # a priority that stored a slot
+        # A priority that stored a slot.
+        self._recomp_used = [bool(words[W_RECOMP_USED] >> p & 1) for p in range(4)]
         if backing_dev is not None:
             try:
                 self.set_backing_dev(backing_dev)
@@ -366,13 +452,243 @@ class BlockDevice:
                 raise
 
     def close(self):
-        """Give the pool's and the slot table's memory back and close the
-        backing store.  The device is unusable afterwards."""
+        """Unmap the device and close its memfds and backing store.  The
+        device is unusable afterwards.  Its memory goes back to the kernel
+        with the last holder of the memfds: at once, unless a supervisor
+        holds them (``state_fds``) to hand to the next daemon."""
         with self._lock:
             self._pool.close()
             self._table.close()
+            # The counters stay readable (stats of a closed device).
+            self._w = array("Q", self._w)
+            self._header.close()
             if self._backing is not None:
                 self._backing.close()
+
+    # --- state that outlives the process ---------------------------------------
+
+    def state_fds(self):
+        """The fds that make up the device, by name: ``header`` (settings and
+        counters, zramfs._state), ``slots`` (the slot table), ``arena`` and
+        ``tables`` (the pool), and ``backing`` when a backing store is set.
+        A supervisor that holds dups of them keeps every stored page alive
+        after this process is gone, and hands them to ``resume`` in the
+        next one.  They stay this device's: close() closes them."""
+        fds = {"header": self._header.fd, "slots": self._table.fd}
+        fds.update(self._pool.state_fds())
+        if self._backing is not None:
+            fds["backing"] = self._backing.fd
+        return fds
+
+    @staticmethod
+    def check_state_format(fds):
+        """Raise StateFormatError unless ``fds["header"]`` is a device
+        header this code can take over (reads a page, maps nothing): what
+        ``zramfs restart`` asks before it stops a daemon."""
+        try:
+            check_format(fds["header"])
+        except (KeyError, TypeError):
+            raise StateFormatError(f"no 'header' among the state fds {fds!r}") from None
+        except HeaderFormatError as exc:
+            raise StateFormatError(str(exc)) from None
+
+    @classmethod
+    def resume(cls, fds):
+        """Take over the device whose memfds are ``fds`` (as ``state_fds``
+        named them), left by a process that exited or was killed at any
+        point, and return it working.  The device owns the fds from here on
+        (whether or not this succeeds): pass dups to keep your own.
+
+        Maps the header, the slot table and the pool; checks the format
+        (StateFormatError: another version, or an algorithm this build
+        lacks); rebuilds the pool's lists from its handle table
+        (``Pool.attach``); settles every slot that a change of state was
+        cut through (zramfs._slots), takes each object's size from the
+        pool; frees the objects no slot names (a write killed between
+        storing its new objects and freeing the old ones) and the backing
+        blocks no slot names; counts the slots' states again.  Counters and
+        settings are the dead process's own (they live in the header).
+        StateCorruptError if the state contradicts itself.
+        """
+        cls.check_state_format(fds)
+        taken = []
+        try:
+            header = DeviceHeader.attach(fds["header"])
+            taken.append(header)
+            words = header.words
+            config = header.config
+            disksize = words[W_DISKSIZE]
+            try:
+                codec = get_codec(
+                    config["algorithm"],
+                    level=config["level"],
+                    dictionary=decode_bytes(config["dictionary"]),
+                )
+                recomp = {
+                    int(p): get_codec(name, level=level)
+                    for p, (name, level) in config["recomp"].items()
+                }
+            except (UnknownAlgorithmError, InvalidCodecParamsError) as exc:
+                raise StateFormatError(
+                    f"the device's algorithm cannot be used here: {exc}"
+                ) from None
+            table = SlotTable(disksize >> PAGE_SHIFT, fd=fds["slots"])
+            taken.append(table)
+            pool = Pool.attach({"arena": fds["arena"], "tables": fds["tables"]})
+            taken.append(pool)
+            backing = None
+            if config["backing"] is not None:
+                backing = BackingStore.attach(config["backing"], disksize, fds.get("backing"))
+                taken.append(backing)
+        except KeyError as exc:
+            for part in taken:
+                part.close()
+            raise StateFormatError(f"the state lacks {exc}") from None
+        except (SlotTableFormatError, PoolFormatError, HeaderFormatError) as exc:
+            for part in taken:
+                part.close()
+            raise StateFormatError(str(exc)) from None
+        except PoolDamagedError as exc:
+            for part in taken:
+                part.close()
+            raise StateCorruptError(str(exc)) from None
+        except BaseException:
+            for part in taken:
+                part.close()
+            raise
+        if words[W_CHAIN] != pool.max_pages_per_zspage:
+            for part in taken:
+                part.close()
+            raise StateFormatError("the device header and the pool disagree on the chain size")
+        device = cls(
+            disksize,
+            max_pages_per_zspage=pool.max_pages_per_zspage,
+            _resumed=(codec, pool, table, header),
+        )
+        for priority, recomp_codec in recomp.items():
+            device._codecs[priority] = recomp_codec
+        device._backing = backing
+        try:
+            device._settle()
+        except BaseException:
+            device.close()
+            raise
+        return device
+
+    def _settle(self):
+        """After a takeover (resume): settle every slot, fix object sizes
+        from the pool, free orphans, recount, rebuild the backing bitmap."""
+        table = self._table
+        pool = self._pool
+        size_of = pool.size_of
+        info_words = table.info
+        handles = table.handle
+        ac_time = table.ac_time
+        now = _SECONDS.now - self._epoch
+        referenced = bytearray()
+        blocks = []
+        for chunk, mapped in enumerate(table.present):
+            if not mapped:
+                continue
+            first = chunk << CHUNK_SHIFT
+            end = min(first + (1 << CHUNK_SHIFT), table.nr_slots)
+            for index, info, handle in zip(
+                range(first, end), info_words[first:end], handles[first:end]
+            ):
+                if not (info or handle):
+                    continue
+                if info & (TRANSIT | PP_SLOT) or not info:
+                    info, handle = table.settle(index)
+                    if not info:
+                        continue
+                if (ac_time[index] & ~AC_IDLE) > now:
+                    ac_time[index] = now  # a stamp from a parked word
+                if info & SAME:
+                    continue
+                if info & WB:
+                    blocks.append(handle)
+                    continue
+                size = size_of(handle)
+                if not size:
+                    raise StateCorruptError(
+                        f"slot {index} names pool handle {handle}, which holds no object"
+                    )
+                if handle >= len(referenced):
+                    referenced.extend(bytes(handle + 1 - len(referenced) + 65536))
+                if referenced[handle]:
+                    raise StateCorruptError(f"two slots name pool handle {handle}")
+                referenced[handle] = 1
+                # The size is the pool's: a slot cut between its handle and
+                # its info word has the old info (zramfs._slots).
+                want = HUGE_INFO if size == PAGE_SIZE else (info & ~(SIZE_MASK | HUGE)) | size
+                if want != info:
+                    info_words[index] = want
+        pool.free_unreferenced(referenced)
+        table.recount()
+        if self._backing is not None:
+            try:
+                self._backing.adopt(blocks)
+            except BackingStoreError as exc:
+                raise StateCorruptError(str(exc)) from None
+        elif blocks:
+            raise StateCorruptError(
+                f"{len(blocks)} slots are written back, but there is no backing store"
+            )
+
+    def check(self):
+        """Raise StateCorruptError unless the slot table, the pool and the
+        counters agree: every object slot names a live object of its size,
+        no object is unnamed, the pool is consistent (allocator._check),
+        the state counters match a fresh count, the backing store's blocks
+        in use are the written-back slots'.  O(slots): for tests."""
+        with self._lock:
+            table = self._table
+            try:
+                check_pool(self._pool)
+            except PoolCorruptError as exc:
+                raise StateCorruptError(f"pool: {exc}") from None
+            counts = (
+                table.pages_stored,
+                table.same_pages,
+                table.huge_pages,
+                table.compr_data_size,
+                table.wb_pages,
+            )
+            named = 0
+            wb = 0
+            for index in range(table.nr_slots):
+                if not table.present[index >> CHUNK_SHIFT]:
+                    continue
+                info = table.info[index]
+                if info & (TRANSIT | PP_SLOT):
+                    raise StateCorruptError(f"slot {index}: info {info:#x} left in transit")
+                if not info or info & SAME:
+                    continue
+                if info & WB:
+                    wb += 1
+                    continue
+                named += 1
+                size = self._pool.size_of(table.handle[index])
+                if size != info & SIZE_MASK:
+                    raise StateCorruptError(
+                        f"slot {index}: info size {info & SIZE_MASK}, pool object {size}"
+                    )
+            table.recount()
+            if counts != (
+                table.pages_stored,
+                table.same_pages,
+                table.huge_pages,
+                table.compr_data_size,
+                table.wb_pages,
+            ):
+                raise StateCorruptError(f"slot counters {counts}, a fresh count says otherwise")
+            live = self._pool.stats().objs_used
+            if live != named:
+                raise StateCorruptError(f"the pool holds {live} objects, the slots name {named}")
+            if self._backing is not None and self._backing.blocks_used != wb:
+                raise StateCorruptError(
+                    f"{self._backing.blocks_used} backing blocks in use, {wb} slots written back"
+                )
 
     def __enter__(self):
         return self
@@ -406,7 +722,7 @@ class BlockDevice:
     def mem_limit(self, mem_limit):
         pages = self._limit_to_pages(mem_limit)
         with self._lock:
-            self._limit_pages = pages
+            self._limit_pages = self._w[W_LIMIT_PAGES] = pages
 
     def _check_range(self, offset, length, op):
         if (
@@ -420,7 +736,7 @@ class BlockDevice:
         offset = operator.index(offset)
         length = operator.index(length)
         with self._lock:
-            self._invalid_io += 1
+            self._w[W_INVALID_IO] += 1
         raise OutOfRangeError(
             f"{op} of {length} bytes at offset {offset} is outside the device "
             f"(disksize {self.disksize})"
@@ -512,7 +828,7 @@ class BlockDevice:
             # Backing I/O under the lock: the price of an atomic
             # read-modify-write of a written-back block (zram reads it
             # synchronously in its partial write too).
-            self._bd_reads += 1
+            self._w[W_BD_READS] += 1
             page = bytearray(self._backing.read(payload))
         else:
             page = bytearray(self._decode(info, payload))
@@ -547,6 +863,10 @@ class BlockDevice:
         handles = table.handle
         count = len(infos)
         end = first + count
+        present = table.present
+        if not (present[first >> CHUNK_SHIFT] and present[(end - 1) >> CHUNK_SHIFT]):
+            # (A commit covers at most 4096 slots: two chunks at most.)
+            table.map_chunks(first, end)
         # What the slots hold now (a copy: they change below), and the
         # largest info word on each side: below PAGE_SIZE means no flag.
         old: Sequence[int]
@@ -583,6 +903,8 @@ class BlockDevice:
         else:
             objs = [payload for info, payload in zip(infos, payloads) if info & SIZE_MASK]
         new_handles: Sequence[int] = self._store_locked(objs, check_limit) if objs else ()
+        if _fault is not None:
+            _fault("commit:stored")
 
         dead: Sequence[int]
         if not old_top:
@@ -595,23 +917,46 @@ class BlockDevice:
             blocks = [handle for info, handle in zip(old, handles[first:end]) if info & WB]
             if blocks:
                 self._backing.free(blocks)
-        if not uniform:
+        # The slots now, in the order zramfs._slots ("Surviving the process")
+        # gives: a process killed at any point leaves each slot old or new.
+        if not uniform or (top and old_top >= PAGE_SIZE):
+            install = table.install
             new = iter(new_handles)
             for index, info, payload in zip(range(first, end), infos, payloads):
-                slot_infos[index] = info
                 # An object's handle, a same-filled slot's word, a backing
                 # block, or 0.
-                handles[index] = (
-                    next(new) if info & SIZE_MASK else payload if info & (SAME | WB) else 0
+                install(
+                    index,
+                    info,
+                    next(new) if info & SIZE_MASK else payload if info & (SAME | WB) else 0,
                 )
-        elif count == 1:
-            slot_infos[first] = top
-            handles[first] = new_handles[0] if top else 0
+        elif top:
+            # Ordinary objects over ordinary objects or empty slots: handles
+            # first, then the info words.
+            if count == 1:
+                handles[first] = new_handles[0]
+                if _fault is not None:
+                    _fault("commit:handles")
+                slot_infos[first] = top
+            else:
+                handles[first:end] = array("Q", new_handles)
+                if _fault is not None:
+                    _fault("commit:handles")
+                slot_infos[first:end] = infos if type(infos) is array else array("I", infos)
         else:
-            slot_infos[first:end] = infos if type(infos) is array else array("I", infos)
-            handles[first:end] = array("Q", new_handles) if top else array("Q", bytes(8 * count))
+            # Emptied: the info words first, then the handles.
+            slot_infos[first:end] = array("I", bytes(4 * count))
+            if _fault is not None:
+                _fault("commit:emptied")
+            handles[first:end] = array("Q", bytes(8 * count))
+        if _fault is not None:
+            _fault("commit:published")
+        # The old objects last: until the slots stopped naming them, they
+        # were what a restart would read.
         if dead:
             pool.free_many(dead)
+            if _fault is not None:
+                _fault("commit:freed")
         table.account(old, infos)
 
     def _store_locked(self, objs, check_limit=True):
@@ -642,13 +987,13 @@ class BlockDevice:
             ) from exc
         # The peak is now, with the new and the old objects both in the pool.
         used = pool.pages_used
-        if used > self._max_used_pages:
-            self._max_used_pages = used
+        if used > self._w[W_MAX_USED_PAGES]:
+            self._w[W_MAX_USED_PAGES] = used
         return new_handles
 
     def _limit_error(self, message):
         """Under the lock: a write refused for memory, counted in failed_writes."""
-        self._failed_writes += 1
+        self._w[W_FAILED_WRITES] += 1
         return MemLimitError(message)
 
     # --- the write path ---------------------------------------------------------
@@ -670,7 +1015,7 @@ class BlockDevice:
             now = _SECONDS.now - self._epoch
             index = offset >> PAGE_SHIFT
             with self._lock:
-                self._num_writes += 1
+                self._w[W_NUM_WRITES] += 1
                 self._commit_locked(index, (info,), (payload,))
                 self._table.ac_time[index] = now
             return
@@ -703,7 +1048,7 @@ class BlockDevice:
                     # same-filled or huge page): no per-page Python loop.
                     stamps = self._stamps(len(sizes))
                     with self._lock:
-                        self._num_writes += len(sizes)
+                        self._w[W_NUM_WRITES] += len(sizes)
                         self._commit_locked(first, sizes, compressed)
                         self._table.ac_time[first : first + len(sizes)] = stamps
                     return
@@ -711,7 +1056,7 @@ class BlockDevice:
 
         stamps = self._stamps(last - first + 1)
         with self._lock:
-            self._num_writes += last - first + 1
+            self._w[W_NUM_WRITES] += last - first + 1
             try:
                 edges: Sequence[tuple[int, int, int, memoryview]]
                 if partial:
@@ -727,7 +1072,7 @@ class BlockDevice:
                     infos.insert(at, info)
                     payloads.insert(at, payload)
             except (CorruptedSlotError, BackingIOError):
-                self._failed_writes += 1
+                self._w[W_FAILED_WRITES] += 1
                 raise
             self._commit_locked(first, infos, payloads)
             self._table.ac_time[first : last + 1] = stamps
@@ -745,7 +1090,7 @@ class BlockDevice:
             table = self._table
             now = _SECONDS.now - self._epoch
             with self._lock:
-                self._num_reads += 1
+                self._w[W_NUM_READS] += 1
                 info = table.info[index]
                 payload = table.handle[index]
                 if info & SIZE_MASK:
@@ -758,7 +1103,7 @@ class BlockDevice:
                 return self._decode(info, payload)
             except CorruptedSlotError:
                 with self._lock:
-                    self._failed_reads += 1
+                    self._w[W_FAILED_READS] += 1
                 raise
         if not length:
             return b""
@@ -786,7 +1131,7 @@ class BlockDevice:
         batch = self._batch
         stamps = self._stamps(count)
         with self._lock:
-            self._num_reads += count
+            self._w[W_NUM_READS] += count
             infos = table.info[first : last + 1]
             # Every slot an ordinary compressed object (0 < info < 4096: a
             # size, no flag): the common case, done in C (lz4 frames, or
@@ -817,7 +1162,7 @@ class BlockDevice:
                 pages = self._decode_slots(first, slots)
         except CorruptedSlotError:
             with self._lock:
-                self._failed_reads += 1
+                self._w[W_FAILED_READS] += 1
             raise
         # Cut the bytes before offset and after end off the edge pieces
         # (pieces are whole pages, so the cuts fall in the first and last).
@@ -872,11 +1217,11 @@ class BlockDevice:
             piece = self._backing.read(run[0][1], len(run))
         except BackingIOError:
             with self._lock:
-                self._bd_reads += len(run)
-                self._failed_reads += 1
+                self._w[W_BD_READS] += len(run)
+                self._w[W_FAILED_READS] += 1
             raise
         with self._lock:
-            self._bd_reads += len(run)
+            self._w[W_BD_READS] += len(run)
             infos = table.info[index : index + len(run)]
             blocks = table.handle[index : index + len(run)]
             if list(zip(infos, blocks)) != run:
@@ -897,11 +1242,11 @@ class BlockDevice:
                 page = self._backing.read(block)
             except BackingIOError:
                 with self._lock:
-                    self._bd_reads += 1
-                    self._failed_reads += 1
+                    self._w[W_BD_READS] += 1
+                    self._w[W_FAILED_READS] += 1
                 raise
             with self._lock:
-                self._bd_reads += 1
+                self._w[W_BD_READS] += 1
                 info_now = table.info[index]
                 block_now = table.handle[index]
                 if info_now == info and block_now == block:
@@ -914,7 +1259,7 @@ class BlockDevice:
             return self._decode(info_now, payload)
         except CorruptedSlotError:
             with self._lock:
-                self._failed_reads += 1
+                self._w[W_FAILED_READS] += 1
             raise
 
     # --- discard ----------------------------------------------------------------
@@ -968,7 +1313,7 @@ class BlockDevice:
                         # then frees the stamps' pages with the rest.
                         table.ac_time[start:stop] = empty
                         table.release(start, stop)
-                    self._notify_free += stop - start
+                    self._w[W_NOTIFY_FREE] += stop - start
             if self._backing is not None:
                 self._backing.reclaim()  # punch the freed blocks, outside the lock
         for index, start, size in edges:
@@ -978,7 +1323,7 @@ class BlockDevice:
                 try:
                     info, payload = self._rmw_locked(index, start, bytes(size))
                 except (CorruptedSlotError, BackingIOError):
-                    self._failed_writes += 1
+                    self._w[W_FAILED_WRITES] += 1
                     raise
                 self._commit_locked(index, (info,), (payload,))
                 self._table.ac_time[index] = _SECONDS.now - self._epoch
@@ -1102,7 +1447,7 @@ class BlockDevice:
                 pages.append((index, info, self._decode(info, payload)))
             except CorruptedSlotError:
                 with self._lock:
-                    self._failed_reads += 1
+                    self._w[W_FAILED_READS] += 1
                     self._unpick_locked((index,))
         return pages
 
@@ -1122,6 +1467,8 @@ class BlockDevice:
                     )
             store = BackingStore(path, self.disksize)
             old, self._backing = self._backing, store
+            with self._lock:
+                self._set_config(backing=store.path)
             if old is not None:
                 old.close()
 
@@ -1151,7 +1498,7 @@ class BlockDevice:
         if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
             raise InvalidArgumentError(f"writeback_limit must be an int >= 0 pages, not {pages!r}")
         with self._lock:
-            self._wb_limit = pages
+            self._wb_limit = self._w[W_WB_LIMIT] = pages
 
     @property
     def writeback_limit_enable(self):
@@ -1162,6 +1509,7 @@ class BlockDevice:
     def writeback_limit_enable(self, value):
         with self._lock:
             self._wb_limit_enable = bool(value)
+            self._w[W_WB_LIMIT_ENABLE] = int(self._wb_limit_enable)
 
     @property
     def writeback_batch_size(self):
@@ -1173,7 +1521,8 @@ class BlockDevice:
     def writeback_batch_size(self, count):
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise InvalidArgumentError(f"writeback_batch_size must be an int >= 1, not {count!r}")
-        self._wb_batch_size = count
+        with self._lock:
+            self._wb_batch_size = self._w[W_WB_BATCH] = count
 
     # --- writeback -----------------------------------------------------------------
 
@@ -1317,9 +1666,9 @@ class BlockDevice:
             # Blocks allocated but not written go back at once.
             store.unallocate([(b, 1) for b in self._unwritten(runs, at)])
             with self._lock:
-                self._bd_writes += len(done)
+                self._w[W_BD_WRITES] += len(done)
                 if self._wb_limit_enable:
-                    self._wb_limit = max(0, self._wb_limit - len(done))
+                    self._wb_limit = self._w[W_WB_LIMIT] = max(0, self._wb_limit - len(done))
                 stale = []
                 slot_infos = self._table.info
                 ac_time = self._table.ac_time
@@ -1339,7 +1688,7 @@ class BlockDevice:
                     self._backing.free(stale)
                 self._unpick_locked(index for index, _, _ in picked)
                 if error is not None and not isinstance(error, BackingStoreFullError):
-                    self._wb_failures += 1
+                    self._w[W_WB_FAILURES] += 1
             written += len(done) - len(stale)
             if max_pages is not None:
                 max_pages -= len(done) - len(stale)
@@ -1379,6 +1728,17 @@ class BlockDevice:
                     "its algorithm cannot change"
                 )
             self._codecs[priority] = codec
+            with self._lock:
+                self._set_config(
+                    recomp={
+                        **self._header.config["recomp"],
+                        str(priority): [codec.name, codec.level],
+                    }
+                )
+
+    def _set_config(self, **changes):
+        """Under the lock: change settings of the header's JSON document."""
+        self._header.set_config({**self._header.config, **changes})
 
     @property
     def recomp_algorithms(self):
@@ -1511,7 +1871,10 @@ class BlockDevice:
                         continue
                     slot_infos[index] = now & ~PP_SLOT
                     self._commit_locked(index, (info,), (data,), check_limit=False)
-                    self._recomp_used[info >> COMP_PRIORITY_SHIFT & 3] = True
+                    priority = info >> COMP_PRIORITY_SHIFT & 3
+                    if not self._recomp_used[priority]:
+                        self._recomp_used[priority] = True
+                        self._w[W_RECOMP_USED] |= 1 << priority
                     done += 1
                 self._unpick_locked(index for index, _, _ in picked)
         return done
@@ -1522,10 +1885,8 @@ class BlockDevice:
         """Run pool compaction (zram's ``compact``).  Returns pages freed."""
         # Compaction moves objects under the pool's own lock and keeps
         # handles valid, so the slot table needs no change and no device lock.
-        freed = self._pool.compact()
-        with self._lock:
-            self._pages_compacted += freed
-        return freed
+        # The pool counts the pages it freed (pages_compacted, in its memfd).
+        return self._pool.compact()
 
     @property
     def populate_wanted(self):
@@ -1542,7 +1903,7 @@ class BlockDevice:
         """Restart ``mem_used_max`` from the current use (writing 0 to zram's
         ``mem_used_max`` does this)."""
         with self._lock:
-            self._max_used_pages = self._pool.pages_used
+            self._w[W_MAX_USED_PAGES] = self._pool.pages_used
 
     def stats(self):
         """A consistent DeviceStats snapshot (a few us: cheap enough for
@@ -1555,21 +1916,21 @@ class BlockDevice:
                 compr_data_size=table.compr_data_size,
                 mem_used_total=used << PAGE_SHIFT,
                 mem_limit=self._limit_pages << PAGE_SHIFT,
-                mem_used_max=max(self._max_used_pages, used) << PAGE_SHIFT,
+                mem_used_max=max(self._w[W_MAX_USED_PAGES], used) << PAGE_SHIFT,
                 same_pages=table.same_pages,
-                pages_compacted=self._pages_compacted,
+                pages_compacted=self._pool.pages_compacted,
                 huge_pages=table.huge_pages,
                 huge_pages_since=table.huge_pages_since,
-                failed_reads=self._failed_reads,
-                failed_writes=self._failed_writes,
-                invalid_io=self._invalid_io,
-                notify_free=self._notify_free,
-                num_reads=self._num_reads,
-                num_writes=self._num_writes,
+                failed_reads=self._w[W_FAILED_READS],
+                failed_writes=self._w[W_FAILED_WRITES],
+                invalid_io=self._w[W_INVALID_IO],
+                notify_free=self._w[W_NOTIFY_FREE],
+                num_reads=self._w[W_NUM_READS],
+                num_writes=self._w[W_NUM_WRITES],
                 bd_count=table.wb_pages,
-                bd_reads=self._bd_reads,
-                bd_writes=self._bd_writes,
-                wb_failures=self._wb_failures,
+                bd_reads=self._w[W_BD_READS],
+                bd_writes=self._w[W_BD_WRITES],
+                wb_failures=self._w[W_WB_FAILURES],
             )
 
     # block_state copies this many slots' info words per hold of the lock,

@@ -26,9 +26,12 @@ def test_public_names_are_exported():
         "PAGE_SIZE",
         "ClassStats",
         "Pool",
+        "PoolDamagedError",
         "PoolError",
+        "PoolFormatError",
         "PoolFullError",
         "PoolLimitError",
+        "PoolStateError",
         "PoolStats",
     }
     for name in allocator.__all__:
