@@ -71,7 +71,7 @@ import trio
 
 from zramfs import supervisor
 from zramfs.config import DeviceConfig
-from zramfs.device import BlockDevice, DeviceError
+from zramfs.device import BlockDevice, DeviceError, StateFormatError
 from zramfs.fs import Filesystem, FsError
 from zramfs.fuse import BACKENDS, DEFAULT_THREADS, MountError, Session, is_mounted
 
@@ -157,13 +157,6 @@ def sd_notify(state):
 # -- the supervisor's side: what must outlive this process -----------------------
 
 
-def _state_format_error():
-    """The persistence layer's StateFormatError, or a stand-in while it is absent."""
-    from zramfs import device
-
-    return getattr(device, "StateFormatError", DeviceError)
-
-
 class SupervisorLink:
     """The --supervisor-fd socket: hands the supervisor the fds it must hold.
 
@@ -189,14 +182,7 @@ class SupervisorLink:
         self._send(f"FUSE {kernel_minor} {int(can_resend)}", [fd])
 
     def state(self, device):
-        """The device's state memfds (none: uninitialised), replacing the ones sent before.
-
-        A device that cannot give its state ("NOSTATE") must not be
-        restarted: a new daemon would start empty and every page be lost.
-        """
-        if device is not None and not hasattr(device, "state_fds"):
-            self._send("NOSTATE")
-            return
+        """The device's state memfds (none: uninitialised), replacing the ones sent before."""
         fds = device.state_fds() if device is not None else {}
         self._send(" ".join(["STATE", *fds]), fds.values())
 
@@ -222,10 +208,7 @@ def check_state(fds):
 
     Only reads (the header): the daemon serving that state keeps running.
     """
-    check = getattr(BlockDevice, "check_state", None)
-    if check is None:
-        raise _state_format_error()("this zramfs cannot check a device's state format")
-    check(fds)
+    BlockDevice.check_state_format(fds)
 
 
 def _handover(fs):
@@ -509,7 +492,7 @@ def check_main(argv):
         return EXIT_OK  # an uninitialised device: nothing to read
     try:
         check_state(fds)
-    except _state_format_error() as e:
+    except StateFormatError as e:
         print(" ".join(str(e).split()), file=sys.stderr)
         return EXIT_STATE_FORMAT
     return EXIT_OK

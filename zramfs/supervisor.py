@@ -129,8 +129,7 @@ class Supervisor:
         self.fuse_fd = None
         self.kernel_minor = None
         self.can_resend = False
-        # name -> memfd; None: the daemon's device cannot give its state.
-        self.state: dict[str, int] | None = {}
+        self.state: dict[str, int] = {}  # name -> memfd
         self.restarts = 0
         self.quick_deaths = 0
         self.stopping = False
@@ -157,9 +156,9 @@ class Supervisor:
         if resume:
             argv += ["--fuse-fd", str(self.fuse_fd), "--kernel-minor", str(self.kernel_minor)]
             argv += ["--restarts", str(self.restarts)]
-            for name, fd in (self.state or {}).items():
+            for name, fd in self.state.items():
                 argv += ["--state-fd", f"{name}={fd}"]
-            passed += [self.fuse_fd, *(self.state or {}).values()]
+            passed += [self.fuse_fd, *self.state.values()]
         try:
             for fd in passed:
                 os.set_inheritable(fd, True)
@@ -196,14 +195,10 @@ class Supervisor:
             self.kernel_minor = int(words[1])
             self.can_resend = words[2] == "1"
         elif words[0] == "STATE" and len(fds) == len(words) - 1:
-            old = self.state or {}
+            old = self.state
             self.state = dict(zip(words[1:], fds, strict=True))
             for fd in old.values():
                 os.close(fd)
-        elif words[0] == "NOSTATE":
-            for fd in (self.state or {}).values():
-                os.close(fd)
-            self.state = None
         else:
             log(f"ignored a message from the daemon: {words[0]!r} with {len(fds)} fds")
             for fd in fds:
@@ -280,8 +275,6 @@ class Supervisor:
             return "it never served"
         if not self.can_resend:
             return f"the kernel cannot resend FUSE requests (protocol 7.{self.kernel_minor} < 7.40)"
-        if self.state is None:
-            return "this zramfs keeps the device's state in no memfd (nothing to resume)"
         if self.quick_deaths >= MAX_QUICK_DEATHS:
             return f"{MAX_QUICK_DEATHS} daemons in a row died before they served"
         return None
@@ -352,13 +345,8 @@ class Supervisor:
                 "ERROR",
                 f"the kernel cannot resend FUSE requests (protocol 7.{self.kernel_minor} < 7.40)",
             )
-        if self.state is None:
-            return (
-                "ERROR",
-                "the running daemon keeps the device's state in no memfd (nothing to hand over)",
-            )
         argv = [self.python, "-I", "-m", "zramfs.daemon", "--check-state"]
-        state = self.state or {}
+        state = self.state
         for name, fd in state.items():
             argv += ["--state-fd", f"{name}={fd}"]
         r, w = os.pipe()
@@ -467,7 +455,7 @@ class Supervisor:
 
     def _release(self):
         """Let go of everything: with the last fd of the connection, the kernel aborts it."""
-        for fd in (self.state or {}).values():
+        for fd in self.state.values():
             os.close(fd)
         self.state = {}
         if self.fuse_fd is not None:

@@ -162,12 +162,6 @@ def _supervisor(**state):
             "the kernel cannot resend FUSE requests (protocol 7.38 < 7.40)",
         ),
         (
-            {"state": None},
-            -9,
-            True,
-            "this zramfs keeps the device's state in no memfd (nothing to resume)",
-        ),
-        (
             {"quick_deaths": supervisor.MAX_QUICK_DEATHS},
             -9,
             False,
