@@ -43,11 +43,13 @@ as the daemon does (`harden`, which the daemon shares).
 """
 
 import ctypes
+import mmap
 import os
 import select
 import signal
 import socket
 import sys
+import threading
 import time
 
 # mlockall(2) flags: lock what is mapped now, what gets mapped later, and
@@ -80,6 +82,11 @@ READY_TIMEOUT_S = 30.0
 # How long `zramfs restart` waits for the old daemon to stop at a safe point
 # before it is killed (a kill is safe too: its requests are resent).
 HANDOVER_TIMEOUT_S = 10.0
+
+# madvise(2): map (and so, under mlockall, lock) pages already in memory.
+MADV_POPULATE_READ = 22
+# How often the supervisor locks the state pages the daemon added (StateLock).
+STATE_LOCK_INTERVAL_S = 0.25
 
 # One datagram on the daemon's socket: a short text and at most this many fds.
 MSG_BYTES = 4096
@@ -117,6 +124,114 @@ def _one_line(text):
     return " ".join(str(text).split())
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+
+class StateLock(threading.Thread):
+    """Keeps the state memfds' pages in memory while no daemon maps them.
+
+    The daemon's mlockall locks the pages it has touched, but only while it
+    lives: when it dies they become ordinary shmem pages, which reclaim may
+    write to swap -- to this very device, which then has no daemon.  The
+    next daemon faults on such a page during its resume and waits for a
+    swap-in that only it could serve: a deadlock.  Seen in the swap test
+    (a memory cgroup at a third of the working set): a few dozen arena
+    pages went out between two kills and the thirteenth restart hung.
+
+    So this thread maps each memfd too (under the supervisor's mlockall:
+    locked on fault) and, every STATE_LOCK_INTERVAL_S while a daemon serves
+    (`serving` set), maps in the pages that are in memory: mincore over the
+    extents SEEK_DATA finds, MADV_POPULATE_READ over the resident runs.  It
+    runs beside the event loop, never in it: should a page it maps be on
+    its way out to swap, it waits for the daemon, and the loop that starts
+    daemons is never the one waiting.  The pages are shared, not copied:
+    VmRSS counts them, memory use does not grow.
+    """
+
+    def __init__(self):
+        super().__init__(name="zramfs-state-lock", daemon=True)
+        self.serving = threading.Event()
+        self._swap = threading.Lock()  # guards _pending only, never held long
+        self._pending = None  # dups of the memfds to map next, or None
+        self.maps = []  # (mmap, its address, size, an fd of the file's own)
+
+    def update(self, fds):
+        """Hold the memfds `fds` from now on (dups are taken; the caller keeps its own)."""
+        dups = [os.dup(fd) for fd in fds]
+        with self._swap:
+            old, self._pending = self._pending, dups
+        for fd in old or ():
+            os.close(fd)
+
+    def run(self):
+        while True:
+            time.sleep(STATE_LOCK_INTERVAL_S)
+            with self._swap:
+                pending, self._pending = self._pending, None
+            if pending is not None:
+                self._hold(pending)
+            if self.serving.is_set():
+                self.lock_resident()
+
+    def _hold(self, fds):
+        self.release()
+        for fd in fds:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                os.close(fd)
+                continue
+            m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+            # SEEK_DATA moves the file offset: on an open of our own, not
+            # on the one the daemon shares.
+            own = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+            os.close(fd)
+            self.maps.append((m, addr, size, own))
+
+    def release(self):
+        maps, self.maps = self.maps, []
+        for m, _, _, own in maps:
+            m.close()
+            os.close(own)
+
+    def lock_resident(self):
+        """Map in (and so lock) every page of the held memfds that is in memory now."""
+        page = mmap.PAGESIZE
+        for _, addr, size, own in self.maps:
+            for start, end in _data_extents(own, size):
+                vec = ctypes.create_string_buffer((end - start) // page)
+                if _libc.mincore(addr + start, end - start, vec) != 0:
+                    continue
+                raw = vec.raw
+                i, n = 0, len(raw)
+                while i < n:  # runs of resident pages, one madvise each
+                    if not raw[i] & 1:
+                        i += 1
+                        continue
+                    j = i
+                    while j < n and raw[j] & 1:
+                        j += 1
+                    _libc.madvise(addr + start + i * page, (j - i) * page, MADV_POPULATE_READ)
+                    i = j
+
+
+def _data_extents(fd, size):
+    """[(start, end)] of the parts of a memfd that hold pages (SEEK_DATA/SEEK_HOLE)."""
+    found = []
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:  # ENXIO: no data past pos
+            break
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        found.append((start, end))
+        pos = end
+    return found
+
+
 class Supervisor:
     """The state and the event loop of one supervisor (see the module docstring)."""
 
@@ -143,6 +258,7 @@ class Supervisor:
         self.restart_conn = None  # a `zramfs restart` waiting for the new daemon
         self.handover_deadline = None
         self.listener = None
+        self.state_lock = StateLock()
 
     # -- starting a daemon -------------------------------------------------------
 
@@ -197,6 +313,7 @@ class Supervisor:
         elif words[0] == "STATE" and len(fds) == len(words) - 1:
             old = self.state
             self.state = dict(zip(words[1:], fds, strict=True))
+            self.state_lock.update(self.state.values())
             for fd in old.values():
                 os.close(fd)
         else:
@@ -222,6 +339,7 @@ class Supervisor:
         line = chunk.split(b"\n", 1)[0].decode(errors="replace")
         if line == "READY":
             self.serving = True
+            self.state_lock.serving.set()
             self.quick_deaths = 0
             self._drain()  # its FUSE fd and STATE came before READY
             self._tell_cli("READY")
@@ -247,6 +365,7 @@ class Supervisor:
         self.handover_deadline = None
         served = self.serving
         self.serving = False
+        self.state_lock.serving.clear()
         dead = pid
         if code == EXIT_OK:
             return EXIT_OK  # its mount is gone: so is the device
@@ -397,6 +516,7 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, on_signal)
         self._listen()
+        self.state_lock.start()
         try:
             self.spawn(resume=False)
             while True:
