@@ -132,7 +132,7 @@ def test_fio_verify_survives_daemon_kills(zramfs_env, tmp_path):
         "fio", "--name=verify", f"--filename={loop}", "--direct=1", "--ioengine=libaio",
         "--iodepth=32", "--rw=randwrite", "--bs=4k", "--size=192M", "--verify=crc32c",
         "--do_verify=1", "--verify_fatal=1", "--buffer_compress_percentage=50",
-        "--refill_buffers", "--output-format=json",
+        "--refill_buffers", "--output-format=json", "--verify_state_save=0",
     ]  # fmt: skip
     thread = threading.Thread(target=killer)
     thread.start()
@@ -140,7 +140,7 @@ def test_fio_verify_survives_daemon_kills(zramfs_env, tmp_path):
     try:
         while len(kills) < KILLS:
             proc = subprocess.run([*fio, f"--randseed={len(runs) + 1}"], capture_output=True,
-                                  text=True, timeout=300)  # fmt: skip
+                                  text=True, timeout=300, cwd=tmp_path)  # fmt: skip
             runs.append(proc)
             assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
             (job,) = json.loads(proc.stdout)["jobs"]
