@@ -91,9 +91,20 @@ not call the pool or wait for anything that does, or it deadlocks.  Nothing
 in the pool waits on I/O while holding the lock (page faults on the arena are
 RAM, which the daemon has locked).
 
+Surviving the process.  The arena and the tables memfd are the whole pool:
+``Pool.state_fds`` names them, and ``Pool.attach`` takes them over in
+another process, even from one killed in the middle of an update.  The
+handle table is the truth there: every update publishes or unpublishes an
+object with one 8-byte store to its entry (so ``replace`` and compaction
+write a new slot and repoint the entry, never copy in place), and the
+rebuild derives everything else from the entries (``_rebuild``, which has
+the order of each update).  A caller frees the orphans its own records do
+not name with ``free_unreferenced``.
+
 Modules.  ``_pool`` is Pool: allocation, free, access, batches, populating
 ahead.  Compaction (``_compact``) and the self-check the tests run
-(``_check``) are Pool's methods too, in base classes of their own modules.
+(``_check``) and the rebuild after attach (``_rebuild``) are Pool's methods
+too, in base classes of their own modules.
 ``_size_class`` builds the class table, ``_arena`` and ``_tables`` own the
 two memfds, ``_stats`` and ``_errors`` are what callers get back, and
 ``_layout`` holds every layout constant.  Imports run one way, from

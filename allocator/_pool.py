@@ -915,14 +915,15 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
         finally:
             lock.release()
 
-    def replace(self, handle: int, data) -> bool:
+    def replace(self, handle: int, data, max_pages: int = 0) -> bool:
         """Put ``data`` in the place of a live object, keeping its handle.
 
         When the new size (1..4096) rounds to the same size class as the
-        object's and some zspage of that class has a free slot, the bytes
-        are written into that slot, the handle is repointed at it and the
-        old slot is freed: True.  Otherwise nothing changes and the caller
-        frees and stores (False).  This is what a block rewritten with a
+        object's, the bytes are written into a free slot of the class (the
+        fullest zspage's, or a new zspage's unless that takes pages_used
+        past ``max_pages``, 0: no such check, or the pool's cap), the handle
+        is repointed at it and the old slot is freed: True.  Otherwise
+        nothing changes and the caller frees and stores (False).  This is what a block rewritten with a
         similar compressed size (the common case when one swap slot or one
         filesystem block is written again) costs instead of a free and a
         malloc: no handle is freed or taken, so the caller's record of it
@@ -943,11 +944,75 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
             c = class_of[(size + OBJ_HEADER_SIZE + 15) >> 4]
             if c != class_of[(old + OBJ_HEADER_SIZE + 15) >> 4]:
                 return False
-            m = self._group_mask[c]
-            if not m:
-                return False  # every zspage of the class is full
-            hdr = self._take_slot(c, self._group_heads[c * NR_GROUPS + m.bit_length() - 1])
-            self._mv32[hdr >> 2] = (handle << 1) | 1
+            mv32 = self._mv32
+            old_hdr = addr - OBJ_HEADER_SIZE
+            shift = self._zs_shift
+            z = old_hdr >> shift
+            zs_inuse = self._zs_inuse
+            # The new slot in the old one's zspage when it has room: its
+            # count and group then stay as they are (the common case, once
+            # rewrites have left holes).
+            near = zs_inuse[z] < self._objs_per_zspage[c]
+            if near:
+                zs_freeobj = self._zs_freeobj
+                off = zs_freeobj[z]
+                if off:
+                    hdr = (z << shift) | (off - 1)
+                    zs_freeobj[z] = mv32[hdr >> 2] >> 1
+                else:
+                    zs_bump = self._zs_bump
+                    off = zs_bump[z]
+                    zs_bump[z] = off + self._class_size[c]
+                    hdr = (z << shift) | off
+            else:
+                m = self._group_mask[c]
+                if m:
+                    # malloc's take of a slot from the fullest zspage, inlined
+                    # as there (a rewrite into a full class lands here).
+                    g = m.bit_length() - 1
+                    heads = self._group_heads
+                    base = c * NR_GROUPS
+                    z = heads[base + g]
+                    zs_freeobj = self._zs_freeobj
+                    off = zs_freeobj[z]
+                    if off:
+                        hdr = (z << shift) | (off - 1)
+                        zs_freeobj[z] = mv32[hdr >> 2] >> 1
+                    else:
+                        zs_bump = self._zs_bump
+                        off = zs_bump[z]
+                        zs_bump[z] = off + self._class_size[c]
+                        hdr = (z << shift) | off
+                    inuse = zs_inuse[z] + 1
+                    zs_inuse[z] = inuse
+                    g2 = self._group_of[c][inuse]
+                    if g2 != g:
+                        nxt = self._zs_next[z]
+                        heads[base + g] = nxt
+                        if nxt:
+                            self._zs_prev[nxt] = 0
+                        else:
+                            m ^= 1 << g
+                        if g2 != FULL:
+                            head = heads[base + g2]
+                            self._zs_next[z] = head
+                            if head:
+                                self._zs_prev[head] = z
+                            heads[base + g2] = z
+                            m |= 1 << g2
+                        self._group_mask[c] = m
+                        self._zs_group[z] = g2
+                else:
+                    # Every zspage of the class is full: a new one, as malloc
+                    # would make, unless that passes the caller's limit.
+                    if max_pages and self._pages_used + self._pages_per_zspage[c] > max_pages:
+                        return False
+                    try:
+                        z = self._new_zspage(c)
+                    except PoolFullError:
+                        return False
+                    hdr = self._take_slot(c, z)
+            mv32[hdr >> 2] = (handle << 1) | 1
             new = hdr + OBJ_HEADER_SIZE
             self._mv[new : new + size] = data
             if _fault is not None:
@@ -955,7 +1020,11 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
             self._handles[handle] = (new << SIZE_BITS) | size  # the switch
             if _fault is not None:
                 _fault("replace:published")
-            self._release_slot(addr - OBJ_HEADER_SIZE)
+            if near:
+                mv32[old_hdr >> 2] = zs_freeobj[z] << 1
+                zs_freeobj[z] = (old_hdr & self._zs_mask) + 1
+            else:
+                self._release_slot(old_hdr)
             self._bytes_used += size - old
             return True
         finally:

@@ -201,13 +201,13 @@ class Rebuild:
             self._zs_group,
         )
         pages = 0
-        dead = bytearray(nz)  # 0: no live object (id 0 counts as live)
-        dead[0] = 1
+        live_ids = bytearray(nz)  # 1: holds a live object (id 0 is no zspage)
+        live_ids[0] = 1
         for z in range(1, nz):
             inuse = zs_inuse[z]
             if not inuse:
                 continue
-            dead[z] = 1
+            live_ids[z] = 1
             c = zs_class[z]
             csize = class_size[c]
             base = z << shift
@@ -237,7 +237,7 @@ class Rebuild:
         # being freed, a ready one, or long gone: punching a hole is cheap).
         freed = 0
         arena = self._arena
-        for first, stop in reversed(list(_runs(dead, nz))):
+        for first, stop in reversed(list(_runs(live_ids, nz))):
             for z in range(stop - 1, first - 1, -1):
                 zs_next[z] = freed
                 freed = z
@@ -276,6 +276,13 @@ class Rebuild:
             if not 0 < handle < self._handles_end:
                 return 0
             return self._handles[handle] & SIZE_MASK
+
+    def sizes_of(self, handles) -> list[int]:
+        """``[size_of(h) for h in handles]`` under one lock round."""
+        with self._lock:
+            table = self._handles
+            end = self._handles_end
+            return [table[h] & SIZE_MASK if 0 < h < end else 0 for h in handles]
 
     def free_unreferenced(self, referenced) -> int:
         """Free every live object whose handle ``h`` has no true

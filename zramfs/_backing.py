@@ -161,8 +161,8 @@ class BackingStore:
     def attach(cls, path, size, fd=None):
         """The store a device used before it was taken over: ``fd`` if the
         supervisor kept it (taken over: closed by ``close``), else ``path``
-        opened again, whatever it holds.  Every block is free until
-        ``adopt``."""
+        opened again, whatever it holds (BackingStoreError if it cannot
+        be).  Every block is free until ``adopt``."""
         if fd is None:
             st = None
             try:
@@ -170,7 +170,10 @@ class BackingStore:
             except OSError as exc:
                 raise BackingStoreError(f"backing store {path}: {exc.strerror}") from None
             flags = os.O_RDWR | (os.O_EXCL if stat.S_ISBLK(st.st_mode) else 0)
-            fd = os.open(path, flags | os.O_DIRECT | os.O_CLOEXEC)
+            try:
+                fd = os.open(path, flags | os.O_DIRECT | os.O_CLOEXEC)
+            except OSError as exc:
+                raise BackingStoreError(f"backing store {path}: {exc.strerror}") from None
         return cls(path, size, _fd=fd)
 
     @property

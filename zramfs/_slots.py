@@ -140,9 +140,13 @@ state:
   word, or completes it once the handle was written.
 
 A store of one aligned word is never torn by the death of a process (a
-signal lands between instructions).  A slice assignment is a memmove: each
-8- or 4-byte element of it lands whole, and elements land in order, so a
-batch cut short is old slots followed by new ones, each settled alone.
+signal lands between instructions).  A slice assignment is a memmove,
+which copies in vector-sized, aligned pieces from first to last, so a batch
+cut short is new slots followed by old ones, each settled alone.  (That
+assumes the C library's memmove: a ``rep movsb`` interrupted inside an
+8-byte word could, in principle, leave that one word half written; glibc
+uses it only above 2 KiB; ``resume`` would most likely find such a word
+naming no object, or one another slot names, and raise StateCorruptError.)
 """
 
 import ctypes

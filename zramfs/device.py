@@ -44,6 +44,26 @@ block's read-modify-write, a discard -- goes through one method,
 table count the change (``SlotTable.account``).  Only reads take other
 paths, and they change no slot.
 
+State that outlives the process
+-------------------------------
+A device is four memfds: the header (``zramfs._state``: settings and
+counters, incremented in place), the slot table (``zramfs._slots``) and the
+pool's arena and tables (``allocator``), plus the backing store's fd.
+``state_fds`` names them for a supervisor to hold; ``resume`` takes them
+over in a new process, whatever point the old one died at.  No journal:
+``_commit_locked`` stores the new objects first (all or none), then points
+the slots at them (``SlotTable.install``'s order per slot, or slices of
+handles then infos for a run of ordinary objects, infos then handles to
+empty), then frees the old objects.  A kill before the slots change leaves
+new objects nobody names, a kill after leaves old ones: ``resume`` frees
+both kinds of orphan and finds every slot old or new.  Writeback writes
+the backing blocks before its commit (a kill leaves blocks no slot names,
+freed by ``resume``); recompression commits like a write; a discard empties
+its slots before their table pages are punched.  docs/architecture.md
+("State that outlives the daemon") has the whole order, the pool's part
+included.  Each step calls the module's ``_fault`` hook, None in every real
+run, which the crash tests set.
+
 Concurrency rule
 ----------------
 ``self._lock`` guards the slot table, every counter, and each sequence of pool
@@ -66,6 +86,7 @@ each block whole, as on any block device.
 """
 
 import operator
+import os
 import threading
 import time
 from array import array
@@ -264,6 +285,21 @@ def _undecodable(exc):
 
 def _wrong_length(page):
     return CorruptedSlotError(f"a stored object decompressed to {len(page)} bytes, not {PAGE_SIZE}")
+
+
+def _close_untaken(fds, taken):
+    """resume failed: close the parts it made and the fds none of them took."""
+    owned = set()
+    for part in taken:
+        owned.update(part.state_fds().values() if isinstance(part, Pool) else (part.fd,))
+        part.close()
+    if isinstance(fds, dict):
+        for fd in set(fds.values()) - owned:
+            if isinstance(fd, int):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
 
 class _Seconds:
@@ -510,9 +546,9 @@ class BlockDevice:
         settings are the dead process's own (they live in the header).
         StateCorruptError if the state contradicts itself.
         """
-        cls.check_state_format(fds)
         taken = []
         try:
+            cls.check_state_format(fds)
             header = DeviceHeader.attach(fds["header"])
             taken.append(header)
             words = header.words
@@ -541,24 +577,19 @@ class BlockDevice:
                 backing = BackingStore.attach(config["backing"], disksize, fds.get("backing"))
                 taken.append(backing)
         except KeyError as exc:
-            for part in taken:
-                part.close()
+            _close_untaken(fds, taken)
             raise StateFormatError(f"the state lacks {exc}") from None
         except (SlotTableFormatError, PoolFormatError, HeaderFormatError) as exc:
-            for part in taken:
-                part.close()
+            _close_untaken(fds, taken)
             raise StateFormatError(str(exc)) from None
         except PoolDamagedError as exc:
-            for part in taken:
-                part.close()
+            _close_untaken(fds, taken)
             raise StateCorruptError(str(exc)) from None
         except BaseException:
-            for part in taken:
-                part.close()
+            _close_untaken(fds, taken)
             raise
         if words[W_CHAIN] != pool.max_pages_per_zspage:
-            for part in taken:
-                part.close()
+            _close_untaken(fds, taken)
             raise StateFormatError("the device header and the pool disagree on the chain size")
         device = cls(
             disksize,
@@ -580,18 +611,18 @@ class BlockDevice:
         from the pool, free orphans, recount, rebuild the backing bitmap."""
         table = self._table
         pool = self._pool
-        size_of = pool.size_of
         info_words = table.info
         handles = table.handle
         ac_time = table.ac_time
         now = _SECONDS.now - self._epoch
         referenced = bytearray()
-        blocks = []
+        blocks = array("Q")  # the written-back slots' blocks
         for chunk, mapped in enumerate(table.present):
             if not mapped:
                 continue
             first = chunk << CHUNK_SHIFT
             end = min(first + (1 << CHUNK_SHIFT), table.nr_slots)
+            objects = array("Q")  # (index, info, handle) of the object slots
             for index, info, handle in zip(
                 range(first, end), info_words[first:end], handles[first:end]
             ):
@@ -608,7 +639,10 @@ class BlockDevice:
                 if info & WB:
                     blocks.append(handle)
                     continue
-                size = size_of(handle)
+                objects.extend((index, info, handle))
+            # The objects' sizes in one pool lock round.
+            sizes = pool.sizes_of(objects[2::3])
+            for index, info, handle, size in zip(objects[::3], objects[1::3], objects[2::3], sizes):
                 if not size:
                     raise StateCorruptError(
                         f"slot {index} names pool handle {handle}, which holds no object"
@@ -891,7 +925,7 @@ class BlockDevice:
             # there, as zram's write does whatever the old object frees.
             limit = self._limit_pages
             fits = not limit or pool.pages_used <= limit
-            if fits and pool.replace(handles[first], payloads[0]):
+            if fits and pool.replace(handles[first], payloads[0], limit):
                 slot_infos[first] = top
                 table.account(old, infos)
                 return
@@ -1663,6 +1697,8 @@ class BlockDevice:
                 error = BackingStoreFullError(
                     f"backing store {store.path} is full ({store.nr_blocks} blocks)"
                 )
+            if _fault is not None:
+                _fault("writeback:written")
             # Blocks allocated but not written go back at once.
             store.unallocate([(b, 1) for b in self._unwritten(runs, at)])
             with self._lock:
@@ -1739,6 +1775,13 @@ class BlockDevice:
     def _set_config(self, **changes):
         """Under the lock: change settings of the header's JSON document."""
         self._header.set_config({**self._header.config, **changes})
+
+    @property
+    def codec(self):
+        """The primary ``zramfs.codecs.Codec`` (its name, level and
+        dictionary are the device's algorithm and algorithm_params; what a
+        caller of ``resume`` reads them from)."""
+        return self._codec
 
     @property
     def recomp_algorithms(self):
