@@ -191,3 +191,17 @@ def test_the_supervisor_imports_no_zramfs_module_but_itself():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['zramfs', 'zramfs.supervisor']"
+
+
+def test_swapoff_of_a_dead_mount_removes_its_directory(machine):
+    """A dead mount's directory does not stat (ENOTCONN): it is removed after the unmount all the same."""
+    from zramfs.cli._teardown import plan_swapoff
+
+    machine.mount("/run/zramfs/z1", "z1")
+    os.rmdir(os.path.join(machine.root, "run/zramfs/z1"))  # what isdir sees of a dead mount
+    machine.daemon("z1", "/run/zramfs/z1", pid=90, alive=False, daemon_pid=91, daemon_alive=False)
+    assert plan_swapoff(machine.system(), "z1") == [
+        Step("unmount", "/run/zramfs/z1"),
+        Step("rmdir", "/run/zramfs/z1"),
+        Step("forget", "z1"),
+    ]

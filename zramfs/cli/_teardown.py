@@ -87,7 +87,9 @@ def plan_swapoff(sys_, name):
         raise DeviceNotFoundError(f"no zramfs device named {name!r} (nothing at {mountpoint})")
     steps = loop_steps(sys_, mountpoint)
     steps += _device_steps(sys_, name, mountpoint, m is not None)
-    if has_mountpoint:
+    # A dead mount (its daemon gone) hides its directory: stat says
+    # ENOTCONN, so isdir is False until the unmount step has run.
+    if has_mountpoint or m is not None:
         steps.append(Step("rmdir", mountpoint))
     if has_dir:
         steps.append(Step("forget", name))
