@@ -18,7 +18,7 @@ from zramfs.cli import (
     exit_code_for,
 )
 from zramfs.cli._restart import restart
-from zramfs.cli._teardown import Step, plan_umount
+from zramfs.cli._teardown import Step, plan_swapoff, plan_umount
 from zramfs.config import DeviceConfig
 from zramfs.system import DaemonRecord
 
@@ -195,8 +195,6 @@ def test_the_supervisor_imports_no_zramfs_module_but_itself():
 
 def test_swapoff_of_a_dead_mount_removes_its_directory(machine):
     """A dead mount's directory does not stat (ENOTCONN): it is removed after the unmount all the same."""
-    from zramfs.cli._teardown import plan_swapoff
-
     machine.mount("/run/zramfs/z1", "z1")
     os.rmdir(os.path.join(machine.root, "run/zramfs/z1"))  # what isdir sees of a dead mount
     machine.daemon("z1", "/run/zramfs/z1", pid=90, alive=False, daemon_pid=91, daemon_alive=False)
