@@ -340,9 +340,12 @@ class Zramfs:
         return SYSTEM.mm_stat(self.mountpoint)
 
     def daemon_pid(self):
-        """The daemon's pid from the record it wrote when its mount answered."""
+        """The daemon's pid from the record it wrote when its mount answered
+        (the serving daemon's, not its supervisor's)."""
         record = SYSTEM.daemon_record(self.name)
-        return record.pid if SYSTEM.daemon_alive(record) else None
+        if not SYSTEM.daemon_alive(record):
+            return None
+        return record.daemon_pid if record.supervised else record.pid
 
     def rss(self):
         pid = self.daemon_pid()

@@ -67,6 +67,8 @@ W_WB_LIMIT = 17
 W_WB_LIMIT_ENABLE = 18
 W_WB_BATCH = 19
 W_RECOMP_USED = 20  # bit p: some slot was stored by priority p
+W_WM_HIGH = 21  # writeback_watermark, pages (0 = off; zramfs._watermark)
+W_WM_LOW = 22  # writeback_low_watermark, pages (0 = the default)
 # Counters (DeviceStats).
 W_MAX_USED_PAGES = 24
 W_FAILED_READS = 25

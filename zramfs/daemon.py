@@ -36,14 +36,31 @@ Lifecycle, in order:
      served until it lets go), exit 0 when the session ends.  A second
      signal aborts the connection.  An unmount by anyone else: exit 0.
 
+Under a supervisor (zramfs.supervisor, how the CLI starts the dev
+backend) the daemon also gets --supervisor-fd, a SOCK_SEQPACKET socket on
+which it hands over what must outlive it: the /dev/fuse fd once INIT is
+answered ("FUSE <kernel minor>" + the fd) and the device's state memfds
+whenever they change ("STATE NAME..." + the fds: at READY, after an init
+or reset through the attribute files).  A daemon the supervisor starts
+again gets them back (--fuse-fd, --kernel-minor, --state-fd NAME=FD) and:
+  1'. resumes the device from the memfds (BlockDevice.resume), checking and
+      rebuilding what must be; an incompatible format is a setup error;
+  2'. adopts the connection (no mount, no INIT) and sends
+      FUSE_NOTIFY_RESEND, so what the dead daemon read but never answered
+      is asked again (a block write is idempotent);
+  3'. serves, as in 3.
+SIGUSR1 (`zramfs restart`): stop at a safe point -- take the device's lock,
+so no table or pool update is half done -- and exit EXIT_HANDOVER at once,
+without unmounting; the supervisor starts the new code.  --check-state
+(with only --state-fd) asks this code whether it can resume that state.
+
 One nursery; every cleanup is pushed on one AsyncExitStack as soon as the
 thing it undoes exists (S3QL's mount.py does the same).  Nothing here runs
 per request: the request path is `zramfs.fuse` alone.
 """
 
 import argparse
-import ctypes
-import ctypes.util
+import dataclasses
 import os
 import signal
 import socket
@@ -52,35 +69,28 @@ from contextlib import AsyncExitStack
 
 import trio
 
+from zramfs import supervisor
 from zramfs.config import DeviceConfig
-from zramfs.device import DeviceError
+from zramfs.device import BlockDevice, DeviceError, StateFormatError
 from zramfs.fs import Filesystem, FsError
-from zramfs.fuse import BACKENDS, DEFAULT_THREADS, MountError, Session
+from zramfs.fuse import BACKENDS, DEFAULT_THREADS, MountError, Session, is_mounted
 
 # The starting side lives in zramfs.launch (it must not import trio, which
 # this module needs); re-exported for callers that start daemons themselves.
 from zramfs.launch import DaemonStartError, spawn_daemon, start_background  # noqa: F401
 from zramfs.system import DaemonRecord, remove_device_dir, start_time
 
-# mlockall(2) flags: lock what is mapped now, what gets mapped later, and
-# only once touched (so reserved-but-unused memory, e.g. thread stacks, is
-# not pinned).
-MCL_CURRENT = 1
-MCL_FUTURE = 2
-MCL_ONFAULT = 4
-# prctl(2): this process does I/O on behalf of memory reclaim, so its own
-# allocations must not recurse into reclaim I/O (loop and nbd daemons use it).
-PR_SET_IO_FLUSHER = 57
-# oom_score_adj's minimum: never pick the process that holds swapped-out memory.
-OOM_SCORE_ADJ_MIN = -1000
-
 # How long the mount may take to answer its first stat before setup fails.
 READY_TIMEOUT_S = 10.0
 # Exit codes.
 EXIT_OK = 0
-EXIT_SETUP_FAILED = 1
-EXIT_USAGE = 2
+EXIT_SETUP_FAILED = supervisor.EXIT_FAILED
+EXIT_USAGE = supervisor.EXIT_USAGE
 EXIT_SERVE_FAILED = 3
+# --check-state: this code cannot resume that state (StateFormatError).
+EXIT_STATE_FORMAT = supervisor.EXIT_STATE_FORMAT
+# SIGUSR1: stopped at a safe point for a restart; the supervisor starts the next daemon.
+EXIT_HANDOVER = supervisor.EXIT_HANDOVER
 
 
 class SetupError(Exception):
@@ -92,24 +102,9 @@ def _log(msg):
     print(f"zramfs-daemon: {msg}", file=sys.stderr, flush=True)
 
 
-# -- hardening: a swap daemon must never wait on swap or on the OOM killer -------
-
-
 def harden():
-    """Lock memory, mark as IO flusher, opt out of the OOM killer (root only)."""
-    if os.geteuid() != 0:
-        _log("not root: memory is not locked, PR_SET_IO_FLUSHER and oom_score_adj not set")
-        return
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:
-        _log(f"mlockall failed: {os.strerror(ctypes.get_errno())}")
-    if libc.prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0:
-        _log(f"prctl(PR_SET_IO_FLUSHER) failed: {os.strerror(ctypes.get_errno())}")
-    try:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write(str(OOM_SCORE_ADJ_MIN))
-    except OSError as e:
-        _log(f"setting oom_score_adj failed: {e.strerror}")
+    """Lock memory, mark as IO flusher, opt out of the OOM killer (root only); shared with the supervisor."""
+    supervisor.harden("zramfs-daemon")
 
 
 # -- readiness -----------------------------------------------------------------
@@ -159,6 +154,78 @@ def sd_notify(state):
     return True
 
 
+# -- the supervisor's side: what must outlive this process -----------------------
+
+
+class SupervisorLink:
+    """The --supervisor-fd socket: hands the supervisor the fds it must hold.
+
+    Messages are one SOCK_SEQPACKET datagram each, fds attached with
+    SCM_RIGHTS; sending only copies fds, it never waits on the supervisor
+    for long (it reads at once).  A failure is logged: the device still
+    works, it just could not be restarted without loss.
+    """
+
+    def __init__(self, fd):
+        self.sock = socket.socket(fileno=fd) if fd is not None else None
+        self.supervisor_pid = os.getppid() if fd is not None else None
+
+    def _send(self, text, fds=()):
+        if self.sock is None:
+            return
+        try:
+            socket.send_fds(self.sock, [text.encode()], list(fds))
+        except OSError as e:
+            _log(f"cannot hand {text.split()[0]} to the supervisor: {e.strerror}")
+
+    def fuse(self, fd, kernel_minor, can_resend):
+        self._send(f"FUSE {kernel_minor} {int(can_resend)}", [fd])
+
+    def state(self, device):
+        """The device's state memfds (none: uninitialised), replacing the ones sent before."""
+        fds = device.state_fds() if device is not None else {}
+        self._send(" ".join(["STATE", *fds]), fds.values())
+
+
+def parse_state_fds(values):
+    """{name: fd} of --state-fd NAME=FD arguments."""
+    fds = {}
+    for value in values:
+        name, _, fd = value.partition("=")
+        fds[name] = int(fd)
+    return fds
+
+
+def resume_device(fds):
+    """The BlockDevice rebuilt from a dead daemon's state memfds; None if it held none."""
+    if not fds:
+        return None
+    return BlockDevice.resume(fds)
+
+
+def check_state(fds):
+    """Raise StateFormatError if this code could not resume the state in `fds`.
+
+    Only reads (the header): the daemon serving that state keeps running.
+    """
+    BlockDevice.check_state_format(fds)
+
+
+def _handover(fs):
+    """SIGUSR1: exit at a safe point, leaving the mount to the next daemon.
+
+    Holding the Filesystem's lock and the device's, nothing is half updated:
+    a write either stored its block or did not, and its request (read, not
+    answered) is resent to the next daemon.  os._exit: no unmount, no
+    cleanup, the supervisor holds the connection and the state.
+    """
+    fs._lock.acquire()
+    device = fs.device
+    if device is not None:
+        device._lock.acquire()
+    os._exit(EXIT_HANDOVER)
+
+
 # -- the lifecycle -------------------------------------------------------------
 
 
@@ -171,9 +238,14 @@ async def _serve(session, outcome, cancel_scope):
     cancel_scope.cancel()
 
 
-async def _watch_signals(signals, session):
+async def _watch_signals(signals, session, fs):
     stopping = False
     async for signum in signals:
+        if signum == signal.SIGUSR1:
+            if not stopping:
+                _log("SIGUSR1: stopping for a restart")
+                _handover(fs)
+            continue
         if not stopping:
             stopping = True
             _log(f"{signal.Signals(signum).name}: unmounting")
@@ -227,18 +299,50 @@ def build_filesystem(config):
     return fs
 
 
-async def run(config, ready):
+class Resume:
+    """What a restarted daemon takes over (see the module docstring): the
+    connection's fd and INIT minor, the state memfds, how many restarts."""
+
+    def __init__(self, fuse_fd, kernel_minor, state_fds, restarts):
+        self.fuse_fd = fuse_fd
+        self.kernel_minor = kernel_minor
+        self.state_fds = state_fds
+        self.restarts = restarts
+
+
+def _resumed_filesystem(config, resume):
+    """The Filesystem over the device rebuilt from `resume`'s memfds (uninitialised if none)."""
+    device = resume_device(resume.state_fds)
+    if device is None:
+        return build_filesystem(dataclasses.replace(config, size=None))
+    fs = Filesystem(device)
+    # The kernel does not open disk again for a new daemon: count the opens
+    # still alive, one per loop device on it, so reset keeps refusing
+    # while it is attached (an open by any other process is not counted).
+    from zramfs.system import System
+
+    fs._disk_openers = len(System().loops_for(os.path.join(config.mountpoint, "disk")))
+    return fs
+
+
+async def run(config, ready, link=None, resume=None):
     """The daemon's body; returns the exit code."""
+    link = link or SupervisorLink(None)
     mountpoint = config.mountpoint
     outcome = {"done": False, "error": None}
     # Signals first: a SIGTERM that lands between mount and serve must
     # unmount, not kill us with the mount left behind.
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
         async with AsyncExitStack() as stack:
             try:
-                fs = build_filesystem(config)
+                fs = (
+                    build_filesystem(config)
+                    if resume is None
+                    else _resumed_filesystem(config, resume)
+                )
                 # Last out: the device closes after the unmount (a backing
-                # file is emptied then, see zramfs._backing).
+                # file is emptied then, see zramfs._backing); a handover for a
+                # restart leaves by os._exit and keeps everything.
                 stack.callback(fs.close)
                 session = Session(
                     fs,
@@ -247,36 +351,61 @@ async def run(config, ready):
                     backend=config.fuse_backend,
                     threads=DEFAULT_THREADS if config.threads is None else config.threads,
                 )
-                session.mount()
+                if resume is None:
+                    session.mount()
+                else:
+                    session.adopt(resume.fuse_fd, resume.kernel_minor)
+                    session.resend()
             except (MountError, DeviceError, FsError, ValueError) as e:
                 raise SetupError(str(e)) from None
+            except OSError as e:  # resend refused: a kernel without FUSE_NOTIFY_RESEND
+                raise SetupError(f"cannot resume the connection: {e.strerror}") from None
             # LIFO: stop (unmount) runs before close (release the fd).
             stack.callback(session.close)
             stack.callback(session.stop)
+            # Every init or reset through the attribute files hands the new
+            # state to the supervisor (after the backend's own hook).
+            resized = fs.on_resize
+
+            def on_resize():
+                if resized is not None:
+                    resized()
+                link.state(fs.device)
+
+            fs.on_resize = on_resize
             # Keep no directory busy under the mount's parents.
             os.chdir("/")
             setup_error = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_serve, session, outcome, nursery.cancel_scope)
-                nursery.start_soon(_watch_signals, signals, session)
+                nursery.start_soon(_watch_signals, signals, session, fs)
                 try:
-                    await _wait_until_answering(mountpoint)
+                    # A restarted daemon of a lazily unmounted device has no
+                    # path to ask through; its connection answers anyway.
+                    if resume is None or is_mounted(mountpoint):
+                        await _wait_until_answering(mountpoint)
                 except SetupError as e:
                     # Raised outside the nursery, so it is not wrapped in an
                     # ExceptionGroup; the exit stack unmounts on the way out.
                     setup_error = e
                     nursery.cancel_scope.cancel()
                 else:
+                    if resume is None and link.sock is not None:
+                        link.fuse(session.fd, session.kernel_minor, session.can_resend)
+                    link.state(fs.device)
                     if fs.device is None:
                         _log(
                             f"serving {mountpoint} (uninitialised: write its disksize file to start)"
                         )
-                    else:
+                    elif resume is None:
                         _log(f"serving {mountpoint} ({config.size} bytes, {fs.algorithm})")
+                    else:
+                        _log(f"serving {mountpoint} again (restart {resume.restarts})")
                     if config.run_dir is not None:
-                        _write_record(config)
+                        _write_record(config, link, resume)
                     ready.ready()
-                    sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {mountpoint}")
+                    mainpid = link.supervisor_pid or os.getpid()
+                    sd_notify(f"READY=1\nMAINPID={mainpid}\nSTATUS=serving {mountpoint}")
             if setup_error is not None:
                 raise setup_error
     if outcome["error"] is not None:
@@ -287,11 +416,24 @@ async def run(config, ready):
     return EXIT_OK
 
 
-def _write_record(config):
-    """Say who serves this device (pid, start time, config), for the CLI to find; a failure is logged."""
+def _write_record(config, link, resume):
+    """Say who serves this device (supervisor and daemon, start times, config,
+    restarts), for the CLI to find; a failure is logged."""
     pid = os.getpid()
     try:
-        DaemonRecord(pid, start_time(pid), config).write(config.run_dir)
+        if link.supervisor_pid is None:
+            record = DaemonRecord(pid, start_time(pid), config)
+        else:
+            sup = link.supervisor_pid
+            record = DaemonRecord(
+                sup,
+                start_time(sup),
+                config,
+                daemon_pid=pid,
+                daemon_start_time=start_time(pid),
+                restarts=resume.restarts if resume is not None else 0,
+            )
+        record.write(config.run_dir)
     except (OSError, TypeError) as e:
         _log(f"cannot write the daemon record into {config.run_dir}: {e}")
 
@@ -329,14 +471,53 @@ def parse_args(argv=None):
         default=None,
         help='write "READY" or "ERROR <msg>" here, then close it',
     )
+    p.add_argument("--supervisor-fd", type=int, default=None, help=argparse.SUPPRESS)
+    # A restart (zramfs.supervisor): the connection and the state to take over.
+    p.add_argument("--fuse-fd", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--kernel-minor", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--state-fd", action="append", default=[], help=argparse.SUPPRESS)
+    p.add_argument("--restarts", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    return DeviceConfig.from_args(args), args.ready_fd
+    resume = None
+    if args.fuse_fd is not None:
+        if args.kernel_minor is None:
+            raise _UsageError("--fuse-fd needs --kernel-minor")
+        try:
+            state = parse_state_fds(args.state_fd)
+        except ValueError:
+            raise _UsageError(f"--state-fd takes NAME=FD, not {args.state_fd}") from None
+        resume = Resume(args.fuse_fd, args.kernel_minor, state, args.restarts)
+    return DeviceConfig.from_args(args), args.ready_fd, args.supervisor_fd, resume
+
+
+def check_main(argv):
+    """``--check-state --state-fd NAME=FD...``: exit 0 if this code can resume
+    that state, EXIT_STATE_FORMAT with one line on stderr if not."""
+    p = _Parser(prog="python -m zramfs.daemon --check-state")
+    p.add_argument("--check-state", action="store_true")
+    p.add_argument("--state-fd", action="append", default=[])
+    try:
+        args = p.parse_args(argv)
+        fds = parse_state_fds(args.state_fd)
+    except (_UsageError, ValueError) as e:
+        print(f"usage error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if not fds:
+        return EXIT_OK  # an uninitialised device: nothing to read
+    try:
+        check_state(fds)
+    except StateFormatError as e:
+        print(" ".join(str(e).split()), file=sys.stderr)
+        return EXIT_STATE_FORMAT
+    return EXIT_OK
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--check-state" in argv:
+        return check_main(argv)
     try:
-        config, ready_fd = parse_args(argv)
+        config, ready_fd, supervisor_fd, resume = parse_args(argv)
     except _UsageError as e:
         print(f"usage error: {e}", file=sys.stderr)
         ReadyPipe(_ready_fd_in(argv)).error(e)
@@ -349,8 +530,10 @@ def main(argv=None):
             _log(f"--ready-fd {ready_fd} is not open")
             ready.fd = None
     harden()
+    link = SupervisorLink(supervisor_fd)
+    code = EXIT_SETUP_FAILED
     try:
-        code = trio.run(run, config, ready)
+        code = trio.run(run, config, ready, link, resume)
     except SetupError as e:
         _log(f"error: {e}")
         ready.error(str(e))
@@ -358,7 +541,8 @@ def main(argv=None):
     finally:
         # The device is gone: so is its directory (record, log), and the
         # name is free again once this process has exited (its lock goes).
-        if config.run_dir is not None:
+        # A restarted daemon that failed leaves the device to teardown.
+        if config.run_dir is not None and (resume is None or code == EXIT_OK):
             _forget(config.run_dir)
     # Stopped before the mount ever answered (a signal during setup).
     ready.error("stopped before the mount was ready")

@@ -160,6 +160,8 @@ from ._state import (
     W_WB_FAILURES,
     W_WB_LIMIT,
     W_WB_LIMIT_ENABLE,
+    W_WM_HIGH,
+    W_WM_LOW,
     DeviceHeader,
     HeaderFormatError,
     check_format,
@@ -534,8 +536,8 @@ class BlockDevice:
 
         # The watermark (beyond zram, zramfs._watermark): marks in pages,
         # 0 = off; a store that takes the pool to _wm_trigger kicks it.
-        self._wm_high = 0
-        self._wm_low = 0
+        self._wm_high = words[W_WM_HIGH]
+        self._wm_low = words[W_WM_LOW]
         self._wm_trigger = _NEVER
         # What a store may take the pool to: mem_limit, or the watermark's
         # cap if lower (_wm_update_locked); _wm_bypass (under the lock) lets
@@ -671,6 +673,11 @@ class BlockDevice:
         except BaseException:
             device.close()
             raise
+        if device._wm_high:  # the watermark the dead daemon had set
+            with device._lock:
+                device._wm_update_locked()
+            device._watermark.start()
+            device._watermark.kick()
         return device
 
     def _settle(self):
@@ -1716,7 +1723,7 @@ class BlockDevice:
         pages = self._wm_to_pages(value, "writeback_watermark")
         with self._lock:
             check_watermarks(pages << PAGE_SHIFT, self._wm_low << PAGE_SHIFT, "writeback_watermark")
-            self._wm_high = pages
+            self._wm_high = self._w[W_WM_HIGH] = pages
             self._wm_update_locked()
         if pages:
             self._watermark.start()
@@ -1735,7 +1742,7 @@ class BlockDevice:
             check_watermarks(
                 self._wm_high << PAGE_SHIFT, pages << PAGE_SHIFT, "writeback_low_watermark"
             )
-            self._wm_low = pages
+            self._wm_low = self._w[W_WM_LOW] = pages
 
     def _wm_trigger_pages(self):
         """The high mark in pages: the watermark, or 15/16 of mem_limit if

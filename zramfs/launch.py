@@ -17,6 +17,13 @@ the caller's may choose its code:
 
 Programs the CLI runs (losetup, mkswap, swapon) get the same directory and
 environment (`clean_env`).
+
+The CLI (`start`) runs the daemon under ``zramfs.supervisor`` when its
+backend can be restarted (``dev``): the supervisor gets the same arguments
+after ``--``, answers on the same ready pipe once its daemon serves, holds
+the claim's fds (--hold-fd) and listens for ``zramfs restart`` on
+``supervisor.sock`` in the device's directory.  pyfuse3 daemons (and
+`spawn_daemon`, which the FUSE tests use) run alone, as before.
 """
 
 import os
@@ -28,6 +35,10 @@ import time
 from zramfs.config import DeviceConfig
 from zramfs.fuse import is_mounted
 from zramfs.fuse._mount import unmount
+from zramfs.system import CONTROL
+
+# Backends whose daemon a supervisor can restart without losing the device.
+RESTARTABLE_BACKENDS = ("dev",)
 
 # What the daemon and the tools may see of the caller's environment.
 KEEP_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "NOTIFY_SOCKET", "JOURNAL_STREAM")
@@ -56,6 +67,21 @@ def daemon_command(config, python=None):
     return [python or sys.executable, "-I", "-m", "zramfs.daemon", *config.argv()]
 
 
+def supervised_command(config, python=None, hold_fds=()):
+    """The supervisor's command line (without --ready-fd) that runs the daemon of `config`."""
+    command = [python or sys.executable, "-I", "-m", "zramfs.supervisor"]
+    for fd in hold_fds:
+        command += ["--hold-fd", str(fd)]
+    if config.run_dir is not None:
+        command += ["--control", control_path(config.run_dir)]
+    return [*command, "--", *config.argv()]
+
+
+def control_path(run_dir):
+    """Where the supervisor of the device whose directory is `run_dir` listens."""
+    return os.path.join(run_dir, CONTROL)
+
+
 def _read_line(fd, deadline):
     """Read one line from `fd` until `deadline`; None on timeout, "" on EOF."""
     data = b""
@@ -73,8 +99,13 @@ def _read_line(fd, deadline):
     return data.split(b"\n", 1)[0].decode(errors="replace")
 
 
-def spawn(config, *, timeout=READY_TIMEOUT_S, stderr=None, python=None, keep_fds=()):
+def spawn(
+    config, *, timeout=READY_TIMEOUT_S, stderr=None, python=None, keep_fds=(), supervise=False
+):
     """Start the daemon for `config` and wait until it is READY; returns its Popen.
+
+    With `supervise` (and a restartable backend) the Popen is the
+    supervisor's, which starts the daemon and outlives it.
 
     Raises DaemonStartError if it cannot be started (the interpreter cannot be
     run), reports an error or exits, or is not ready within `timeout` seconds
@@ -85,11 +116,18 @@ def spawn(config, *, timeout=READY_TIMEOUT_S, stderr=None, python=None, keep_fds
     reach it.
     """
     was_mounted = is_mounted(config.mountpoint)
-    command = daemon_command(config, python)
-    r, w = os.pipe()
+    if supervise and config.fuse_backend in RESTARTABLE_BACKENDS:
+        command = supervised_command(config, python, keep_fds)
+        command.insert(command.index("--"), "--ready-fd")
+        r, w = os.pipe()
+        command.insert(command.index("--"), str(w))
+    else:
+        command = daemon_command(config, python)
+        r, w = os.pipe()
+        command += ["--ready-fd", str(w)]
     try:
         proc = subprocess.Popen(
-            [*command, "--ready-fd", str(w)],
+            command,
             pass_fds=(w, *keep_fds),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -144,8 +182,8 @@ def spawn_daemon(
 
 
 def start(config, *, stderr=None, timeout=READY_TIMEOUT_S, keep_fds=()):
-    """`spawn`, returning the daemon's pid once READY (it outlives the caller)."""
-    proc = spawn(config, stderr=stderr, timeout=timeout, keep_fds=keep_fds)
+    """`spawn` under a supervisor, returning its pid once READY (it outlives the caller)."""
+    proc = spawn(config, stderr=stderr, timeout=timeout, keep_fds=keep_fds, supervise=True)
     # Keep the Popen alive: dropping it while the daemon runs would warn
     # (ResourceWarning) from Popen.__del__.
     _background.append(proc)

@@ -18,6 +18,7 @@ without root ``$XDG_RUNTIME_DIR/zramfs``) holds, for each device NAME:
     .NAME/              the device's own directory, made when the name is claimed
         daemon.json     the daemon's record: pid, start time, its DeviceConfig
         daemon.log      the daemon's log (unless it logs to the journal)
+        supervisor.sock where the supervisor hears `zramfs restart`
 
 A device name never starts with "." (`config.check_name`), so ``.NAME``
 cannot be another device's mountpoint.  The daemon's pid and FUSE backend
@@ -46,6 +47,8 @@ from zramfs.device import DeviceStats
 FSTYPE = "fuse.zramfs"
 RECORD = "daemon.json"
 LOG = "daemon.log"
+# The supervisor's socket, where `zramfs restart` asks for a new daemon.
+CONTROL = "supervisor.sock"
 
 # mm_stat's columns, in the kernel's order: the first nine fields of the
 # device's own stats (zramfs.device.DeviceStats), which print them.
@@ -74,33 +77,65 @@ def default_run_dir():
 
 @dataclass(frozen=True)
 class DaemonRecord:
-    """What a daemon writes into its device directory once its mount answers."""
+    """What a daemon writes into its device directory once its mount answers.
+
+    `pid` is the process that lives as long as the device: the supervisor
+    (zramfs.supervisor), or the daemon itself when it runs alone (pyfuse3).
+    Under a supervisor, `daemon_pid` is the daemon serving now and
+    `restarts` how many daemons came before it; each new daemon rewrites
+    the record once it serves.
+    """
 
     pid: int
     # /proc/PID/stat's starttime (clock ticks since boot): a pid reused by
     # another process after the daemon died has another one.
     start_time: int
     config: DeviceConfig
+    daemon_pid: int | None = None
+    daemon_start_time: int | None = None
+    restarts: int = 0
+
+    @property
+    def supervised(self):
+        return self.daemon_pid is not None
+
+    def processes(self):
+        """(pid, start time) of the supervisor and the daemon (one pair when unsupervised)."""
+        found = [(self.pid, self.start_time)]
+        if self.daemon_pid is not None and self.daemon_pid != self.pid:
+            found.append((self.daemon_pid, self.daemon_start_time))
+        return found
 
     def write(self, directory):
         """Write ``daemon.json`` into `directory` atomically (readers never see half of it)."""
         path = os.path.join(directory, RECORD)
         tmp = path + ".tmp"
+        data = {"pid": self.pid, "start_time": self.start_time, "config": asdict(self.config)}
+        if self.supervised:
+            data["daemon_pid"] = self.daemon_pid
+            data["daemon_start_time"] = self.daemon_start_time
+            data["restarts"] = self.restarts
         with open(tmp, "w") as f:
-            json.dump(
-                {"pid": self.pid, "start_time": self.start_time, "config": asdict(self.config)}, f
-            )
+            json.dump(data, f)
         os.replace(tmp, path)
 
     @classmethod
     def parse(cls, text):
         data = json.loads(text)
-        return cls(int(data["pid"]), int(data["start_time"]), DeviceConfig(**data["config"]))
+        daemon_pid = data.get("daemon_pid")
+        return cls(
+            int(data["pid"]),
+            int(data["start_time"]),
+            DeviceConfig(**data["config"]),
+            daemon_pid=None if daemon_pid is None else int(daemon_pid),
+            daemon_start_time=data.get("daemon_start_time"),
+            restarts=int(data.get("restarts", 0)),
+        )
 
 
 def remove_device_dir(path):
     """Remove a device directory: its record and log, then the directory (only those, never more)."""
-    for name in (RECORD, RECORD + ".tmp", LOG):
+    for name in (RECORD, RECORD + ".tmp", LOG, CONTROL):
         try:
             os.unlink(os.path.join(path, name))
         except FileNotFoundError:
@@ -242,8 +277,14 @@ class System:
             return None  # not written yet (the daemon is starting), or not ours
 
     def daemon_alive(self, record):
-        """Whether the process `record` describes still runs (the same process, not a reused pid)."""
-        return record is not None and start_time(record.pid, self.root) == record.start_time
+        """Whether a process of `record` (supervisor or daemon) still runs (not a reused pid)."""
+        return bool(self.live_processes(record))
+
+    def live_processes(self, record):
+        """(pid, start time) of the record's processes that still run."""
+        if record is None:
+            return []
+        return [(p, t) for p, t in record.processes() if start_time(p, self.root) == t]
 
     def run_entries(self):
         """(mountpoint names, device-directory names) found in the run directory."""

@@ -93,7 +93,8 @@ def apply(run_dir, settings=SWAP_SETTINGS, optional=OPTIONAL, at_least=AT_LEAST,
         return changed
     # The old values are on disk before anything changes, so a crash in
     # between can still be undone by the next swapoff.
-    tmp = state + ".tmp"
+    # Our own name: two swapons at once must not replace each other's file.
+    tmp = f"{state}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(saved, f)
     os.replace(tmp, state)

@@ -206,19 +206,67 @@ class ZramfsEnv:
                     found[fields[0]] = int(fields[3]) * 1024
         return found
 
-    def daemons(self):
-        """{pid: argv} of zramfs daemons whose mountpoint is under root."""
+    def _processes(self, module):
         found = {}
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             argv = _cmdline(entry)
-            if "zramfs.daemon" not in argv or not _alive(int(entry)):
+            if module not in argv or not _alive(int(entry)):
                 continue
-            args = argv[argv.index("zramfs.daemon") + 1 :]
+            args = argv[argv.index(module) + 1 :]
             if any(_under(a, self.root) for a in args):
                 found[int(entry)] = argv
         return found
+
+    def daemons(self):
+        """{pid: argv} of zramfs daemons whose mountpoint is under root."""
+        return self._processes("zramfs.daemon")
+
+    def supervisors(self):
+        """{pid: argv} of zramfs supervisors (zramfs.supervisor) whose daemon's mountpoint is under root."""
+        return self._processes("zramfs.supervisor")
+
+    def record(self, name):
+        """Device `name`'s daemon.json as a dict (None when there is none yet)."""
+        try:
+            with open(os.path.join(self.run_dir, "." + name, "daemon.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def kill_daemon(self, name, timeout=30):
+        """SIGKILL device `name`'s daemon and wait until its supervisor's next
+        daemon serves (its record names it); returns the seconds that took."""
+        before = self.record(name)
+        os.kill(before["daemon_pid"], signal.SIGKILL)
+        start = time.monotonic()
+        return self.wait_restarted(name, before, start + timeout) - start
+
+    def wait_restarted(self, name, before, deadline):
+        """Wait until a daemon other than `before`'s serves device `name`; when it did (monotonic)."""
+        while time.monotonic() < deadline:
+            now = self.record(name)
+            if now is not None and now["restarts"] > before["restarts"]:
+                return time.monotonic()
+            time.sleep(0.005)
+        raise AssertionError(
+            f"{name}: no new daemon within the timeout (record {self.record(name)})"
+        )
+
+    def kill_device(self, mountpoint):
+        """SIGKILL the supervisor, then the daemon, of the device at `mountpoint`: what a
+        device whose processes all died looks like (a dead mount, ENOTCONN)."""
+        for found in (self.supervisors(), self.daemons()):
+            for pid, argv in found.items():
+                if mountpoint in argv:
+                    with _suppress_lookup():
+                        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(
+            mountpoint in argv for argv in [*self.daemons().values(), *self.supervisors().values()]
+        ):
+            time.sleep(0.05)
 
     def leftovers(self):
         """Everything zramfs-related still alive under root; empty when clean."""
@@ -227,6 +275,7 @@ class ZramfsEnv:
             "loops": sorted(self.loops()),
             "mounts": [m[0] for m in self.mounts()],
             "daemons": sorted(self.daemons()),
+            "supervisors": sorted(self.supervisors()),
             "run_dirs": self._run_dirs(),
             # Machine settings a swapon changed and no swapoff has put back.
             "saved_settings": sorted(_saved_settings(self.run_dir)),
@@ -273,7 +322,8 @@ class ZramfsEnv:
         for mountpoint, fstype, source in reversed(self.mounts()):
             if not attempt(["umount", mountpoint]) and not attempt(["umount", "-l", mountpoint]):
                 errors.append(f"umount {mountpoint}")
-        daemons = self.daemons()
+        # Supervisors first, so that none starts a daemon again.
+        daemons = {**self.supervisors(), **self.daemons()}
         for pid in daemons:
             with _suppress_lookup():
                 os.kill(pid, signal.SIGTERM)

@@ -71,11 +71,18 @@ class FakeMachine:
         os.makedirs(path, exist_ok=True)
         return path
 
-    def daemon(self, name, mountpoint, pid, start_time=5000, backend="dev", alive=True):
-        """A daemon's record (and, if alive, its process) for device `name`."""
+    def daemon(self, name, mountpoint, pid, start_time=5000, backend="dev", alive=True,
+               daemon_pid=None, daemon_alive=True):  # fmt: skip
+        """A daemon's record (and, if alive, its process) for device `name`;
+        with `daemon_pid`, `pid` is its supervisor's (zramfs.supervisor)."""
         config = DeviceConfig(mountpoint=mountpoint, size=64 << 20, name=name, fuse_backend=backend,
                               run_dir=f"{RUN_DIR}/.{name}")  # fmt: skip
-        DaemonRecord(pid, start_time, config).write(self.device_dir(name))
+        extra = {}
+        if daemon_pid is not None:
+            extra = {"daemon_pid": daemon_pid, "daemon_start_time": start_time + 1, "restarts": 2}
+            if daemon_alive:
+                self.process(daemon_pid, start_time + 1)
+        DaemonRecord(pid, start_time, config, **extra).write(self.device_dir(name))
         if alive:
             self.process(pid, start_time)
 

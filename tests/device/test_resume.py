@@ -251,6 +251,9 @@ def test_resume_keeps_every_page_counter_and_setting(tmp_path):
     case.dev.writeback_limit = 77
     case.dev.writeback_limit_enable = True
     case.dev.writeback_batch_size = 5
+    # Far above what the case stores: the watermark's thread has nothing to do.
+    case.dev.writeback_watermark = 48 << 20
+    case.dev.writeback_low_watermark = 40 << 20
     before = case.dev.stats()
     pages = [case.dev.read(i * PAGE_SIZE, PAGE_SIZE) for i in range(NR)]
     after_reads = case.dev.stats()
@@ -263,6 +266,7 @@ def test_resume_keeps_every_page_counter_and_setting(tmp_path):
         assert dev.mem_limit == 64 << 20
         assert (dev.writeback_limit, dev.writeback_limit_enable) == (77, True)
         assert dev.writeback_batch_size == 5
+        assert (dev.writeback_watermark, dev.writeback_low_watermark) == (48 << 20, 40 << 20)
         assert dev.recomp_algorithms == {1: "zstd"}
         assert dev.backing_dev == str(tmp_path / "backing0") or dev.backing_dev.startswith(
             str(tmp_path)

@@ -1,7 +1,6 @@
 """Nothing is left behind: swapoff (one, --all, half-gone), failing swapon, and the fixture's own cleanup."""
 
 import os
-import signal
 import subprocess
 import time
 
@@ -10,11 +9,6 @@ import pytest
 from zramfs.codecs import CODECS
 
 MiB = 1 << 20
-
-
-def _daemon_pid(env, mountpoint):
-    (pid,) = [p for p, argv in env.daemons().items() if mountpoint in argv]
-    return pid
 
 
 def test_swapoff_all_leaves_nothing(zramfs_env):
@@ -104,17 +98,13 @@ def test_swapoff_after_parts_are_gone(zramfs_env):
 
 
 def test_swapoff_after_the_daemon_died(zramfs_env):
-    """A SIGKILLed daemon leaves a dead mount (ENOTCONN); swapoff still removes it."""
+    """A device whose daemon and supervisor were SIGKILLed leaves a dead mount (ENOTCONN); swapoff still removes it."""
     env = zramfs_env
     env.ok("swapon", "zramt7", "--size", "64M")
     (loop,) = env.loops()
     subprocess.run(["swapoff", loop], check=True)
     subprocess.run(["losetup", "-d", loop], check=True)
-    pid = _daemon_pid(env, os.path.join(env.run_dir, "zramt7"))
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while env.daemons() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    env.kill_device(os.path.join(env.run_dir, "zramt7"))
     left = env.leftovers()
     # What swapon changed stays changed while a zramfs swap device, even a
     # dead one, exists (none to keep on a machine that had zramfs's values).
@@ -165,7 +155,14 @@ def test_fixture_cleanup_removes_a_live_swap(zramfs_env):
     env = zramfs_env
     env.ok("swapon", "zramt9", "--size", "64M")
     found = env.cleanup()
-    assert set(found) - {"saved_settings"} == {"swaps", "loops", "mounts", "daemons", "run_dirs"}
+    assert set(found) - {"saved_settings"} == {
+        "swaps",
+        "loops",
+        "mounts",
+        "daemons",
+        "supervisors",
+        "run_dirs",
+    }
     assert env.leftovers() == {}
 
 
@@ -192,10 +189,7 @@ def test_fixture_cleanup_removes_ext4_on_a_dead_daemon(zramfs_env):
     ).stdout.strip()
     subprocess.run(["mkfs.ext4", "-q", "-F", loop], check=True)
     subprocess.run(["mount", loop, ext4], check=True)
-    os.kill(_daemon_pid(env, zmount), signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while env.daemons() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    env.kill_device(zmount)
     found = env.cleanup()
     # ext4 and the dead FUSE mount, the loop device between them, and the
     # device's directory (its record and log).

@@ -84,7 +84,7 @@ def _mountinfo(pid, path):
     return found
 
 
-def _daemons(mountpoint):
+def _daemons(mountpoint, modules=("zramfs.daemon",)):
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -96,7 +96,7 @@ def _daemons(mountpoint):
                 state = f.read().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if "zramfs.daemon" in argv and mountpoint in argv and state not in ("Z", "X"):
+        if any(m in argv for m in modules) and mountpoint in argv and state not in ("Z", "X"):
             found.append(int(entry))
     return found
 
@@ -168,20 +168,21 @@ class UserMount:
             else:
                 unmount(self.mnt)  # as root: MNT_DETACH
         left += [f"daemon {pid}" for pid in pids]
+        both = ("zramfs.supervisor", "zramfs.daemon")  # supervisors first: none restarts a daemon
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in _daemons(self.mnt):
+            for pid in _daemons(self.mnt, both):
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
             deadline = time.monotonic() + 10
-            while _daemons(self.mnt) and time.monotonic() < deadline:
+            while _daemons(self.mnt, both) and time.monotonic() < deadline:
                 time.sleep(0.05)
         if self.holder:
             self.holder.kill()
             self.holder.wait(timeout=10)
             self.holder.stdout.close()
-        assert not _daemons(self.mnt), "a daemon survived SIGKILL"
+        assert not _daemons(self.mnt, both), "a daemon or supervisor survived SIGKILL"
         shutil.rmtree(self.root)
         return left
 
@@ -245,7 +246,7 @@ def test_user_mounts_writes_and_unmounts(user_mount, tmp_path, backend):
     r = um.cli("umount", um.mnt)
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
     assert um.mounts() == []
-    assert _daemons(um.mnt) == []  # umount waits for the daemon to exit
+    assert _daemons(um.mnt, ("zramfs.supervisor", "zramfs.daemon")) == []  # umount waits for both
     assert not os.path.exists(um.run_dir)  # and nothing is left in the user's run directory
 
 

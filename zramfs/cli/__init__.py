@@ -1,4 +1,4 @@
-"""The ``zramfs`` command: mount, umount, swapon, swapoff, status, reset.
+"""The ``zramfs`` command: mount, umount, swapon, swapoff, status, reset, restart.
 
 Where this sits: beside the data path, never in it.  The CLI starts
 ``zramfs.daemon`` (which owns the FUSE session, the Filesystem, the
@@ -17,7 +17,7 @@ Every device, mounted or swap, has its directory ``$ZRAMFS_RUN_DIR/.NAME``
 (the daemon's record and log); making it claims the name.
 
 One module per command (``_mount``, ``_umount``, ``_swapon``, ``_swapoff``,
-``_status``, ``_reset``), the shared pieces in ``_common``, teardown planning in
+``_status``, ``_reset``, ``_restart``), the shared pieces in ``_common``, teardown planning in
 ``_teardown``, the argument parser and `main` in ``_parser``.
 
 Errors: the layers below raise typed exceptions; only this package turns
@@ -43,6 +43,8 @@ Exit codes:
       (or swap) still holds the disk; reset without --force of a device in
       use as swap or mounted
 6     not found: no zramfs device by that name, no zramfs mount there
+7     restart refused: the code installed now cannot read the device's
+      state (its format changed); the old daemon serves on
 130   interrupted (Ctrl-C); what swapon had set up has been undone
 ====  =======================================================================
 """
@@ -51,6 +53,7 @@ from ._errors import (
     EXIT_CODES,
     EXIT_FAILURE,
     EXIT_IN_USE,
+    EXIT_INCOMPATIBLE,
     EXIT_INTERRUPTED,
     EXIT_NO_FUSE,
     EXIT_NOT_FOUND,
@@ -65,6 +68,7 @@ from ._errors import (
     DiskBusyError,
     NameInUseError,
     NeedsRootError,
+    RestartRefusedError,
     RunDirError,
     exit_code_for,
 )
@@ -83,6 +87,7 @@ __all__ = [
     "EXIT_NO_FUSE",
     "EXIT_IN_USE",
     "EXIT_NOT_FOUND",
+    "EXIT_INCOMPATIBLE",
     "EXIT_INTERRUPTED",
     "STATUS_COLUMNS",
     "CliError",
@@ -93,5 +98,6 @@ __all__ = [
     "BackendUnavailableError",
     "CommandError",
     "DaemonError",
+    "RestartRefusedError",
     "RunDirError",
 ]

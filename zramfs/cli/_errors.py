@@ -17,6 +17,7 @@ EXIT_NOT_ROOT = 3
 EXIT_NO_FUSE = 4
 EXIT_IN_USE = 5
 EXIT_NOT_FOUND = 6
+EXIT_INCOMPATIBLE = 7
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
@@ -52,6 +53,10 @@ class DaemonError(CliError):
     """Raised when a daemon does not exit when its device is unmounted."""
 
 
+class RestartRefusedError(CliError):
+    """Raised when `zramfs restart` finds that the code installed now cannot read the device's state."""
+
+
 class RunDirError(CliError):
     """Raised when the run directory cannot be made or used (a user's is not private to them)."""
 
@@ -69,6 +74,7 @@ EXIT_CODES: dict[type, int] = {
     CommandError: EXIT_FAILURE,
     DaemonError: EXIT_FAILURE,
     RunDirError: EXIT_FAILURE,
+    RestartRefusedError: EXIT_INCOMPATIBLE,
     DaemonStartError: EXIT_FAILURE,
     tuning.TuningError: EXIT_FAILURE,
     fuse.MountpointPermissionError: EXIT_NOT_ROOT,

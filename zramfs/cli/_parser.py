@@ -11,6 +11,7 @@ from zramfs.system import default_run_dir
 from ._errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, exit_code_for
 from ._mount import cmd_mount
 from ._reset import cmd_reset
+from ._restart import cmd_restart
 from ._status import STATUS_COLUMNS, cmd_status
 from ._swapoff import cmd_swapoff
 from ._swapon import DEFAULT_PRIORITY, cmd_swapon
@@ -34,7 +35,7 @@ def build_parser():
         prog="zramfs",
         description="zram in userspace: compressed swap and disks over FUSE.",
         epilog="Exit codes: 0 ok, 1 failure, 2 bad input, 3 needs root, "
-        "4 FUSE unavailable, 5 in use, 6 not found, 130 interrupted.",
+        "4 FUSE unavailable, 5 in use, 6 not found, 7 restart refused (state format), 130 interrupted.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -151,6 +152,13 @@ def build_parser():
         help="swapoff and unmount what uses the device first (without it, reset refuses while it is swap or mounted)",
     )
     p.set_defaults(func=cmd_reset)
+
+    p = sub.add_parser(
+        "restart",
+        help="replace device NAME's daemon with the code installed now, keeping its data (no swapoff)",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=cmd_restart)
     return parser
 
 

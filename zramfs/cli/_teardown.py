@@ -51,8 +51,11 @@ def _device_steps(sys_, name, mountpoint, mounted):
     if mounted:
         steps.append(Step("unmount", mountpoint))
     record = sys_.daemon_record(name)
-    if sys_.daemon_alive(record) and record.config.mountpoint == mountpoint:
-        steps.append(Step("stop", mountpoint, record.pid, record.start_time))
+    if record is not None and record.config.mountpoint == mountpoint:
+        # The supervisor first (it stops its daemon), then a daemon whose
+        # supervisor was killed: each is waited for, SIGTERMed if it stays.
+        for pid, started in sys_.live_processes(record):
+            steps.append(Step("stop", mountpoint, pid, started))
     return steps
 
 
@@ -84,7 +87,9 @@ def plan_swapoff(sys_, name):
         raise DeviceNotFoundError(f"no zramfs device named {name!r} (nothing at {mountpoint})")
     steps = loop_steps(sys_, mountpoint)
     steps += _device_steps(sys_, name, mountpoint, m is not None)
-    if has_mountpoint:
+    # A dead mount (its daemon gone) hides its directory: stat says
+    # ENOTCONN, so isdir is False until the unmount step has run.
+    if has_mountpoint or m is not None:
         steps.append(Step("rmdir", mountpoint))
     if has_dir:
         steps.append(Step("forget", name))

@@ -8,6 +8,9 @@ Where this sits: between the kernel's FUSE requests and the inode table.
   ("The FUSE transport") has the measurements that chose it.
 * ``"pyfuse3"`` (`_pyfuse3`, a second backend, when present).
 
+Only ``"dev"`` can be restarted (`Session.adopt`, `Session.resend`): the
+supervisor keeps its /dev/fuse fd while a new daemon starts.
+
 Both call only the Filesystem interface and map its exceptions with the one
 table in `errno_for`.  A backend class takes ``(fs, mountpoint, fsname,
 threads)`` and has ``mount()``, ``serve()``, ``stop()``, ``abort()`` and
@@ -79,8 +82,31 @@ class Session:
         """Requests that failed with an unexpected exception (answered EIO)."""
         return self._impl.errors
 
+    @property
+    def fd(self):
+        """The /dev/fuse fd (the dev backend's), for the supervisor to hold."""
+        return self._impl.fd
+
+    @property
+    def kernel_minor(self):
+        """The FUSE minor the kernel offered in INIT (None before INIT, or on pyfuse3)."""
+        return getattr(self._impl, "kernel_minor", None)
+
+    @property
+    def can_resend(self):
+        """Whether a restarted daemon can have pending requests resent (dev backend, kernel 7.40+)."""
+        return getattr(self._impl, "can_resend", False)
+
     def mount(self):
         self._impl.mount()
+
+    def adopt(self, fd, kernel_minor):
+        """Serve an fd whose connection is mounted and initialised already (a restart; dev backend)."""
+        self._impl.adopt(fd, kernel_minor)
+
+    def resend(self):
+        """FUSE_NOTIFY_RESEND (dev backend): replay what a dead daemon read but never answered."""
+        self._impl.resend()
 
     def serve(self):
         self._impl.serve()

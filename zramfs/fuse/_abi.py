@@ -113,6 +113,12 @@ OUT_HEADER_SIZE = out_header.size  # 16
 # A notification is an out_header with unique 0 and the notify code
 # (enum fuse_notify_code) where the error goes.
 NOTIFY_INVAL_INODE = 2
+# FUSE_NOTIFY_RESEND (7.40, Linux 6.9): no payload.  The kernel puts every
+# request a server has read but not answered back on the pending queue, with
+# UNIQUE_RESEND set in its unique (a reply names that unique as it came).
+NOTIFY_RESEND = 7
+RESEND_MINOR = 40
+UNIQUE_RESEND = 1 << 63
 notify_inval_inode_out = struct.Struct("<Qqq")  # ino off len (off < 0: attributes only)
 
 init_in = struct.Struct("<IIIII")  # major minor max_readahead flags flags2 (+ unused[11])

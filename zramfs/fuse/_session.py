@@ -156,6 +156,8 @@ class DevSession(MountedSession):
         self.errors = 0
         self.last_error = None
         self.proto_minor = None
+        # The minor the kernel offered in INIT: whether it can resend (7.40).
+        self.kernel_minor = None
         self._fatal = None
         # Helper readers wait on _more between requests (see _reader).
         self._more = None
@@ -171,6 +173,29 @@ class DevSession(MountedSession):
         """Open /dev/fuse and mount; raises MountError subclasses."""
         self.fd = mount_fuse(self.mountpoint, self.fsname)
         self._remember_mount()
+
+    def adopt(self, fd, kernel_minor):
+        """Serve a connection another process mounted and initialised: a
+        restarted daemon's, whose fd the supervisor kept open (see
+        zramfs.supervisor).  No INIT comes again; `kernel_minor` is what the
+        kernel offered in the first one."""
+        self.fd = fd
+        self.kernel_minor = kernel_minor
+        self.proto_minor = min(kernel_minor, _abi.KERNEL_MINOR_VERSION)
+        self._remember_mount()
+
+    @property
+    def can_resend(self):
+        """Whether the kernel knows FUSE_NOTIFY_RESEND (it offered 7.40 or later in INIT)."""
+        return self.kernel_minor is not None and self.kernel_minor >= _abi.RESEND_MINOR
+
+    def resend(self):
+        """FUSE_NOTIFY_RESEND: the kernel queues again every request that was
+        read from this connection and never answered (a dead daemon's).
+        Replaying them is safe: a block write is idempotent, and every other
+        request here only reads or sets a value.  OSError (EINVAL) from a
+        kernel without it."""
+        os.writev(self.fd, (_abi.out_header.pack(16, _abi.NOTIFY_RESEND, 0),))
 
     def serve(self):
         """Answer requests until the filesystem is unmounted; blocking."""
@@ -436,6 +461,7 @@ class DevSession(MountedSession):
         if major < _abi.KERNEL_VERSION:
             self._reply_error(unique, errno.EPROTO)
             return
+        self.kernel_minor = minor
         minor = min(minor, _abi.KERNEL_MINOR_VERSION)
         self.proto_minor = minor
         out = _abi.init_out.pack(
