@@ -1,5 +1,7 @@
 """The backing store on real storage: a tmpfs that fills up under a backing
-file, and a loop device as a backing block device (zram's own kind).
+file, a loop device as a backing block device (zram's own kind), and a loop
+device that starts failing (its lower FUSE connection aborted: this kernel
+has no device-mapper or fault injection).
 
 No FUSE mount here: the device is driven directly, as the writeback
 attribute will drive it, because what is tested is what the kernel's
@@ -13,9 +15,11 @@ import subprocess
 
 import pytest
 
-from tests._support.system import tmpfs
+from tests._support.system import attach, tmpfs
 from zramfs._backing import BackingStore, BackingStoreError
 from zramfs.device import PAGE_SIZE, BackingIOError, BlockDevice
+from zramfs.fuse._mount import abort_connection, mount_at
+from zramfs.launch import spawn_daemon
 
 NR = 64
 
@@ -91,3 +95,54 @@ def test_a_loop_device_as_backing_dev(loop_device):
     # Closed: the claim is gone.
     BackingStore(loop_device, 0).close()
     assert os.path.exists(loop_device)
+
+
+@pytest.fixture
+def failing_block_device(tmp_path):
+    """A real block device that can be made to fail: a loop device over the
+    `disk` of a second zramfs mount (unsupervised), whose FUSE connection
+    the test aborts when it wants every read and write to return EIO.
+    Yields (loop device, fail); the mount and the loop are gone afterwards."""
+    mnt = tmp_path / "lower"
+    mnt.mkdir()
+    proc = spawn_daemon(str(mnt), 1 << 20)
+    loop = None
+    try:
+        loop = attach(str(mnt / "disk"))
+        dev = mount_at(str(mnt)).dev
+
+        def fail():
+            assert abort_connection(dev)
+
+        yield loop, fail
+    finally:
+        if loop is not None:
+            subprocess.run(["losetup", "-d", loop], check=True)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_backing_block_device_that_starts_failing_loses_nothing(failing_block_device):
+    loop, fail = failing_block_device
+    pages = huge_pages()
+    with BlockDevice(NR * PAGE_SIZE, backing_dev=loop) as dev:
+        for i, page in enumerate(pages):
+            dev.write(i * PAGE_SIZE, page)
+        assert dev.writeback("page_indexes=0-15") == 16
+        fail()
+        # A written-back slot whose read fails: EIO, counted in failed_reads.
+        with pytest.raises(BackingIOError) as info:
+            dev.read(0, PAGE_SIZE)
+        assert info.value.errno == errno.EIO
+        assert dev.stats().failed_reads == 1
+        # A writeback that fails leaves its slots in RAM, counted and explained.
+        with pytest.raises(BackingIOError):
+            dev.writeback("huge")
+        s = dev.stats()
+        assert s.wb_failures == 1 and s.bd_count == 16
+        assert dev.writeback_error
+        assert dev.read(16 * PAGE_SIZE, (NR - 16) * PAGE_SIZE) == b"".join(pages[16:])
+        # Rewriting a written-back slot needs no read of the store.
+        dev.write(0, pages[0])
+        assert dev.read(0, PAGE_SIZE) == pages[0]
