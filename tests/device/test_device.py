@@ -805,6 +805,9 @@ def test_block_state_dump_lets_reads_through():
     stop.set()
     thread.join()
     assert text.count("\n") == (256 << 20) // 4096
-    assert during > 100
-    assert max(waits) < took / 2
+    # Reads went on during the dump (hundreds to thousands here; under a
+    # loaded CI machine 80 were seen, so only a few are required), and none
+    # waited for a large part of it.
+    assert during >= 10, (during, took)
+    assert max(waits) < took / 2, (max(waits), took)
     dev.close()
