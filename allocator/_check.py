@@ -14,9 +14,7 @@ reverse).  The fields it reads are described in ``Pool.__init__``.
 
 from __future__ import annotations
 
-import threading
-from array import array
-
+from ._fields import PoolFields
 from ._layout import (
     FULL,
     NR_GROUPS,
@@ -42,46 +40,10 @@ def check_pool(pool) -> None:
     pool._check_consistency()
 
 
-class ConsistencyCheck:
+class ConsistencyCheck(PoolFields):
     """Pool's self-check.  Pool is the only subclass."""
 
     __slots__ = ()
-
-    # What the check reads: Pool's fields (``Pool.__init__`` says what
-    # each holds), all of them but the arena's own.
-    _lock: threading.Lock
-    _mv32: memoryview
-    _zs_shift: int
-    huge_class_size: int
-    _class_of: list[int]
-    _class_size: list[int]
-    _pages_per_zspage: list[int]
-    _objs_per_zspage: list[int]
-    _group_of: list[list[int]]
-    _group_heads: list[int]
-    _group_mask: list[int]
-    _class_zspages: list[int]
-    _huge_class: int
-    _handles: memoryview
-    _free_handle: int
-    _handles_end: int
-    _zs_class: memoryview
-    _zs_inuse: memoryview
-    _zs_freeobj: memoryview
-    _zs_bump: memoryview
-    _zs_next: memoryview
-    _zs_prev: memoryview
-    _zs_group: memoryview
-    _zs_freed: int
-    _zs_end: int
-    _zs_ready: list[array]
-    _want: array | None
-    _huge_base: int
-    _huge_free: array
-    _huge_next: int
-    _pages_used: int
-    _ready_pages: int
-    _bytes_used: int
 
     def _check_consistency(self) -> None:
         with self._lock:

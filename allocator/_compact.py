@@ -29,11 +29,10 @@ class is done.
 
 from __future__ import annotations
 
-import mmap
-import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from ._fields import PoolFields
 from ._layout import FULL, M_PAGES_COMPACTED, NR_GROUPS, OBJ_HEADER_SIZE, SIZE_BITS, SIZE_MASK
 
 #: Fault injection for the crash tests (see ``_pool._fault``): None in every
@@ -41,31 +40,10 @@ from ._layout import FULL, M_PAGES_COMPACTED, NR_GROUPS, OBJ_HEADER_SIZE, SIZE_B
 _fault = None
 
 
-class Compaction:
+class Compaction(PoolFields):
     """Pool's compaction method (zs_compact's per-class loop).  Pool is the only subclass."""
 
     __slots__ = ()
-
-    # What compaction uses of the pool, and nothing else: Pool's fields
-    # (``Pool.__init__`` says what each holds) and the helpers it shares
-    # with malloc and free.
-    _lock: threading.Lock
-    _map: mmap.mmap
-    _mv32: memoryview
-    _zs_shift: int
-    _handles: memoryview
-    _meta: memoryview
-    _class_size: list[int]
-    _objs_per_zspage: list[int]
-    _pages_per_zspage: list[int]
-    _group_of: list[list[int]]
-    _group_heads: list[int]
-    _group_mask: list[int]
-    _huge_class: int
-    _zs_bump: memoryview
-    _zs_freeobj: memoryview
-    _zs_group: memoryview
-    _zs_inuse: memoryview
 
     if TYPE_CHECKING:
 

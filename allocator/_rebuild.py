@@ -50,12 +50,11 @@ pass over the handle table and one over the slots of live zspages.
 
 from __future__ import annotations
 
-import threading
 from array import array
 from typing import TYPE_CHECKING
 
-from ._arena import Arena
 from ._errors import PoolDamagedError
+from ._fields import PoolFields
 from ._layout import (
     FULL,
     M_HANDLES_END,
@@ -83,49 +82,10 @@ def _runs(flags, end, start=0):
         pos = stop
 
 
-class Rebuild:
+class Rebuild(PoolFields):
     """Pool's rebuild after attach.  Pool is the only subclass."""
 
     __slots__ = ()
-
-    # What the rebuild sets: Pool's fields (``Pool.__init__`` says what each
-    # holds).
-    _lock: threading.Lock
-    _arena: Arena
-    _mv32: memoryview
-    _meta: memoryview
-    _zs_shift: int
-    _zs_mask: int
-    _max_handle: int
-    _max_zspages: int
-    _huge_base: int
-    _huge_slots: int
-    huge_class_size: int
-    _class_of: list[int]
-    _class_size: list[int]
-    _pages_per_zspage: list[int]
-    _objs_per_zspage: list[int]
-    _group_of: list[list[int]]
-    _group_heads: list[int]
-    _group_mask: list[int]
-    _class_zspages: list[int]
-    _huge_class: int
-    _handles: memoryview
-    _free_handle: int
-    _handles_end: int
-    _zs_class: memoryview
-    _zs_inuse: memoryview
-    _zs_freeobj: memoryview
-    _zs_bump: memoryview
-    _zs_next: memoryview
-    _zs_prev: memoryview
-    _zs_group: memoryview
-    _zs_freed: int
-    _zs_end: int
-    _huge_free: array
-    _huge_next: int
-    _pages_used: int
-    _bytes_used: int
 
     if TYPE_CHECKING:
 
