@@ -23,7 +23,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+
+from memcg import memory_cgroup
 
 from zramfs import mountinfo, tuning
 from zramfs.fuse import BACKENDS  # noqa: F401  (the tests' backend parameters)
@@ -84,6 +87,44 @@ def detach(env, loop):
     deadline = time.monotonic() + 10
     while loop in env.loops() and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def swap_workload_argv(mib, touches, *extra):
+    """scripts/swap_workload.py over `mib` MiB of pages and `touches` random touches, every page checked."""
+    return [
+        sys.executable,
+        os.path.join(SCRIPTS, "swap_workload.py"),
+        "--mib",
+        str(mib),
+        "--touches",
+        str(touches),
+        *extra,
+    ]
+
+
+def swap_under_pressure(limit, mib, touches, sample, interval, timeout):
+    """Run the swap workload in a memory cgroup of `limit` bytes, calling
+    `sample()` every `interval` seconds meanwhile; the workload's JSON report,
+    once it has exited 0."""
+    stop = threading.Event()
+
+    def sampler():
+        while not stop.is_set():
+            sample()
+            stop.wait(interval)
+
+    thread = threading.Thread(target=sampler)
+    thread.start()
+    try:
+        with memory_cgroup(limit) as cg:
+            result = cg.run(
+                swap_workload_argv(mib, touches), capture_output=True, text=True, timeout=timeout
+            )
+    finally:
+        stop.set()
+        thread.join()
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
+    return json.loads(result.stdout)
 
 
 def store(mnt, name, text):

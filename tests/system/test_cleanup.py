@@ -2,10 +2,10 @@
 
 import os
 import subprocess
-import time
 
 import pytest
 
+from tests._support.system import attach, detach
 from zramfs.codecs import CODECS
 
 MiB = 1 << 20
@@ -129,12 +129,7 @@ def test_umount_refuses_while_a_loop_device_holds_disk(zramfs_env):
     mnt = os.path.join(env.root, "mnt")
     os.mkdir(mnt)
     env.ok("mount", mnt, "--size", "64M", "--name", "zramt8")
-    loop = subprocess.run(
-        ["losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", f"{mnt}/disk"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    loop = attach(f"{mnt}/disk")
     proc = env.cli("umount", mnt)
     assert proc.returncode == 5
     assert proc.stderr == (
@@ -142,10 +137,7 @@ def test_umount_refuses_while_a_loop_device_holds_disk(zramfs_env):
         "(zramfs swapoff zramt8, or swapoff/umount it and losetup -d)\n"
     )
     assert env.device("zramt8")["loop"] == loop  # still fully working
-    subprocess.run(["losetup", "-d", loop], check=True)
-    deadline = time.monotonic() + 10
-    while env.loops() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    detach(env, loop)
     env.ok("umount", mnt)
     assert env.leftovers() == {}
 
@@ -173,20 +165,7 @@ def test_fixture_cleanup_removes_ext4_on_a_dead_daemon(zramfs_env):
     os.mkdir(zmount)
     os.mkdir(ext4)
     env.ok("mount", zmount, "--size", "64M", "--name", "zramt10")
-    loop = subprocess.run(
-        [
-            "losetup",
-            "--find",
-            "--show",
-            "--direct-io=on",
-            "--sector-size",
-            "4096",
-            f"{zmount}/disk",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    loop = attach(f"{zmount}/disk")
     subprocess.run(["mkfs.ext4", "-q", "-F", loop], check=True)
     subprocess.run(["mount", loop, ext4], check=True)
     env.kill_device(zmount)

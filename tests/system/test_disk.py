@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests._support.system import BACKENDS, sh
+from tests._support.system import BACKENDS, attach, sh
 
 MiB = 1 << 20
 
@@ -60,9 +60,7 @@ def test_ext4_on_zramfs(zramfs_env, backend):
     row = env.device("zramt-disk")
     assert row["backend"] == backend and row["disksize"] == 1 << 30
 
-    loop = sh(
-        "losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", f"{zmount}/disk"
-    ).strip()
+    loop = attach(f"{zmount}/disk")
     assert env.device("zramt-disk")["loop"] == loop
     sh("mkfs.ext4", "-q", "-F", "-L", "zramt-disk", loop)
     sh("mount", loop, ext4)

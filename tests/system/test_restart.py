@@ -13,14 +13,13 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 from memcg import memory_cgroup
 
-from tests._support.system import SCRIPTS
+from tests._support.system import attach, detach, swap_workload_argv
 
 MiB = 1 << 20
 
@@ -38,11 +37,6 @@ PRIORITY = 32767
 SIGBUS = -signal.SIGBUS
 
 
-def _workload_argv():
-    return [sys.executable, os.path.join(SCRIPTS, "swap_workload.py"),
-            "--mib", str(WORKING_SET_MIB), "--touches", str(TOUCHES), "--rewrite", "0.3"]  # fmt: skip
-
-
 def _swapon(env, name):
     env.ok("swapon", name, "--size", "512M", "--priority", str(PRIORITY))
     row = env.device(name)
@@ -56,7 +50,7 @@ def _swap_while(env, disrupt, count):
     done = 0
     with memory_cgroup(MEMCG_LIMIT) as cg:
         while done < count:
-            proc = cg.popen(_workload_argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            proc = cg.popen(swap_workload_argv(WORKING_SET_MIB, TOUCHES, "--rewrite", "0.3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
             # Let the fill push pages out before the first disruption.
             time.sleep(random.uniform(0.5, 1.5))
@@ -115,10 +109,7 @@ def test_fio_verify_survives_daemon_kills(zramfs_env, tmp_path):
     mnt = os.path.join(env.root, "mnt")
     os.mkdir(mnt)
     env.ok("mount", mnt, "--size", "256M", "--name", "zramt-fio")
-    loop = subprocess.run(
-        ["losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", f"{mnt}/disk"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+    loop = attach(f"{mnt}/disk")
     stop = threading.Event()
     kills = []
 
@@ -150,10 +141,7 @@ def test_fio_verify_survives_daemon_kills(zramfs_env, tmp_path):
         stop.set()
         thread.join()
     assert len(kills) >= KILLS and env.record("zramt-fio")["restarts"] == len(kills)
-    subprocess.run(["losetup", "-d", loop], check=True)
-    deadline = time.monotonic() + 10
-    while env.loops() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    detach(env, loop)
     env.ok("umount", mnt)
     assert env.leftovers() == {}
 

@@ -5,17 +5,13 @@ WORKING_SET large, so most of its pages must go out to swap and come back --
 and the only swap area on our loop device is zramfs's `disk`.
 """
 
-import json
 import os
 import re
-import sys
-import threading
 import time
 
 import pytest
-from memcg import memory_cgroup
 
-from tests._support.system import BACKENDS, SCRIPTS
+from tests._support.system import BACKENDS, swap_under_pressure
 from zramfs import tuning
 from zramfs.config import default_swap_size
 
@@ -33,18 +29,6 @@ MIN_SWAPPED = 128 * MiB
 # The kernel spreads swap over every area of the highest priority, so the
 # test's area takes the top one: the machine's own swap cannot share the load.
 PRIORITY = 32767
-
-
-def _sample(env, mountpoint, loop, stop, peaks):
-    """Record the peak swap use and device stats until `stop` is set."""
-    while not stop.is_set():
-        used = env.swaps().get(loop, 0)
-        stats = env.mm_stat(mountpoint)
-        peaks["swap_used"] = max(peaks["swap_used"], used)
-        if stats[0] > peaks["orig_data_size"]:
-            peaks["orig_data_size"], peaks["compr_data_size"] = stats[0], stats[1]
-        peaks["mem_used_max"] = stats[4]
-        stop.wait(0.1)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -83,29 +67,19 @@ def test_swap_under_memory_pressure(zramfs_env, backend):
         ]
 
     peaks = {"swap_used": 0, "orig_data_size": 0, "compr_data_size": 0, "mem_used_max": 0}
-    stop = threading.Event()
-    sampler = threading.Thread(target=_sample, args=(env, mountpoint, loop, stop, peaks))
-    sampler.start()
-    try:
-        with memory_cgroup(MEMCG_LIMIT) as cg:
-            result = cg.run(
-                [
-                    sys.executable,
-                    os.path.join(SCRIPTS, "swap_workload.py"),
-                    "--mib",
-                    str(WORKING_SET_MIB),
-                    "--touches",
-                    str(TOUCHES),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-    finally:
-        stop.set()
-        sampler.join()
-    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
-    report = json.loads(result.stdout)
+
+    def sample():
+        """The peak swap use and device stats."""
+        used = env.swaps().get(loop, 0)
+        stats = env.mm_stat(mountpoint)
+        peaks["swap_used"] = max(peaks["swap_used"], used)
+        if stats[0] > peaks["orig_data_size"]:
+            peaks["orig_data_size"], peaks["compr_data_size"] = stats[0], stats[1]
+        peaks["mem_used_max"] = stats[4]
+
+    report = swap_under_pressure(
+        MEMCG_LIMIT, WORKING_SET_MIB, TOUCHES, sample, interval=0.1, timeout=600
+    )
     print(
         f"\n[{backend}] workload {report}; peak swap used {peaks['swap_used'] / MiB:.1f} MiB, "
         f"peak orig_data_size {peaks['orig_data_size'] / MiB:.1f} MiB "

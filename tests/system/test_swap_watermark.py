@@ -14,14 +14,9 @@ mem_used_max is the exact peak (the device updates it on every store), so
 mem_used_total.
 """
 
-import json
 import os
-import sys
-import threading
 
-from memcg import memory_cgroup
-
-from tests._support.system import SCRIPTS
+from tests._support.system import swap_under_pressure
 
 MiB = 1 << 20
 WORKING_SET_MIB = 256
@@ -31,12 +26,6 @@ PRIORITY = 32767
 WATERMARK = 32 * MiB
 # The margin: writes wait an eighth above the watermark (WM_CAP_DEN).
 CAP = WATERMARK + WATERMARK // 8
-
-
-def _sample(env, mountpoint, stop, peaks):
-    while not stop.is_set():
-        peaks["mem_used_total"] = max(peaks["mem_used_total"], env.mm_stat(mountpoint)[2])
-        stop.wait(0.05)
 
 
 def test_swap_with_a_backing_file_stays_under_the_watermark(zramfs_env, tmp_path):
@@ -52,29 +41,13 @@ def test_swap_with_a_backing_file_stays_under_the_watermark(zramfs_env, tmp_path
         assert f.read() == f"{WATERMARK}\n"
 
     peaks = {"mem_used_total": 0}
-    stop = threading.Event()
-    sampler = threading.Thread(target=_sample, args=(env, mountpoint, stop, peaks))
-    sampler.start()
-    try:
-        with memory_cgroup(MEMCG_LIMIT) as cg:
-            result = cg.run(
-                [
-                    sys.executable,
-                    os.path.join(SCRIPTS, "swap_workload.py"),
-                    "--mib",
-                    str(WORKING_SET_MIB),
-                    "--touches",
-                    str(TOUCHES),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=900,
-            )
-    finally:
-        stop.set()
-        sampler.join()
-    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
-    report = json.loads(result.stdout)
+
+    def sample():
+        peaks["mem_used_total"] = max(peaks["mem_used_total"], env.mm_stat(mountpoint)[2])
+
+    report = swap_under_pressure(
+        MEMCG_LIMIT, WORKING_SET_MIB, TOUCHES, sample, interval=0.05, timeout=900
+    )
     mm = env.mm_stat(mountpoint)
     with open(os.path.join(mountpoint, "writeback_watermark_stat")) as f:
         triggered, written, waited, failed, compacted = map(int, f.read().split())
