@@ -2,14 +2,15 @@
 
 import fcntl
 import os
+import pathlib
 
 import pytest
 
+from tests.cli.conftest import RUN_DIR
 from zramfs.cli import DeviceNotFoundError, DiskBusyError, NameInUseError
 from zramfs.cli._common import Undo, claim, forget
 from zramfs.cli._reset import in_use, plan_reset
 from zramfs.cli._teardown import Step, plan_swapoff, plan_umount
-from zramfs.system import System
 
 
 def _swap_device(machine, name="zram0", pid=4242):
@@ -127,11 +128,14 @@ def test_forget_leaves_a_directory_someone_holds(machine):
     assert not os.path.exists(path)
 
 
-def test_claim_takes_a_leftover_but_not_a_held_or_foreign_directory(tmp_path):
-    sys_ = System("/", str(tmp_path / "run"))
+def test_claim_takes_a_leftover_but_not_a_held_or_foreign_directory(machine):
+    # A fake root: on the real one, another zramfs mount named zram0 (a test
+    # running meanwhile) would rightly make the first free name zram1.
+    sys_ = machine.system()
+    run = pathlib.Path(machine.root, RUN_DIR.lstrip("/"))
     undo = Undo()
     name, held = claim(sys_, None, undo)
-    assert name == "zram0" and os.path.isdir(tmp_path / "run" / ".zram0")
+    assert name == "zram0" and os.path.isdir(run / ".zram0")
     # Held (by this command, later by its daemon): the next one gets zram1.
     other = Undo()
     assert claim(sys_, None, other)[0] == "zram1"
@@ -139,9 +143,9 @@ def test_claim_takes_a_leftover_but_not_a_held_or_foreign_directory(tmp_path):
     with pytest.raises(NameInUseError, match=r"^name 'zram0' is in use \(claimed: "):
         claim(sys_, "zram0", Undo())
     undo.run()
-    assert not (tmp_path / "run").exists()  # undo: the claim and the run directory it made
+    assert not run.exists()  # undo: the claim and the run directory it made
     # A leftover whose lock nobody holds is taken over; one with files of someone else's is not.
-    leftover = tmp_path / "run" / ".zram0"
+    leftover = run / ".zram0"
     leftover.mkdir(parents=True)
     (leftover / "daemon.log").write_text("old\n")
     undo = Undo()
