@@ -877,9 +877,9 @@ class BlockDevice:
         every lz4 call releases and retakes the GIL, so the two threads hand
         it over ~256 times per request, each a futex wake-up on a busy
         2-core machine.  A compression process sharing memfds was slower
-        too (+28 % per MiB): the two reader threads already run lz4 on both
-        cores, and the copy and the hand-off cost 330-510 us of lz4's ~770
-        us per MiB (BENCHMARKS.md, "Lever: a compression process")."""
+        too (+33 % per MiB, +10-14 % pipelined in chunks): the copy and the
+        hand-off cost 330-510 us of lz4's ~770 us per MiB in this thread
+        (BENCHMARKS.md, "Lever: a compression process")."""
         infos = []
         payloads = []
         classify = self._classify
