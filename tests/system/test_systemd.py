@@ -19,16 +19,28 @@ apt package systemd-container):
 Whatever happens, the container is powered off (then SIGTERM, then SIGKILL),
 and any swap or loop device it left on the host is removed; the test fails
 if it had to remove one.
+
+In the container the setup services swapon themselves: systemd refuses
+``.swap`` units there.  Outside one, the generator writes a ``.swap`` unit
+and the setup stops after mkswap; no systemd runs as PID 1 here to start
+that unit, so ``test_swap_unit_path_on_the_host`` does on the host what
+systemd would with the units the generator wrote: the setup's start (with
+its drop-in's environment), the ``.swap`` unit's swapon and swapoff (the
+command lines systemd's swap.c runs), the setup's stop.
 """
 
+import configparser
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
+
+from zramfs import system
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NSPAWN = shutil.which("systemd-nspawn")
@@ -372,3 +384,119 @@ def test_boot_use_stop_and_a_broken_config(container):
     left = [os.path.join(d, f) for d, _, files in os.walk(upper) for f in files]
     left += [d for d, _, _ in os.walk(upper) if os.path.islink(d)]
     assert left == [], left
+
+
+# -- outside a container: the .swap unit's path, on the host ---------------------------
+
+HOST_CONFIG = """\
+[zram97]
+zram-size = 64
+swap-priority = 42
+options = discard,nofail
+"""
+
+
+def _generator(*argv, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "zramfs.generator", *argv],
+        env={**{k: v for k, v in os.environ.items() if k != "SYSTEMD_VIRTUALIZATION"}, **env},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+
+
+def _unit(path):
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(path)
+    return parser
+
+
+def _swaps():
+    with open("/proc/swaps") as f:
+        return {line.split()[0]: line.split()[4] for line in f.readlines()[1:]}
+
+
+def _kill_daemon(name):
+    """SIGKILL the supervisor and the daemon of swap device `name` (what a crash leaves)."""
+    sys_ = system.System(run_dir="/run/zramfs")
+    record = sys_.daemon_record(name)
+    assert record is not None
+    for pid, _ in record.processes():
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(system.start_time(pid) for pid, _ in record.processes()):
+        assert time.monotonic() < deadline, "the daemon outlived SIGKILL"
+        time.sleep(0.05)
+
+
+def test_swap_unit_path_on_the_host(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc/zramfs").mkdir(parents=True)
+    (root / "proc").mkdir()
+    (root / "etc/zramfs/zramfs-generator.conf").write_text(HOST_CONFIG)
+    shutil.copy("/proc/meminfo", root / "proc/meminfo")
+    out = tmp_path / "units"
+    proc = _generator(str(out), env={"ZRAMFS_GENERATOR_ROOT": str(root)})
+    assert proc.returncode == 0, proc.stderr
+
+    # What systemd would read: the .swap unit, and the setup's drop-in.
+    swap = _unit(out / "dev-loop1097.swap")["Swap"]
+    assert dict(swap) == {"What": "/dev/loop1097", "Priority": "42", "Options": "discard,nofail"}
+    dropin = _unit(out / "zramfs-setup@zram97.service.d/device.conf")
+    assert dropin["Unit"]["BindsTo"] == "dev-loop1097.swap"
+    key, loop = dropin["Service"]["Environment"].split("=", 1)
+    assert loop == swap["What"]
+    service_env = {"ZRAMFS_GENERATOR_ROOT": str(root), key: loop}
+    # swap.c's command lines for this unit.
+    swapon = ["swapon", "--fixpgsz", "-o", swap["Options"], "-p", swap["Priority"], loop]
+    swapoff = ["swapoff", loop]
+
+    loops_before = _loops()
+    assert "loop1097" not in loops_before, "/dev/loop1097 is in use on this machine"
+    had_link_dir = os.path.isdir("/run/zramfs-generator")
+    taken = tmp_path / "taken"
+    taken.write_bytes(b"\0" * 2**20)
+    try:
+        # The fixed loop device held by someone else: a failed setup, the reason in one line.
+        system.add_loop_device(1097)
+        subprocess.run(["losetup", loop, str(taken)], check=True)
+        proc = _generator("--setup-device", "zram97", env=service_env)
+        assert proc.returncode == 5, proc.stderr
+        assert proc.stderr.splitlines()[0] == (
+            "zramfs: error: /dev/loop1097 is attached already "
+            "(losetup -d it, or give another --loop)"
+        )
+        subprocess.run(["losetup", "-d", loop], check=True)
+
+        for crash in (False, True):
+            # The setup service's start: mounted, attached at the fixed device, mkswap, no swapon.
+            proc = _generator("--setup-device", "zram97", env=service_env)
+            assert proc.returncode == 0, proc.stderr
+            assert _loops()["loop1097"] == "/run/zramfs/zram97/disk"
+            assert loop not in _swaps()
+            # The .swap unit's start.
+            subprocess.run(swapon, check=True)
+            assert _swaps()[loop] == "42"
+            if crash:
+                # Shutdown after the daemon died: swapoff fails its reads fast, never hangs.
+                _kill_daemon("zram97")
+            subprocess.run(swapoff, timeout=60, check=not crash)
+            assert loop not in _swaps()
+            # The setup service's stop: detached, unmounted, the loop device removed.
+            proc = _generator("--reset-device", "zram97", env=service_env)
+            assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+            assert _loops() == loops_before
+            assert not os.path.exists("/sys/block/loop1097")
+            assert not os.path.exists("/run/zramfs/zram97")
+            with open("/proc/self/mountinfo") as f:
+                assert "fuse.zramfs" not in f.read()
+    finally:
+        left = remove_leftovers(loops_before)
+        _generator("--reset-device", "zram97", env=service_env)
+        system.remove_loop_device(1097)
+        if not had_link_dir:
+            shutil.rmtree("/run/zramfs-generator", ignore_errors=True)
+    assert not left, f"left behind (now removed): {left}"
