@@ -31,7 +31,7 @@ from ._common import (
     run_tool,
     start_daemon,
 )
-from ._errors import EXIT_OK, DiskBusyError
+from ._errors import EXIT_OK, CommandError, DiskBusyError
 from ._teardown import UNMOUNT_BUSY_TIMEOUT, execute, plan_swapoff
 
 # swapon's default priority, zram-generator's default: above any disk swap
@@ -80,7 +80,10 @@ def cmd_swapon(args):
         if index is None:
             losetup.append("--find")
         else:
-            add_loop_device(index)
+            try:
+                add_loop_device(index)
+            except OSError as err:
+                raise CommandError(f"cannot make {args.loop}: {err.strerror}") from None
             # Someone may attach it between the check above and here:
             # losetup then fails (busy) and the undo takes the rest down.
             losetup.append(args.loop)
