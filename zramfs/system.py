@@ -9,7 +9,10 @@ Every path is read under ``root`` (``/`` on a real machine), the way
 zram-generator's discovery takes a root prefix, so the tests render a fake
 tree -- ``proc/self/mountinfo``, ``proc/swaps``, ``proc/PID/stat``,
 ``sys/block/loopN/loop/backing_file``, the run directory, the attribute files
-at a mountpoint -- and check what is found there, without root.
+at a mountpoint -- and check what is found there, without root.  The
+loop-device helpers (``add_loop_device`` and the rest, through
+/dev/loop-control) are the exception: they make and remove devices on the
+real machine, for ``swapon --loop`` and zramfs-generator's setup.
 
 The run directory (``$ZRAMFS_RUN_DIR``, default ``/run/zramfs``; for a user
 without root ``$XDG_RUNTIME_DIR/zramfs``) holds, for each device NAME:

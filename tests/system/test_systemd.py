@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 
+import memcg
 import pytest
 
 from zramfs import system
@@ -415,8 +416,15 @@ def _unit(path):
 
 
 def _swaps():
+    """{device: (used KiB, priority)} of /proc/swaps."""
     with open("/proc/swaps") as f:
-        return {line.split()[0]: line.split()[4] for line in f.readlines()[1:]}
+        return {line.split()[0]: tuple(line.split()[3:5]) for line in f.readlines()[1:]}
+
+
+# 40 MiB touched under a 16 MiB cgroup: most of it goes to swap, and stays.
+HOG = (
+    "b = bytearray(40 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint(flush=True)\ninput()"
+)
 
 
 def _kill_daemon(name):
@@ -479,11 +487,28 @@ def test_swap_unit_path_on_the_host(tmp_path):
             assert loop not in _swaps()
             # The .swap unit's start.
             subprocess.run(swapon, check=True)
-            assert _swaps()[loop] == "42"
-            if crash:
-                # Shutdown after the daemon died: swapoff fails its reads fast, never hangs.
-                _kill_daemon("zram97")
-            subprocess.run(swapoff, timeout=60, check=not crash)
+            assert _swaps()[loop] == ("0", "42")
+            if not crash:
+                subprocess.run(swapoff, timeout=60, check=True)
+            else:
+                # Shutdown after the daemon died, with pages out on its swap:
+                # reading them back fails at once (the FUSE connection is gone),
+                # so swapoff finishes, never hangs.
+                with memcg.memory_cgroup(16 << 20) as cg:
+                    hog = cg.popen(
+                        [sys.executable, "-c", HOG],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        text=True,
+                    )
+                    try:
+                        assert hog.stdout is not None and hog.stdout.readline() == "\n"
+                        assert int(_swaps()[loop][0]) > 16 << 10, _swaps()
+                        _kill_daemon("zram97")
+                        subprocess.run(swapoff, timeout=60)
+                    finally:
+                        hog.kill()
+                        hog.communicate()
             assert loop not in _swaps()
             # The setup service's stop: detached, unmounted, the loop device removed.
             proc = _generator("--reset-device", "zram97", env=service_env)
