@@ -58,9 +58,11 @@ journal, never a silent skip.
 Like zram-generator, it does nothing in a container unless told (the
 container's init command line, or the kernel's, says
 ``systemd.zramfs.container=1``): a container usually has neither /dev/fuse nor
-loop devices.  ``ZRAMFS_GENERATOR_ROOT`` reads the config, ``proc/meminfo``
-and ``proc/cmdline`` under another root, for tests; there, the container check
-looks only at ``$SYSTEMD_VIRTUALIZATION`` (which systemd gives generators).
+loop devices.  The container check is systemd's own
+(``$SYSTEMD_VIRTUALIZATION``, which systemd 251 and later give generators),
+else ``systemd-detect-virt --container``.  ``ZRAMFS_GENERATOR_ROOT`` reads
+the config, ``proc/meminfo`` and ``proc/cmdline`` under another root, for
+tests; there, the container check looks only at ``$SYSTEMD_VIRTUALIZATION``.
 """
 
 import fcntl
@@ -153,10 +155,15 @@ def cmdline_option(words, key):
 
 
 def in_container(test_mode):
+    """Whether systemd (PID 1) takes itself for a container's: then it runs no .swap units."""
     virt = os.environ.get("SYSTEMD_VIRTUALIZATION")
     if virt is not None:
         return virt.startswith("container:")
     if test_mode:
+        return False
+    if "SYSTEMD_SCOPE" in os.environ:
+        # A generator of systemd 251 or later: PID 1 gives its own view
+        # (what swap.c acts on), and no $SYSTEMD_VIRTUALIZATION means none.
         return False
     try:
         return subprocess.run(["systemd-detect-virt", "--quiet", "--container"]).returncode == 0
