@@ -4,37 +4,65 @@ Where this sits: before the whole data path exists.  systemd runs it early at
 boot (and on every ``daemon-reload``) as a generator, systemd.generator(7); it
 reads the config (``zramfs.genconf``) and writes, per ``[zramN]`` section:
 
-- a wants link to ``zramfs-setup@zramN.service`` (the template in
+- a setup service, ``zramfs-setup@zramN.service`` (the template in
   ``systemd/``), whose ``ExecStart`` is ``zramfs-generator --setup-device
-  zramN`` and ``ExecStop`` ``--reset-device zramN``;
+  zramN`` and ``ExecStop`` ``--reset-device zramN``, with a drop-in
+  (``device.conf``) that says what it sets up;
+- for a swap device, a ``.swap`` unit for the loop device the setup will
+  attach (``swap_loop``), with the config's priority and options
+  (``swap_activation``), that needs the setup service and is ordered after
+  it, as zram-generator's ``dev-zramN.swap``;
 - for a file system device, a ``.mount`` unit for ``mount-point`` that needs
-  that service, and a drop-in binding the service to it, so stopping the
-  mount frees the memory (zram-generator's ``bindings.conf``).
+  that service;
+- and a drop-in binding the service to its ``.swap`` or ``.mount`` unit, so
+  stopping either frees the memory (zram-generator's ``bindings.conf``).
 
-A swap device has no ``.swap`` unit: systemd refuses to start ``.swap`` units
-in a container (``swap_start`` returns EPERM under ``detect_container``), and
-the loop device under zramfs swap has no name before the setup picks one; so
-the setup service itself runs ``zramfs swapon`` with the config's priority,
-and ``zramfs swapoff`` when it stops (before the daemon goes: swapoff is what
-ends the daemon).  A file system device's ``.mount`` unit mounts
-``/run/zramfs-generator/zramN``, a link the setup points at the loop device;
-a path outside /dev keeps systemd from waiting for a udev device unit.
+A ``.swap`` unit must name its device before it exists, and zramfs swap is
+on a loop device, which ``losetup --find`` numbers at setup time.  So each
+swap device gets a fixed loop device, ``/dev/loop(1000+N)`` for zramN,
+which the setup makes (LOOP_CTL_ADD) and attaches at (``zramfs swapon
+--loop``), refusing if something else holds it.  A udev link (such as
+/dev/disk/by-loop-ref/...) would be less robust: systemd matches a .swap
+unit to /proc/swaps by the kernel's name or the links udev recorded for
+that device, so it would hang on udev having run (a container has none),
+on the rules that make such links being installed (systemd's
+60-persistent-storage.rules, from systemd-dissect's time on) and on the
+reference losetup leaves; a link of our own under /run is not one udev
+knows.  The setup then only mounts, attaches and runs mkswap
+(``--mkswap-only``); the ``.swap`` unit does swapon, and swapoff when it
+stops, before the setup service's stop detaches and unmounts (the unit is
+ordered after the service, so it stops first).  The drop-in tells the
+setup that loop device (``LOOP_ENV``).
+
+In a container systemd refuses to start or stop ``.swap`` units
+(``swap_start`` and ``swap_stop`` return EPERM under ``detect_container``),
+so there the generator writes none and links the setup service into
+swap.target's wants: the setup service itself runs ``zramfs swapon`` with
+the same priority, and ``zramfs swapoff`` when it stops (before the daemon
+goes: swapoff is what ends the daemon).  A file system
+device's ``.mount`` unit mounts ``/run/zramfs-generator/zramN``, a link the
+setup points at the loop device; a path outside /dev keeps systemd from
+waiting for a udev device unit (mounts, unlike swaps, are tracked by where).
 
 The setup (``--setup-device``) reads the config again, as zram-generator's
 does, and drives the public CLI: ``zramfs swapon``, or ``zramfs mount`` +
 ``losetup`` + ``mkfs``, with the options zram-generator's sysfs writes
 become (``setup_options``); a backing file it made at an earlier boot it
-empties first (``prepare_backing_file``).  The reset (``--reset-device``) reads no config, so
-it works after the config is gone.  A device the config refuses gets its
+empties first (``prepare_backing_file``).  The reset (``--reset-device``)
+reads no config, so it works after the config is gone; it also removes the
+fixed loop device once detached, so that no ``losetup --find`` takes it
+before the next start.  A device the config refuses gets its
 service anyway, and that service fails with the reason: one line in the
 journal, never a silent skip.
 
 Like zram-generator, it does nothing in a container unless told (the
 container's init command line, or the kernel's, says
 ``systemd.zramfs.container=1``): a container usually has neither /dev/fuse nor
-loop devices.  ``ZRAMFS_GENERATOR_ROOT`` reads the config, ``proc/meminfo``
-and ``proc/cmdline`` under another root, for tests; there, the container check
-looks only at ``$SYSTEMD_VIRTUALIZATION`` (which systemd gives generators).
+loop devices.  The container check is systemd's own
+(``$SYSTEMD_VIRTUALIZATION``, which systemd 251 and later give generators),
+else ``systemd-detect-virt --container``.  ``ZRAMFS_GENERATOR_ROOT`` reads
+the config, ``proc/meminfo`` and ``proc/cmdline`` under another root, for
+tests; there, the container check looks only at ``$SYSTEMD_VIRTUALIZATION``.
 """
 
 import fcntl
@@ -43,7 +71,8 @@ import stat
 import subprocess
 import sys
 
-from zramfs import codecs, genconf, launch, mountinfo
+from zramfs import codecs, fuse, genconf, launch, mountinfo, system
+from zramfs.config import DEFAULT_BACKEND
 from zramfs.system import System
 
 __all__ = [
@@ -51,6 +80,8 @@ __all__ = [
     "unit_name_from_path",
     "setup_options",
     "prepare_backing_file",
+    "swap_loop",
+    "swap_activation",
     "SETUP_TEMPLATE",
     "LINK_DIR",
 ]
@@ -69,8 +100,13 @@ UNIT_DIRS = (
 )
 DEFAULT_UNIT_DIR = "/usr/local/lib/systemd/system"
 
-# linux/loop.h
-LOOP_CTL_GET_FREE = 0x4C82
+# zramN's swap is on /dev/loop(SWAP_LOOP_BASE + N) outside containers: far
+# above the numbers losetup --find hands out (the lowest free), and low
+# enough for loop's minor numbers with max_part up to 255 (4095 devices).
+SWAP_LOOP_BASE = 1000
+# The setup service's drop-in sets it to that loop device: the setup then
+# leaves swapon to the .swap unit.
+LOOP_ENV = "ZRAMFS_GENERATOR_LOOP"
 # The mark of a backing file the setup made (prepare_backing_file): the
 # device's name.  trusted.*: only root can set or read it.
 BACKING_XATTR = "trusted.zramfs-generator.backing"
@@ -119,10 +155,15 @@ def cmdline_option(words, key):
 
 
 def in_container(test_mode):
+    """Whether systemd (PID 1) takes itself for a container's: then it runs no .swap units."""
     virt = os.environ.get("SYSTEMD_VIRTUALIZATION")
     if virt is not None:
         return virt.startswith("container:")
     if test_mode:
+        return False
+    if "SYSTEMD_SCOPE" in os.environ:
+        # A generator of systemd 251 or later: PID 1 gives its own view
+        # (what swap.c acts on), and no $SYSTEMD_VIRTUALIZATION means none.
         return False
     try:
         return subprocess.run(["systemd-detect-virt", "--quiet", "--container"]).returncode == 0
@@ -217,42 +258,89 @@ def _writeback_dependencies(path):
     return [f"RequiresMountsFor={path.replace('%', '%%')}", "After=systemd-remount-fs.service"]
 
 
-def _write_units(outdir, dev, template):
+def swap_loop(name):
+    """The loop device zramN's swap is attached at when a .swap unit swapons it."""
+    return f"/dev/loop{SWAP_LOOP_BASE + int(name[len('zram') :])}"
+
+
+def swap_activation(dev):
+    """How swap device ``dev`` is swapped on: (priority, swapon -o options).
+
+    From ``swap-priority`` and ``options``: the .swap unit's Priority= and
+    Options= outside containers, the setup's ``zramfs swapon --priority``
+    inside (which adds --discard itself, as the options here do).  zramfs
+    swap discards whatever the options say when its FUSE backend can
+    (genconf warns where they ask for less, refuses what it cannot do):
+    discard is how freed slots give their memory back.  ``nofail`` is
+    passed on.
+    """
+    options = ["discard"] if fuse.supports_discard(DEFAULT_BACKEND) else []
+    options += [o for o in genconf.swap_options(dev.options) if o == "nofail"]
+    return dev.swap_priority, ",".join(options)
+
+
+def _write_device_unit(outdir, dev, name, what, target, section, keys):
+    """A .swap or .mount unit ``name`` that needs ``dev``'s setup service and
+    is ordered after it (as zram-generator's), wanted by ``target``."""
     service = f"zramfs-setup@{dev.name}.service"
-    unit = [f"Description={_describe(dev).replace('%', '%%')}"]
-    if dev.writeback_device is not None and not dev.problems:
-        unit += _writeback_dependencies(dev.writeback_device)
-    if dev.problems or dev.is_swap or dev.mount_point is None:
-        if not (dev.problems or dev.is_swap):
-            return  # fs-type without mount-point: nothing to mount, as zram-generator
-        # A refused device's service is still wanted, so that it fails where
-        # people look (systemctl --failed) with the reason in the journal.
-        target = "swap.target" if dev.is_swap else "local-fs.target"
-        _link(outdir, f"{target}.wants", service, template)
-    else:
-        mount = unit_name_from_path(dev.mount_point, ".mount")
-        options = dev.options.replace("%", "%%")
-        _write(
-            outdir,
-            mount,
-            f"""[Unit]
-Description=zramfs compressed storage on {dev.name}
+    _write(
+        outdir,
+        name,
+        f"""[Unit]
+Description=zramfs {what} on {dev.name}
 Documentation=man:zram-generator.conf(5)
 Requires={service}
 After={service}
 
-[Mount]
-What={LINK_DIR}/{dev.name}
-Where={dev.mount_point}
-Type={dev.effective_fs_type}
-Options={options}
-""",
+[{section}]
+"""
+        + "".join(f"{key}={value}\n" for key, value in keys),
+    )
+    _link(outdir, f"{target}.wants", name, f"../{name}")
+
+
+def _write_units(outdir, dev, template, container):
+    service = f"zramfs-setup@{dev.name}.service"
+    unit = [f"Description={_describe(dev).replace('%', '%%')}"]
+    environment = []
+    if dev.writeback_device is not None and not dev.problems:
+        unit += _writeback_dependencies(dev.writeback_device)
+    if dev.is_swap and not dev.problems and not container:
+        loop = swap_loop(dev.name)
+        bound = unit_name_from_path(loop, ".swap")
+        priority, options = swap_activation(dev)
+        keys = [("What", loop), ("Priority", priority), ("Options", options)]
+        _write_device_unit(outdir, dev, bound, "compressed swap", "swap.target", "Swap", keys)
+        # The setup attaches there and leaves swapon to the .swap unit.
+        environment.append(f"Environment={LOOP_ENV}={loop}")
+    elif dev.problems or dev.is_swap or dev.mount_point is None:
+        if not (dev.problems or dev.is_swap):
+            return  # fs-type without mount-point: nothing to mount, as zram-generator
+        # A refused device's service is still wanted, so that it fails where
+        # people look (systemctl --failed) with the reason in the journal;
+        # in a container, a swap device's service swapons it.
+        target = "swap.target" if dev.is_swap else "local-fs.target"
+        _link(outdir, f"{target}.wants", service, template)
+        bound = None
+    else:
+        bound = unit_name_from_path(dev.mount_point, ".mount")
+        keys = [
+            ("What", f"{LINK_DIR}/{dev.name}"),
+            ("Where", dev.mount_point),
+            ("Type", dev.effective_fs_type),
+            ("Options", dev.options.replace("%", "%%")),
+        ]
+        _write_device_unit(
+            outdir, dev, bound, "compressed storage", "local-fs.target", "Mount", keys
         )
-        _link(outdir, "local-fs.target.wants", mount, f"../{mount}")
-        # Stopping the mount stops the setup service too, which frees the
-        # memory (zram-generator's bindings.conf).
-        unit.append(f"BindsTo={mount}")
-    _write(outdir, f"{service}.d/device.conf", "[Unit]\n" + "".join(line + "\n" for line in unit))
+    if bound is not None:
+        # Stopping the swap or the mount stops the setup service too, which
+        # frees the memory (zram-generator's bindings.conf).
+        unit.append(f"BindsTo={bound}")
+    text = "[Unit]\n" + "".join(line + "\n" for line in unit)
+    if environment:
+        text += "\n[Service]\n" + "".join(line + "\n" for line in environment)
+    _write(outdir, f"{service}.d/device.conf", text)
 
 
 def generate(outdir, root="/", test_mode=False):
@@ -285,7 +373,7 @@ def generate(outdir, root="/", test_mode=False):
             continue
         for problem in problems:
             log(f"{name}: {problem} (zramfs-setup@{name}.service will fail)")
-        _write_units(outdir, dev, template)
+        _write_units(outdir, dev, template, container)
     return EXIT_OK
 
 
@@ -319,32 +407,6 @@ def _tool(argv):
             f"{' '.join(argv)} failed: {lines[-1] if lines else f'exit {proc.returncode}'}"
         )
     return proc.stdout.strip()
-
-
-def _make_loop_nodes():
-    """Make /dev/loopN for every loop device the kernel has, and the next free one.
-
-    In a container /dev is a plain tmpfs that no udev fills in: ``losetup
-    --find`` gets a number from /dev/loop-control and then cannot open
-    /dev/loopN.  Asking for the next free number first (which makes the
-    kernel add a device when none is free) and making the nodes lets it.
-    On a host, devtmpfs has them all and this makes nothing.
-    """
-    fd = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
-    try:
-        fcntl.ioctl(fd, LOOP_CTL_GET_FREE)
-    finally:
-        os.close(fd)
-    for entry in os.listdir("/sys/block"):
-        path = f"/dev/{entry}"
-        if not entry.startswith("loop") or os.path.exists(path):
-            continue
-        try:
-            with open(f"/sys/block/{entry}/dev") as f:
-                major, minor = map(int, f.read().split(":"))
-        except OSError:
-            continue
-        os.mknod(path, stat.S_IFBLK | 0o660, os.makedev(major, minor))
 
 
 def _setup_lock():
@@ -447,11 +509,18 @@ def setup_device(name, root="/"):
     # the CLI refuses the taken name then.
     if dev.writeback_device is not None and not os.path.exists(System().device_dir(name)):
         prepare_backing_file(dev.writeback_device, name)
+    loop = os.environ.get(LOOP_ENV)
     lock = _setup_lock()
     try:
-        _make_loop_nodes()
+        if dev.is_swap and loop:
+            # The .swap unit swapons it, with its Priority= and Options=.
+            _zramfs("swapon", name, "--loop", loop, "--mkswap-only", *common)
+            return
+        system.make_free_loop_nodes()
         if dev.is_swap:
-            _zramfs("swapon", name, "--priority", str(dev.swap_priority), *common)
+            # A container's: no .swap unit runs there (zramfs swapon discards itself).
+            priority, _ = swap_activation(dev)
+            _zramfs("swapon", name, "--priority", str(priority), *common)
             return
         mountpoint = System().swap_mountpoint(name)
         os.makedirs(mountpoint, mode=0o700, exist_ok=True)
@@ -504,6 +573,21 @@ def reset_device(name):
     link = os.path.join(LINK_DIR, name)
     if os.path.lexists(link):
         os.unlink(link)
+    loop = os.environ.get(LOOP_ENV)
+    if loop:
+        _remove_swap_loop(name, loop)
+
+
+def _remove_swap_loop(name, loop):
+    """Remove the fixed loop device once detached: losetup --find would hand it out."""
+    try:
+        index = system.loop_index(loop)
+    except ValueError as e:
+        raise SetupError(f"{name}: ${LOOP_ENV}: {e}", EXIT_USAGE) from None
+    if System().loop_attached(loop):
+        log(f"{name}: {loop} is attached to something else, leaving it")
+    elif not system.remove_loop_device(index):
+        log(f"{name}: {loop} stays busy, not removed (harmless: a free loop device)")
 
 
 USAGE = f"""usage: {PROG} NORMAL_DIR [EARLY_DIR LATE_DIR]

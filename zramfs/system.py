@@ -9,7 +9,10 @@ Every path is read under ``root`` (``/`` on a real machine), the way
 zram-generator's discovery takes a root prefix, so the tests render a fake
 tree -- ``proc/self/mountinfo``, ``proc/swaps``, ``proc/PID/stat``,
 ``sys/block/loopN/loop/backing_file``, the run directory, the attribute files
-at a mountpoint -- and check what is found there, without root.
+at a mountpoint -- and check what is found there, without root.  The
+loop-device helpers (``add_loop_device`` and the rest, through
+/dev/loop-control) are the exception: they make and remove devices on the
+real machine, for ``swapon --loop`` and zramfs-generator's setup.
 
 The run directory (``$ZRAMFS_RUN_DIR``, default ``/run/zramfs``; for a user
 without root ``$XDG_RUNTIME_DIR/zramfs``) holds, for each device NAME:
@@ -38,6 +41,9 @@ import fcntl
 import glob
 import json
 import os
+import re
+import stat
+import time
 from dataclasses import asdict, dataclass, fields
 
 from zramfs import genconf, mountinfo
@@ -131,6 +137,87 @@ class DaemonRecord:
             daemon_start_time=data.get("daemon_start_time"),
             restarts=int(data.get("restarts", 0)),
         )
+
+
+# linux/loop.h: /dev/loop-control's requests.
+LOOP_CTL_ADD = 0x4C80
+LOOP_CTL_REMOVE = 0x4C81
+LOOP_CTL_GET_FREE = 0x4C82
+_LOOP_RE = re.compile(r"/dev/loop(0|[1-9][0-9]{0,6})")
+
+
+def loop_index(path):
+    """N of a loop device path ``/dev/loopN``; ValueError for anything else."""
+    m = _LOOP_RE.fullmatch(path)
+    if m is None:
+        raise ValueError(f"{path!r} is not a loop device path like /dev/loop7")
+    return int(m.group(1))
+
+
+def _loop_control(request, arg=0):
+    fd = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        return fcntl.ioctl(fd, request, arg)
+    finally:
+        os.close(fd)
+
+
+def make_loop_node(index):
+    """Make /dev/loopN for the kernel's loop device N, if /dev lacks it.
+
+    A container's /dev is a plain tmpfs that no udev fills in; on a host,
+    devtmpfs has every node and this makes nothing.
+    """
+    path = f"/dev/loop{index}"
+    if os.path.exists(path):
+        return
+    try:
+        with open(f"/sys/block/loop{index}/dev") as f:
+            major, minor = map(int, f.read().split(":"))
+    except OSError:
+        return  # removed meanwhile
+    os.mknod(path, stat.S_IFBLK | 0o660, os.makedev(major, minor))
+
+
+def add_loop_device(index):
+    """Have loop device N and its node: LOOP_CTL_ADD makes it unless it is there (EEXIST)."""
+    try:
+        _loop_control(LOOP_CTL_ADD, index)
+    except FileExistsError:
+        pass
+    make_loop_node(index)
+
+
+def make_free_loop_nodes():
+    """Nodes for every loop device, after asking the kernel for a free one.
+
+    ``losetup --find`` gets a number from /dev/loop-control and then opens
+    /dev/loopN, which a container's /dev lacks.  LOOP_CTL_GET_FREE first
+    makes the kernel add a device when none is free; then every node is made.
+    """
+    _loop_control(LOOP_CTL_GET_FREE)
+    for entry in os.listdir("/sys/block"):
+        if entry.startswith("loop") and entry[4:].isdigit():
+            make_loop_node(int(entry[4:]))
+
+
+def remove_loop_device(index, attempts=20):
+    """Remove loop device N once it is detached (LOOP_CTL_REMOVE); False if it stays.
+
+    Right after a detach, udev may still hold it open to probe it (EBUSY):
+    so a few tries, 50 ms apart.  An attached device is never removed.
+    """
+    for _ in range(attempts):
+        try:
+            _loop_control(LOOP_CTL_REMOVE, index)
+            return True
+        except OSError as e:
+            if e.errno == errno.ENODEV:
+                return True  # no such device: nothing to remove
+            if e.errno != errno.EBUSY:
+                raise
+        time.sleep(0.05)
+    return False
 
 
 def remove_device_dir(path):

@@ -58,6 +58,18 @@ def run(capsys, *argv):
         (["swapon", "--priority", "-2"], "priority -2 is not between -1 and 32767"),
         (["swapon", "--priority", "32768"], "priority 32768 is not between -1 and 32767"),
         (["swapon", "--priority", "x"], "swapon: argument --priority: invalid int value: 'x'"),
+        # --loop names a loop device by its path, nothing else (taken: exit 5, tests/system).
+        *[
+            (
+                ["swapon", "--loop", loop],
+                f"--loop: {loop!r} is not a loop device path like /dev/loop7",
+            )
+            for loop in ("/dev/sda", "loop7", "/dev/loop07", "/dev/loop-1", "/dev/loop", "")
+        ],
+        (
+            ["swapon", "--mkswap-only", "--priority", "5"],
+            "--priority is swapon's: with --mkswap-only, whoever runs swapon sets it",
+        ),
         (
             ["swapon", "a/b"],
             "name 'a/b' must be 1 to 64 letters, digits, '_', '.' or '-', not starting with '_', '.' or '-'",

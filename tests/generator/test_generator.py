@@ -89,7 +89,8 @@ def test_case(name, tmp_path):
 
 def test_cases_cover_the_issue():
     """Size expressions, devices, drop-ins, host-memory-limit, mounts, writeback (a file and a
-    block device), bad keys, containers, algorithm lists, swap options."""
+    block device), bad keys, containers, algorithm lists, swap options, and a swap device's
+    units both ways: a .swap unit outside a container, the setup's own swapon inside."""
     names = set(os.listdir(CASES))
     for needed in (
         "02-size-expressions",
@@ -102,6 +103,8 @@ def test_cases_cover_the_issue():
         "09-container-allowed",
         "14-algorithms",
         "15-swap-options",
+        "16-swap-unit",
+        "17-container-swap",
     ):
         assert needed in names
 

@@ -19,16 +19,30 @@ apt package systemd-container):
 Whatever happens, the container is powered off (then SIGTERM, then SIGKILL),
 and any swap or loop device it left on the host is removed; the test fails
 if it had to remove one.
+
+In the container the setup services swapon themselves: systemd refuses
+``.swap`` units there.  Outside one, the generator writes a ``.swap`` unit
+and the setup stops after mkswap.  ``test_swap_unit_under_systemd`` boots
+the container with PID 1 told it is on a host, so a real systemd runs that
+unit; ``test_swap_unit_path_on_the_host`` does on the host what systemd
+would with the units the generator wrote (the setup's start with its
+drop-in's environment, the swapon and swapoff systemd's swap.c runs, the
+setup's stop), also with a taken loop device and after the daemon died.
 """
 
+import configparser
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
+import memcg
 import pytest
+
+from zramfs import system
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NSPAWN = shutil.which("systemd-nspawn")
@@ -63,11 +77,11 @@ done
 scripts/setup.sh --system > "$T/install.log" 2>&1
 set +e
 systemd-nspawn --quiet --register=no --keep-unit -D / --volatile=yes \
-    --console=read-only --kill-signal=SIGRTMIN+3 \
+    --console=read-only $NSPAWN_ARGS \
     --capability=CAP_IPC_LOCK,CAP_SYS_RESOURCE --system-call-filter=@swap \
     --bind=/dev/fuse --bind=/dev/loop-control --bind-ro=/opt/zramfs \
     --bind-ro="$T/etc-zramfs:/etc/zramfs" \
-    -b systemd.firstboot=off systemd.zramfs.container=1
+    -b systemd.firstboot=off $INIT_ARGS
 status=$?
 scripts/setup.sh --uninstall > "$T/uninstall.log" 2>&1 || status=$?
 exit $status
@@ -97,14 +111,32 @@ class Container:
         self.console = open(os.path.join(tmp, "console.log"), "w")
         self.proc = None
         self.leader = None
+        self.as_host = False
 
-    def start(self, config):
+    def start(self, config, *, as_host=False):
+        """Boot with `config`; `as_host`: PID 1 is told it is in no container (see
+        test_swap_unit_under_systemd), and is only ever killed, never powered off."""
         with open(os.path.join(self.tmp, "etc-zramfs", "zramfs-generator.conf"), "w") as f:
             f.write(config)
+        self.as_host = as_host
+        if as_host:
+            nspawn_args, init_args = (
+                "--setenv=container= --bind-ro=/dev/null:/run/host/container-manager "
+                "--kill-signal=SIGKILL",
+                "",
+            )
+        else:
+            nspawn_args, init_args = "--kill-signal=SIGRTMIN+3", "systemd.zramfs.container=1"
         self.proc = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "bash", "-c", BOOT_SCRIPT],
             cwd=REPO,
-            env={"PATH": PATH, "T": self.tmp, "HOME": os.environ.get("HOME", "/root")},
+            env={
+                "PATH": PATH,
+                "T": self.tmp,
+                "HOME": os.environ.get("HOME", "/root"),
+                "NSPAWN_ARGS": nspawn_args,
+                "INIT_ARGS": init_args,
+            },
             stdout=self.console,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -209,6 +241,13 @@ class Container:
         """
         if self.proc is None or self.proc.poll() is not None:
             return None
+        if self.as_host and self.leader is not None:
+            # A PID 1 that thinks it is on the host would, at the end of a
+            # shutdown, swapoff and detach every swap and loop device it
+            # sees: the host's.  Killing it ends the container at once.
+            os.kill(self.leader, signal.SIGKILL)
+            self.proc.wait(timeout=60)
+            return "SIGKILL"
         if self.leader is not None:
             try:
                 self.run("systemctl", "--no-block", "poweroff", check=False, timeout=30)
@@ -372,3 +411,213 @@ def test_boot_use_stop_and_a_broken_config(container):
     left = [os.path.join(d, f) for d, _, files in os.walk(upper) for f in files]
     left += [d for d, _, _ in os.walk(upper) if os.path.islink(d)]
     assert left == [], left
+
+
+# -- outside a container: the .swap unit's path ------------------------------------------
+
+SWAP_CONFIG = """\
+[zram0]
+zram-size = 96
+swap-priority = 7
+options = discard,nofail
+"""
+
+
+def test_swap_unit_under_systemd(container):
+    """The .swap unit's path under a real systemd: PID 1 told it is in no container.
+
+    systemd finds a container by /run/host/container-manager (which nspawn
+    writes), else by PID 1's ``$container``: with that file bound to
+    /dev/null and ``--setenv=container=``, PID 1 takes itself for a host's,
+    runs .swap units, and gives generators no ``container:``
+    ``$SYSTEMD_VIRTUALIZATION``, so the generator writes the .swap unit.
+    /sys is read-only there, so systemd has no device units and the unit
+    waits for no udev.  Such a PID 1 must never shut down (systemd-shutdown
+    would swapoff and detach every swap and loop device it sees: the
+    host's), so the container is killed instead, and shutdown is the
+    container test's.
+    """
+    container.start(SWAP_CONFIG, as_host=True)
+    c = container
+    assert c.wait_unit("dev-loop1000.swap") == "active", c.log()
+    assert c.unit("zramfs-setup@zram0.service", "ActiveState")["ActiveState"] == "active"
+    swap = c.unit("dev-loop1000.swap", "What", "Priority", "Options", "Requires", "After")
+    assert (swap["What"], swap["Priority"], swap["Options"]) == (
+        "/dev/loop1000",
+        "7",
+        "discard,nofail",
+    )
+    assert "zramfs-setup@zram0.service" in swap["Requires"].split()
+    assert "zramfs-setup@zram0.service" in swap["After"].split()
+    assert c.unit("zramfs-setup@zram0.service", "BindsTo")["BindsTo"] == "dev-loop1000.swap"
+    # The .swap unit swapped it on, with the config's priority; the setup only made it.
+    shown = c.run("swapon", "--show=NAME,SIZE,PRIO", "--bytes", "--noheadings").stdout.split()
+    assert shown == ["/dev/loop1000", str(96 * 2**20 - 4096), "7"], shown
+    journal = c.run("journalctl", "-o", "cat", "-u", "zramfs-setup@zram0.service").stdout
+    assert "zram0: 96 MiB lz4 swap area on /dev/loop1000 (not swapped on)" in journal, journal
+
+    def assert_nothing_left():
+        assert c.run("swapon", "--show", "--noheadings").stdout == ""
+        assert c.run("losetup", "--list", "--noheadings").stdout == ""
+        assert json.loads(c.run("zramfs", "status", "--json").stdout) == {"zramfs": []}
+        assert "fuse.zramfs" not in c.run("cat", "/proc/self/mountinfo").stdout
+        assert c.run("test", "-e", "/sys/block/loop1000", check=False).returncode == 1
+        processes = c.run("ps", "-eo", "args", "--no-headers").stdout.splitlines()
+        assert not [p for p in processes if "-m zramfs.daemon" in p], processes
+
+    # Stopping the swap: swapoff, and the setup service bound to it follows.
+    c.run("systemctl", "stop", "dev-loop1000.swap", timeout=120)
+    assert c.wait_unit("zramfs-setup@zram0.service", ("inactive", "failed")) == "inactive", c.log()
+    assert_nothing_left()
+    # Starting the swap starts its setup first; stopping the setup stops the swap first.
+    c.run("systemctl", "start", "dev-loop1000.swap", timeout=120)
+    assert c.unit("zramfs-setup@zram0.service", "ActiveState")["ActiveState"] == "active"
+    c.run("systemctl", "stop", "zramfs-setup@zram0.service", timeout=120)
+    assert c.unit("dev-loop1000.swap", "ActiveState")["ActiveState"] == "inactive"
+    assert_nothing_left()
+    # In that order: the swap was off before the setup's stop (the reset) began.
+    swap_off = c.unit("dev-loop1000.swap", "InactiveEnterTimestampMonotonic")
+    reset = c.unit("zramfs-setup@zram0.service", "ActiveExitTimestampMonotonic")
+    assert int(swap_off["InactiveEnterTimestampMonotonic"]) <= int(
+        reset["ActiveExitTimestampMonotonic"]
+    )
+
+
+# -- outside a container: the .swap unit's path, on the host ---------------------------
+
+HOST_CONFIG = """\
+[zram97]
+zram-size = 64
+swap-priority = 42
+options = discard,nofail
+"""
+
+
+def _generator(*argv, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "zramfs.generator", *argv],
+        env={**{k: v for k, v in os.environ.items() if k != "SYSTEMD_VIRTUALIZATION"}, **env},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+
+
+def _unit(path):
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(path)
+    return parser
+
+
+def _swaps():
+    """{device: (used KiB, priority)} of /proc/swaps."""
+    with open("/proc/swaps") as f:
+        return {line.split()[0]: tuple(line.split()[3:5]) for line in f.readlines()[1:]}
+
+
+# 40 MiB touched under a 16 MiB cgroup: most of it goes to swap, and stays.
+HOG = (
+    "b = bytearray(40 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint(flush=True)\ninput()"
+)
+
+
+def _kill_daemon(name):
+    """SIGKILL the supervisor and the daemon of swap device `name` (what a crash leaves)."""
+    sys_ = system.System(run_dir="/run/zramfs")
+    record = sys_.daemon_record(name)
+    assert record is not None
+    for pid, _ in record.processes():
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(system.start_time(pid) for pid, _ in record.processes()):
+        assert time.monotonic() < deadline, "the daemon outlived SIGKILL"
+        time.sleep(0.05)
+
+
+def test_swap_unit_path_on_the_host(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc/zramfs").mkdir(parents=True)
+    (root / "proc").mkdir()
+    (root / "etc/zramfs/zramfs-generator.conf").write_text(HOST_CONFIG)
+    shutil.copy("/proc/meminfo", root / "proc/meminfo")
+    out = tmp_path / "units"
+    proc = _generator(str(out), env={"ZRAMFS_GENERATOR_ROOT": str(root)})
+    assert proc.returncode == 0, proc.stderr
+
+    # What systemd would read: the .swap unit, and the setup's drop-in.
+    swap = _unit(out / "dev-loop1097.swap")["Swap"]
+    assert dict(swap) == {"What": "/dev/loop1097", "Priority": "42", "Options": "discard,nofail"}
+    dropin = _unit(out / "zramfs-setup@zram97.service.d/device.conf")
+    assert dropin["Unit"]["BindsTo"] == "dev-loop1097.swap"
+    key, loop = dropin["Service"]["Environment"].split("=", 1)
+    assert loop == swap["What"]
+    service_env = {"ZRAMFS_GENERATOR_ROOT": str(root), key: loop}
+    # swap.c's command lines for this unit.
+    swapon = ["swapon", "--fixpgsz", "-o", swap["Options"], "-p", swap["Priority"], loop]
+    swapoff = ["swapoff", loop]
+
+    loops_before = _loops()
+    assert "loop1097" not in loops_before, "/dev/loop1097 is in use on this machine"
+    had_link_dir = os.path.isdir("/run/zramfs-generator")
+    taken = tmp_path / "taken"
+    taken.write_bytes(b"\0" * 2**20)
+    try:
+        # The fixed loop device held by someone else: a failed setup, the reason in one line.
+        system.add_loop_device(1097)
+        subprocess.run(["losetup", loop, str(taken)], check=True)
+        proc = _generator("--setup-device", "zram97", env=service_env)
+        assert proc.returncode == 5, proc.stderr
+        assert proc.stderr.splitlines()[0] == (
+            "zramfs: error: /dev/loop1097 is attached already "
+            "(losetup -d it, or give another --loop)"
+        )
+        subprocess.run(["losetup", "-d", loop], check=True)
+
+        for crash in (False, True):
+            # The setup service's start: mounted, attached at the fixed device, mkswap, no swapon.
+            proc = _generator("--setup-device", "zram97", env=service_env)
+            assert proc.returncode == 0, proc.stderr
+            assert _loops()["loop1097"] == "/run/zramfs/zram97/disk"
+            assert loop not in _swaps()
+            # The .swap unit's start.
+            subprocess.run(swapon, check=True)
+            assert _swaps()[loop] == ("0", "42")
+            if not crash:
+                subprocess.run(swapoff, timeout=60, check=True)
+            else:
+                # Shutdown after the daemon died, with pages out on its swap:
+                # reading them back fails at once (the FUSE connection is gone),
+                # so swapoff finishes, never hangs.
+                with memcg.memory_cgroup(16 << 20) as cg:
+                    hog = cg.popen(
+                        [sys.executable, "-c", HOG],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        text=True,
+                    )
+                    try:
+                        assert hog.stdout is not None and hog.stdout.readline() == "\n"
+                        assert int(_swaps()[loop][0]) > 16 << 10, _swaps()
+                        _kill_daemon("zram97")
+                        subprocess.run(swapoff, timeout=60)
+                    finally:
+                        hog.kill()
+                        hog.communicate()
+            assert loop not in _swaps()
+            # The setup service's stop: detached, unmounted, the loop device removed.
+            proc = _generator("--reset-device", "zram97", env=service_env)
+            assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+            assert _loops() == loops_before
+            assert not os.path.exists("/sys/block/loop1097")
+            assert not os.path.exists("/run/zramfs/zram97")
+            with open("/proc/self/mountinfo") as f:
+                assert "fuse.zramfs" not in f.read()
+    finally:
+        left = remove_leftovers(loops_before)
+        _generator("--reset-device", "zram97", env=service_env)
+        system.remove_loop_device(1097)
+        if not had_link_dir:
+            shutil.rmtree("/run/zramfs-generator", ignore_errors=True)
+    assert not left, f"left behind (now removed): {left}"

@@ -41,7 +41,7 @@ Exit codes:
       root, or the --fuse-backend is not installed
 5     in use: the name is taken, the mountpoint is busy, or a loop device
       (or swap) still holds the disk; reset without --force of a device in
-      use as swap or mounted
+      use as swap or mounted; swapon's --loop device is attached already
 6     not found: no zramfs device by that name, no zramfs mount there
 7     restart refused: the code installed now cannot read the device's
       state (its format changed); the old daemon serves on

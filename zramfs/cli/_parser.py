@@ -113,8 +113,18 @@ def build_parser():
     p.add_argument(
         "--priority",
         type=int,
-        default=DEFAULT_PRIORITY,
         help=f"swap priority, -1 to 32767 (default {DEFAULT_PRIORITY})",
+    )
+    p.add_argument(
+        "--loop",
+        metavar="/dev/loopN",
+        help="attach at this loop device, made if missing (default the first free one); "
+        "refused if it is attached already",
+    )
+    p.add_argument(
+        "--mkswap-only",
+        action="store_true",
+        help="stop after mkswap, leaving swapon to a systemd .swap unit (zramfs-generator's)",
     )
     p.set_defaults(func=cmd_swapon)
 

@@ -3,6 +3,11 @@
 Anything done before a failure is undone in reverse order (swapoff,
 losetup -d, umount, daemon stopped, directories removed) before the error
 is reported: a failed swapon leaves the machine as it found it.
+
+``--loop /dev/loopN`` attaches at a loop device named in advance, and
+``--mkswap-only`` stops before swapon: together they let a systemd
+``.swap`` unit, whose ``What=`` is written before the device exists, do the
+swapon (zramfs-generator's units, outside containers).
 """
 
 import os
@@ -10,7 +15,7 @@ import sys
 
 from zramfs import tuning
 from zramfs.config import ConfigError, default_swap_size
-from zramfs.system import System
+from zramfs.system import System, add_loop_device, loop_index
 
 from ._common import (
     Undo,
@@ -26,7 +31,7 @@ from ._common import (
     run_tool,
     start_daemon,
 )
-from ._errors import EXIT_OK
+from ._errors import EXIT_OK, CommandError, DiskBusyError
 from ._teardown import UNMOUNT_BUSY_TIMEOUT, execute, plan_swapoff
 
 # swapon's default priority, zram-generator's default: above any disk swap
@@ -39,11 +44,24 @@ def cmd_swapon(args):
     sys_ = System()
     size = disksize(args.size) if args.size is not None else default_swap_size(sys_.mem_total())
     check_options(args)
-    if not -1 <= args.priority <= 32767:
-        raise ConfigError(f"priority {args.priority} is not between -1 and 32767")
+    priority = DEFAULT_PRIORITY if args.priority is None else args.priority
+    if not -1 <= priority <= 32767:
+        raise ConfigError(f"priority {priority} is not between -1 and 32767")
+    if args.mkswap_only and args.priority is not None:
+        raise ConfigError("--priority is swapon's: with --mkswap-only, whoever runs swapon sets it")
+    index = None
+    if args.loop is not None:
+        try:
+            index = loop_index(args.loop)
+        except ValueError as bad:
+            raise ConfigError(f"--loop: {bad}") from None
     need_root("swapon")
     need_fuse(args.fuse_backend)
     discard = backend_supports_discard(args.fuse_backend)
+    if index is not None and sys_.loop_attached(args.loop):
+        raise DiskBusyError(
+            f"{args.loop} is attached already (losetup -d it, or give another --loop)"
+        )
     undo = Undo()
     try:
         name, held = claim(sys_, args.name, undo)
@@ -58,21 +76,28 @@ def cmd_swapon(args):
         undo.push("take down " + name, lambda: execute(sys_, _without_forget(plan_swapoff(sys_, name)),
                                                       busy_timeout=UNMOUNT_BUSY_TIMEOUT))  # fmt: skip
         disk = os.path.join(mountpoint, "disk")
-        loop = run_tool(
-            ["losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", disk],
-            what=f"losetup {disk}",
-        ).strip()
-        run_tool(["mkswap", "--label", name, loop], what=f"mkswap {loop}")
-        swapon = ["swapon", "--priority", str(args.priority)]
-        if discard:
-            swapon.append("--discard")
+        losetup = ["losetup", "--show", "--direct-io=on", "--sector-size", "4096"]
+        if index is None:
+            losetup.append("--find")
         else:
+            try:
+                add_loop_device(index)
+            except OSError as err:
+                raise CommandError(f"cannot make {args.loop}: {err.strerror}") from None
+            # Someone may attach it between the check above and here:
+            # losetup then fails (busy) and the undo takes the rest down.
+            losetup.append(args.loop)
+        loop = run_tool(losetup + [disk], what=f"losetup {disk}").strip()
+        run_tool(["mkswap", "--label", name, loop], what=f"mkswap {loop}")
+        if not discard:
             print(
                 f"zramfs: notice: the {args.fuse_backend} backend cannot discard, "
                 "so swap runs without --discard and freed slots keep their memory until rewritten",
                 file=sys.stderr,
             )
-        run_tool(swapon + [loop], what=f"swapon {loop}")
+        if not args.mkswap_only:
+            swapon = ["swapon", "--priority", str(priority)] + (["--discard"] if discard else [])
+            run_tool(swapon + [loop], what=f"swapon {loop}")
         # Last, so a failed swapon never leaves a setting changed.
         refused = []
         tuning.apply(sys_.run_dir, refused=refused)
@@ -81,10 +106,11 @@ def cmd_swapon(args):
     except BaseException:
         undo.run()
         raise
-    print(
-        f"{name}: {human(size, long=True)} {config.algorithm} swap on {loop} "
-        f"(priority {args.priority}{'' if discard else ', no discard'}), mounted at {mountpoint}"
-    )
+    if args.mkswap_only:
+        what = f"swap area on {loop} (not swapped on{'' if discard else ', cannot discard'})"
+    else:
+        what = f"swap on {loop} (priority {priority}{'' if discard else ', no discard'})"
+    print(f"{name}: {human(size, long=True)} {config.algorithm} {what}, mounted at {mountpoint}")
     return EXIT_OK
 
 
