@@ -44,6 +44,15 @@ def notify_socket(tmp_path):
     sock.close()
 
 
+def _texts(receive):
+    """The texts of what arrived; their fds closed."""
+    got = receive()
+    for _, fds in got:
+        for fd in fds:
+            os.close(fd)
+    return [text for text, _ in got]
+
+
 def _same_file(a, b):
     sa, sb = os.fstat(a), os.fstat(b)
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
@@ -102,11 +111,7 @@ def test_fd_store_put_drop_and_clear(notify_socket):
         assert sorted(store.stored) == ["daemon-12", "fuse-7.41"]
         store.drop("daemon-12")
         store.clear()
-        got = receive()
-        for _, fds in got:
-            for fd in fds:
-                os.close(fd)
-        assert [text for text, _ in got] == [
+        assert _texts(receive) == [
             "FDSTORE=1\nFDNAME=fuse-7.41",
             "FDSTORE=1\nFDNAME=daemon-12",
             "FDSTOREREMOVE=1\nFDNAME=daemon-12",
@@ -132,11 +137,7 @@ def test_fd_store_sync_stores_a_state_once_and_replaces_a_new_one(notify_socket)
             os.close(fd)
         # An init or reset made new memfds: the old names go, then the new ones come.
         store.sync("state-", second)
-        got = receive()
-        for _, fds in got:
-            for fd in fds:
-                os.close(fd)
-        assert [text for text, _ in got] == [
+        assert _texts(receive) == [
             "FDSTORE=1\nFDNAME=state-header",
             "FDSTORE=1\nFDNAME=state-slots",
             "FDSTOREREMOVE=1\nFDNAME=state-header",
