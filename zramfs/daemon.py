@@ -31,9 +31,8 @@ Lifecycle, in order:
   3. Serve in a thread; stat MOUNTPOINT/disk from another thread.  Only when
      that answers: the record (pid, start time, config) into --run-dir
      (`zramfs.system.DaemonRecord`, how the CLI finds this process and its
-     backend), "READY" on --ready-fd and READY=1 to $NOTIFY_SOCKET (which
-     only a daemon without supervisor sees: a supervisor keeps systemd to
-     itself).
+     backend), "READY" on --ready-fd and READY=1 to $NOTIFY_SOCKET (none
+     under a supervisor that speaks to systemd itself: zramfs@.service).
   4. SIGTERM/SIGINT: unmount (lazily: a loop device still holding `disk` is
      served until it lets go), exit 0 when the session ends.  A second
      signal aborts the connection.  An unmount by anyone else: exit 0.
@@ -142,8 +141,8 @@ class ReadyPipe:
 def sd_notify(state):
     """Send `state` to systemd's $NOTIFY_SOCKET if set; returns whether it was sent.
 
-    Only a daemon that runs alone (pyfuse3 ``mount --foreground``) has one:
-    a supervisor keeps it for itself.
+    A supervisor that systemd started (``mount --foreground`` under
+    zramfs@.service) keeps it for itself: its daemon has none.
     """
     return supervisor.sd_notify(state, who="zramfs-daemon")
 
@@ -392,7 +391,8 @@ async def run(config, ready, link=None, resume=None):
                     if config.run_dir is not None:
                         _write_record(config, link, resume)
                     ready.ready()
-                    sd_notify(f"READY=1\nSTATUS=serving {mountpoint}")
+                    mainpid = link.supervisor_pid or os.getpid()
+                    sd_notify(f"READY=1\nMAINPID={mainpid}\nSTATUS=serving {mountpoint}")
             if setup_error is not None:
                 raise setup_error
     if outcome["error"] is not None:

@@ -44,19 +44,19 @@ SIGTERM, reset); SIGTERM and SIGINT are passed on to the daemon, which
 runs in a process group of its own, so a Ctrl-C at the terminal reaches it
 once, through the supervisor.
 
-Under systemd (a Type=notify service's main process: $NOTIFY_SOCKET set,
-systemd/zramfs@.service) the supervisor also puts what it holds into the
-service's fd store (`FdStore`): the /dev/fuse fd (``fuse-7.MINOR``), each
-state memfd (``state-NAME``) and a pidfd of its daemon (``daemon-PID``),
-and says READY=1 once its daemon serves.  If the supervisor itself is
+Under systemd (a Type=notify service's main process: $NOTIFY_SOCKET set
+and no --ready-fd, systemd/zramfs@.service) the supervisor also puts what
+it holds into the service's fd store (`FdStore`): the /dev/fuse fd
+(``fuse-7.MINOR``), each state memfd (``state-NAME``) and a pidfd of its
+daemon (``daemon-PID``), and says READY=1 once its daemon serves.  If the supervisor itself is
 killed, systemd starts the service again and hands those fds back
 (LISTEN_FDS, `listen_fds`): ``zramfs mount --foreground`` then kills the old
 daemon through its pidfd, waits until it has exited, and execs a supervisor
 with --fuse-fd/--state-fd, which starts a daemon that resumes, as after a
 daemon's death.  A clean stop, or a supervisor that gives up, removes
 everything from the store (FDSTOREREMOVE=1), so the connection ends as
-without systemd.  The daemon gets no $NOTIFY_SOCKET: only the main process
-speaks to systemd (NotifyAccess=main).
+without systemd.  That daemon gets no $NOTIFY_SOCKET: only the main
+process speaks to systemd (NotifyAccess=main).
 
 Memory: only the standard library, no zramfs module besides this one; the
 supervisor locks what it touched (mlockall) and opts out of the OOM killer,
@@ -488,7 +488,8 @@ class Supervisor:
                 os.set_inheritable(fd, True)
             # Its own process group: a Ctrl-C at the terminal reaches the
             # supervisor alone, which passes it on once.
-            self.pid = os.posix_spawn(argv[0], argv, _daemon_env(), setpgroup=0)
+            env = _daemon_env(self.fdstore is not None)
+            self.pid = os.posix_spawn(argv[0], argv, env, setpgroup=0)
         finally:
             for fd in passed:
                 if fd not in self.hold_fds:
@@ -697,7 +698,7 @@ class Supervisor:
             pid = os.posix_spawn(
                 argv[0],
                 argv,
-                _daemon_env(),
+                _daemon_env(self.fdstore is not None),
                 file_actions=[(os.POSIX_SPAWN_DUP2, w, 2), (os.POSIX_SPAWN_DUP2, w, 1)],
             )
         finally:
@@ -830,8 +831,11 @@ class Supervisor:
                 pass
 
 
-def _daemon_env():
-    """The daemon's environment: ours without systemd's variables (`SYSTEMD_ONLY_ENV`)."""
+def _daemon_env(systemd_is_ours):
+    """The daemon's environment: ours, without systemd's variables
+    (`SYSTEMD_ONLY_ENV`) when the supervisor speaks to systemd itself."""
+    if not systemd_is_ours:
+        return dict(os.environ)
     return {k: v for k, v in os.environ.items() if k not in SYSTEMD_ONLY_ENV}
 
 
@@ -927,7 +931,10 @@ def main(argv=None):
         if fd is not None:
             os.set_inheritable(fd, False)
     harden()
-    fdstore = FdStore.from_env()
+    # Only the process systemd started speaks to it: `mount --foreground`
+    # execs us (no --ready-fd); the CLI's background supervisor is a child
+    # of some command, whose daemon says READY=1 with MAINPID, as before.
+    fdstore = FdStore.from_env() if ready_fd is None else None
     return Supervisor(daemon_args, ready_fd, hold, control, resume, fdstore).run()
 
 

@@ -264,10 +264,12 @@ def test_supervisor_command_line_of_a_takeover():
         supervisor.parse_args(["--state-fd", "header=4", "--", "/mnt"])
 
 
-def test_the_daemon_never_sees_systemds_variables(monkeypatch):
+def test_the_daemon_sees_no_systemd_variables_when_its_supervisor_speaks_to_systemd(monkeypatch):
     for name, value in (("NOTIFY_SOCKET", "/run/n"), ("LISTEN_FDS", "2"), ("LISTEN_PID", "1"),
                         ("LISTEN_FDNAMES", "a:b"), ("LANG", "C.UTF-8")):  # fmt: skip
         monkeypatch.setenv(name, value)
-    env = supervisor._daemon_env()
+    env = supervisor._daemon_env(True)
     assert env["LANG"] == "C.UTF-8"
     assert not set(supervisor.SYSTEMD_ONLY_ENV) & set(env)
+    # A background supervisor (the CLI's child) leaves the daemon's as it was.
+    assert supervisor._daemon_env(False)["NOTIFY_SOCKET"] == "/run/n"

@@ -27,7 +27,7 @@ def _foreground(env, mnt, name, **popen):
     proc = subprocess.Popen(
         [sys.executable, "-m", "zramfs", "mount", mnt, "--size", "128M", "--name", name,
          "--foreground"],
-        env=env.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        env={k: v for k, v in env.env.items() if k != "NOTIFY_SOCKET"}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True, **popen,
     )  # fmt: skip
     deadline = time.monotonic() + 30
