@@ -2,10 +2,11 @@
 when the supervisor and the daemon are both killed, and a stop leaves nothing.
 
 The container (tests/_support/nspawn.py) runs this tree's zramfs; the unit is
-the shipped file, unchanged.  Data goes through `disk` with O_DIRECT, one
-write still in flight when both processes get SIGKILL; systemd restarts the
-service, which takes the device over from the fds it kept, and every byte is
-read back.  Then the supervisor alone is killed: the restarted service ends
+the shipped file, unchanged.  First the daemon alone is killed (its supervisor
+restarts it; systemd sees nothing).  Data goes through `disk` with O_DIRECT,
+one write still in flight when both processes get SIGKILL; systemd restarts
+the service, which takes the device over from the fds it kept, and every byte
+is read back.  Then the supervisor alone is killed: the restarted service ends
 its old daemon itself before a new one resumes.
 """
 
@@ -95,6 +96,15 @@ def test_fd_store_keeps_every_page_when_supervisor_and_daemon_die(tree_container
     assert record["pid"] == int(props["MainPID"]) and record["restarts"] == 0
     assert _processes(c) == {"supervisor": [record["pid"]], "daemon": [record["daemon_pid"]]}
 
+    # The daemon alone: the supervisor restarts it, systemd sees nothing.
+    c.run("kill", "-9", str(record["daemon_pid"]))
+    deadline = time.monotonic() + 30
+    while _state(c)[1]["restarts"] != 1:
+        assert time.monotonic() < deadline, c.journal(UNIT)
+        time.sleep(0.05)
+    props, record = _state(c)
+    assert props["NRestarts"] == "0" and record["pid"] == int(props["MainPID"])
+
     half = DATA_MIB // 2
     c.run("sh", "-c", f"head -c {half}M /dev/urandom > /var/tmp/data; "
           f"cat /usr/bin/* 2>/dev/null | head -c {half}M >> /var/tmp/data")  # fmt: skip
@@ -114,7 +124,7 @@ def test_fd_store_keeps_every_page_when_supervisor_and_daemon_die(tree_container
     expected = _sha(c, "cat /var/tmp/data /var/tmp/data")
     assert _read_back(c) == expected, c.journal(UNIT)
     props, after = _state(c)
-    assert after["pid"] == int(props["MainPID"]) != record["pid"] and after["restarts"] == 1
+    assert after["pid"] == int(props["MainPID"]) != record["pid"] and after["restarts"] == 2
     assert _processes(c) == {"supervisor": [after["pid"]], "daemon": [after["daemon_pid"]]}
 
     # The supervisor alone: its daemon serves on until the restarted service ends it.
@@ -125,7 +135,7 @@ def test_fd_store_keeps_every_page_when_supervisor_and_daemon_die(tree_container
     )
     assert _read_back(c) == expected, c.journal(UNIT)
     props, last = _state(c)
-    assert last["restarts"] == 2
+    assert last["restarts"] == 3
     assert _processes(c) == {"supervisor": [last["pid"]], "daemon": [last["daemon_pid"]]}
     journal = c.journal(UNIT)
     assert journal.count("taking over the device from a supervisor that died") == 2, journal
