@@ -1,5 +1,6 @@
 """`zramfs mount --foreground` is supervised: its daemon is killed under I/O and
-the device comes back with every byte; SIGTERM still ends it cleanly.
+the device comes back with every byte, `zramfs restart` works, and SIGTERM
+(or one Ctrl-C) still ends it cleanly.
 
 The foreground process is the supervisor (what a terminal or systemd sees);
 the daemon is its child.  A writer thread keeps O_DIRECT writes of random
@@ -98,6 +99,9 @@ def test_foreground_daemon_killed_under_io_loses_nothing_then_sigterm_ends_it(zr
             assert hashlib.sha256(buf).hexdigest() == expected[i], f"MiB {i} differs"
     finally:
         os.close(fd)
+    # `zramfs restart` reaches a foreground mount's supervisor as any other.
+    assert env.ok("restart", "zramt-fgk").stdout.startswith("zramt-fgk: restarted, daemon pid ")
+    assert env.record("zramt-fgk")["restarts"] == KILLS + 1
     # And the supervisor's own stop: SIGTERM unmounts, exit 0, nothing left.
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0, proc.stderr.read()
