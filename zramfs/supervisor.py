@@ -37,26 +37,26 @@ When restart is impossible -- the kernel offered a FUSE minor below 7.40
 supervisor lets go of every fd and exits: the connection is aborted and
 I/O on the device fails at once (EIO), as without a supervisor.  If the
 supervisor itself is killed, the daemon serves on; when it dies, the
-connection goes with it.
+connection goes with it (unless systemd's fd store holds it: below).
 
 Exit: 0 when the daemon exited 0 (its mount is gone: unmounted, swapoff,
 SIGTERM, reset); SIGTERM and SIGINT are passed on to the daemon, which
 runs in a process group of its own, so a Ctrl-C at the terminal reaches it
 once, through the supervisor.
 
-Under systemd (a Type=notify service's main process: $NOTIFY_SOCKET set
-and no --ready-fd, systemd/zramfs@.service) the supervisor also puts what
-it holds into the service's fd store (`FdStore`): the /dev/fuse fd
+Under systemd (a Type=notify service's main process: $NOTIFY_SOCKET set and
+no --ready-fd, systemd/zramfs@.service) the supervisor also puts what it
+holds into the service's fd store (`FdStore`): the /dev/fuse fd
 (``fuse-7.MINOR``), each state memfd (``state-NAME``) and a pidfd of its
-daemon (``daemon-PID``), and says READY=1 once its daemon serves.  If the supervisor itself is
-killed, systemd starts the service again and hands those fds back
-(LISTEN_FDS, `listen_fds`): ``zramfs mount --foreground`` then kills the old
-daemon through its pidfd, waits until it has exited, and execs a supervisor
-with --fuse-fd/--state-fd, which starts a daemon that resumes, as after a
-daemon's death.  A clean stop, or a supervisor that gives up, removes
-everything from the store (FDSTOREREMOVE=1), so the connection ends as
-without systemd.  That daemon gets no $NOTIFY_SOCKET: only the main
-process speaks to systemd (NotifyAccess=main).
+daemon (``daemon-PID``), and says READY=1 once its daemon serves.  If the
+supervisor itself is killed, systemd starts the service again and hands
+those fds back (LISTEN_FDS, `listen_fds`): ``zramfs mount --foreground``
+then kills the old daemon through its pidfd, waits until it has exited, and
+execs a supervisor with --fuse-fd/--state-fd, which starts a daemon that
+resumes, as after a daemon's death.  A clean stop, or a supervisor that
+gives up, removes everything from the store (FDSTOREREMOVE=1), so the
+connection ends as without systemd.  That daemon gets no $NOTIFY_SOCKET:
+only the main process speaks to systemd (NotifyAccess=main).
 
 Memory: only the standard library, no zramfs module besides this one; the
 supervisor locks what it touched (mlockall) and opts out of the OOM killer,
