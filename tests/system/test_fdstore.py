@@ -139,6 +139,8 @@ def test_fd_store_keeps_every_page_when_supervisor_and_daemon_die(tree_container
     assert _processes(c) == {"supervisor": [last["pid"]], "daemon": [last["daemon_pid"]]}
     journal = c.journal(UNIT)
     assert journal.count("taking over the device from a supervisor that died") == 2, journal
+    # Only the main process spoke to systemd (the daemon has no $NOTIFY_SOCKET).
+    assert "reception only permitted for main PID" not in journal, journal
 
     # A clean stop: unmounted, both processes gone, nothing in /run/zramfs.
     c.run("systemctl", "stop", UNIT, timeout=60)
