@@ -44,10 +44,24 @@ def _binds():
     return [*binds, f"--bind-ro={sys.prefix}:/opt/zramfs"]
 
 
+def _check_installed():
+    """Fail unless the venv's own interpreter (what the units run, -I: no
+    PYTHONPATH) imports zramfs from this tree (scripts/setup.sh --test)."""
+    python = os.path.join(sys.prefix, "bin", "python")
+    found = subprocess.run(
+        [python, "-I", "-c", "import zramfs; print(zramfs.__file__)"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if not found.startswith(os.path.join(REPO, "zramfs") + os.sep):
+        raise AssertionError(f"{python} imports zramfs from {found!r}, not from {REPO}")
+
+
 class TreeContainer(Container):
     """`Container`, booted with this tree's zramfs and `units` ({file name: text})."""
 
-    def start(self, units, env_files=None):  # type: ignore[override]
+    def start(self, units, env_files=None):
+        _check_installed()
         os.makedirs(os.path.join(self.tmp, "units"))
         for name, text in units.items():
             with open(os.path.join(self.tmp, "units", name), "w") as f:
