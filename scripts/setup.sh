@@ -38,7 +38,7 @@ venv_dir=/opt/zramfs
 sbin_dir=/usr/local/sbin
 unit_dir=/usr/local/lib/systemd/system
 generator_dir=/usr/local/lib/systemd/system-generators
-units=(zramfs-setup@.service zramfs-swap@.service)
+units=(zramfs-setup@.service zramfs-swap@.service zramfs@.service)
 
 reload_systemd() {
     # Only the machine's own systemd, and only if it is running.

@@ -31,7 +31,8 @@ Lifecycle, in order:
   3. Serve in a thread; stat MOUNTPOINT/disk from another thread.  Only when
      that answers: the record (pid, start time, config) into --run-dir
      (`zramfs.system.DaemonRecord`, how the CLI finds this process and its
-     backend), "READY" on --ready-fd and READY=1 to $NOTIFY_SOCKET.
+     backend), "READY" on --ready-fd and READY=1 to $NOTIFY_SOCKET (none
+     under a supervisor that speaks to systemd itself: zramfs@.service).
   4. SIGTERM/SIGINT: unmount (lazily: a loop device still holding `disk` is
      served until it lets go), exit 0 when the session ends.  A second
      signal aborts the connection.  An unmount by anyone else: exit 0.
@@ -138,20 +139,12 @@ class ReadyPipe:
 
 
 def sd_notify(state):
-    """Send `state` to systemd's $NOTIFY_SOCKET if set; returns whether it was sent."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return False
-    if addr.startswith("@"):  # abstract namespace
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.connect(addr)
-            s.sendall(state.encode())
-    except OSError as e:
-        _log(f"cannot notify systemd ({state.split(chr(10))[0]}): {e.strerror}")
-        return False
-    return True
+    """Send `state` to systemd's $NOTIFY_SOCKET if set; returns whether it was sent.
+
+    A supervisor that systemd started (``mount --foreground`` under
+    zramfs@.service) keeps it for itself: its daemon has none.
+    """
+    return supervisor.sd_notify(state, who="zramfs-daemon")
 
 
 # -- the supervisor's side: what must outlive this process -----------------------
@@ -187,13 +180,7 @@ class SupervisorLink:
         self._send(" ".join(["STATE", *fds]), fds.values())
 
 
-def parse_state_fds(values):
-    """{name: fd} of --state-fd NAME=FD arguments."""
-    fds = {}
-    for value in values:
-        name, _, fd = value.partition("=")
-        fds[name] = int(fd)
-    return fds
+parse_state_fds = supervisor.parse_state_fds
 
 
 def resume_device(fds):

@@ -24,6 +24,7 @@ after ``--``, answers on the same ready pipe once its daemon serves, holds
 the claim's fds (--hold-fd) and listens for ``zramfs restart`` on
 ``supervisor.sock`` in the device's directory.  pyfuse3 daemons (and
 `spawn_daemon`, which the FUSE tests use) run alone, as before.
+``zramfs mount --foreground`` execs the same supervisor command.
 """
 
 import os
@@ -63,13 +64,15 @@ def clean_env():
 
 
 def daemon_command(config, python=None):
-    """The daemon's full command line (without --ready-fd): what `spawn_daemon` runs and `mount --foreground` execs."""
+    """The daemon's full command line (without --ready-fd): what `spawn_daemon` runs
+    and `mount --foreground` execs for a backend without supervisor (pyfuse3)."""
     return [python or sys.executable, "-I", "-m", "zramfs.daemon", *config.argv()]
 
 
-def supervised_command(config, python=None, hold_fds=()):
-    """The supervisor's command line (without --ready-fd) that runs the daemon of `config`."""
-    command = [python or sys.executable, "-I", "-m", "zramfs.supervisor"]
+def supervised_command(config, python=None, hold_fds=(), options=()):
+    """The supervisor's command line (without --ready-fd) that runs the daemon of `config`
+    (what `mount --foreground` execs); `options` go to the supervisor (a takeover's fds)."""
+    command = [python or sys.executable, "-I", "-m", "zramfs.supervisor", *options]
     for fd in hold_fds:
         command += ["--hold-fd", str(fd)]
     if config.run_dir is not None:

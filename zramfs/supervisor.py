@@ -5,7 +5,12 @@ The CLI (`zramfs.launch`) starts it instead of the daemon for the ``dev``
 FUSE backend:
 
     python -I -m zramfs.supervisor [--ready-fd FD] [--hold-fd FD]...
-        [--control SOCKET] -- DAEMON ARGS...
+        [--control SOCKET] [--fuse-fd FD --kernel-minor N [--state-fd NAME=FD]...
+        [--restarts N]] -- DAEMON ARGS...
+
+``zramfs mount --foreground`` execs it (no --ready-fd): the supervisor is
+then the process the terminal or systemd sees, and its exit status is the
+device's.
 
 It starts the daemon (``python -I -m zramfs.daemon DAEMON ARGS``) and holds
 what must outlive it, received on a SOCK_SEQPACKET socket (the daemon's
@@ -32,16 +37,33 @@ When restart is impossible -- the kernel offered a FUSE minor below 7.40
 supervisor lets go of every fd and exits: the connection is aborted and
 I/O on the device fails at once (EIO), as without a supervisor.  If the
 supervisor itself is killed, the daemon serves on; when it dies, the
-connection goes with it.
+connection goes with it (unless systemd's fd store holds it: below).
 
 Exit: 0 when the daemon exited 0 (its mount is gone: unmounted, swapoff,
-SIGTERM, reset); SIGTERM and SIGINT are passed on to the daemon.
+SIGTERM, reset); SIGTERM and SIGINT are passed on to the daemon, which
+runs in a process group of its own, so a Ctrl-C at the terminal reaches it
+once, through the supervisor.
+
+Under systemd (a Type=notify service's main process: $NOTIFY_SOCKET set and
+no --ready-fd, systemd/zramfs@.service) the supervisor also puts what it
+holds into the service's fd store (`FdStore`): the /dev/fuse fd
+(``fuse-7.MINOR``), each state memfd (``state-NAME``) and a pidfd of its
+daemon (``daemon-PID``), and says READY=1 once its daemon serves.  If the
+supervisor itself is killed, systemd starts the service again and hands
+those fds back (LISTEN_FDS, `listen_fds`): ``zramfs mount --foreground``
+then kills the old daemon through its pidfd, waits until it has exited, and
+execs a supervisor with --fuse-fd/--state-fd, which starts a daemon that
+resumes, as after a daemon's death.  A clean stop, or a supervisor that
+gives up, removes everything from the store (FDSTOREREMOVE=1), so the
+connection ends as without systemd.  That daemon gets no $NOTIFY_SOCKET:
+only the main process speaks to systemd (NotifyAccess=main).
 
 Memory: only the standard library, no zramfs module besides this one; the
 supervisor locks what it touched (mlockall) and opts out of the OOM killer,
 as the daemon does (`harden`, which the daemon shares).
 """
 
+import array
 import ctypes
 import mmap
 import os
@@ -91,6 +113,17 @@ STATE_LOCK_INTERVAL_S = 0.25
 # One datagram on the daemon's socket: a short text and at most this many fds.
 MSG_BYTES = 4096
 MAX_FDS = 64
+
+# systemd's fd store: the names (FDNAME=) the supervisor stores its fds under.
+FDNAME_FUSE = "fuse-7."  # + the FUSE minor the kernel offered at INIT
+FDNAME_STATE = "state-"  # + the memfd's name in BlockDevice.state_fds
+FDNAME_DAEMON = "daemon-"  # + the daemon's pid: a pidfd, to end it after a restart
+# sd_listen_fds(3): the first fd systemd passes.
+SD_LISTEN_FDS_START = 3
+# How long a resuming supervisor waits for the old daemon to die.
+OLD_DAEMON_TIMEOUT_S = 10.0
+# What a supervisor hides from its daemon: only the main process talks to systemd.
+SYSTEMD_ONLY_ENV = ("NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
 
 def log(msg, who="zramfs-supervisor"):
@@ -232,10 +265,183 @@ def _data_extents(fd, size):
     return found
 
 
+# -- systemd: readiness, the fd store, fds handed back --------------------------------
+
+
+def sd_notify(text, fds=(), address=None, who="zramfs-supervisor"):
+    """Send `text` (and `fds`, SCM_RIGHTS) to systemd's notify socket; whether it was sent.
+
+    `address`: $NOTIFY_SOCKET when None; nothing is sent without one.  The
+    protocol of sd_notify(3), written here so nothing is needed beyond the
+    standard library: one datagram, "@" for the abstract namespace.
+    """
+    address = os.environ.get("NOTIFY_SOCKET") if address is None else address
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.sendmsg([text.encode()], ancillary, 0, address)
+    except OSError as e:
+        log(f"cannot notify systemd ({text.splitlines()[0]}): {e.strerror}", who)
+        return False
+    return True
+
+
+def _identity(fd):
+    st = os.fstat(fd)
+    return (st.st_dev, st.st_ino)
+
+
+class FdStore:
+    """What this supervisor keeps in its service's fd store (FileDescriptorStoreMax=).
+
+    systemd keeps each fd under its FDNAME until the service is stopped for
+    good, across restarts of the service, and hands them to the next main
+    process.  `stored` maps each name put there to the file behind it, so
+    the same state is not stored twice and a clean stop removes exactly
+    what was put.
+    """
+
+    def __init__(self, address):
+        self.address = address
+        self.stored: dict[str, tuple[int, int]] = {}
+
+    @classmethod
+    def from_env(cls, environ=None):
+        """The store of the service we are the main process of; None outside systemd."""
+        address = (os.environ if environ is None else environ).get("NOTIFY_SOCKET")
+        return cls(address) if address else None
+
+    def notify(self, text, fds=()):
+        return sd_notify(text, fds, self.address)
+
+    def put(self, name, fd):
+        if self.notify(f"FDSTORE=1\nFDNAME={name}", [fd]):
+            self.stored[name] = _identity(fd)
+
+    def adopt(self, name, fd):
+        """`fd` came back from the store under `name` (LISTEN_FDS): it is there already."""
+        self.stored[name] = _identity(fd)
+
+    def drop(self, name):
+        self.stored.pop(name, None)
+        self.notify(f"FDSTOREREMOVE=1\nFDNAME={name}")
+
+    def sync(self, prefix, fds):
+        """Make the names starting with `prefix` hold `fds` ({name: fd}, named prefix+name).
+
+        Unchanged files are left alone; a changed set is removed, then stored
+        (it changes only at an init or reset, when no page is stored yet).
+        """
+        wanted = {prefix + name: fd for name, fd in fds.items()}
+        have = {k: v for k, v in self.stored.items() if k.startswith(prefix)}
+        if {k: _identity(fd) for k, fd in wanted.items()} == have:
+            return
+        for name in have:
+            self.drop(name)
+        for name, fd in wanted.items():
+            self.put(name, fd)
+
+    def clear(self):
+        for name in list(self.stored):
+            self.drop(name)
+
+
+def listen_fds(environ=None, pid=None):
+    """[(name, fd)] that systemd passed this process (sd_listen_fds_with_names(3)).
+
+    [] when there are none, or they were meant for another process
+    (LISTEN_PID).  ValueError, with one line, when the variables are
+    malformed.
+    """
+    env = os.environ if environ is None else environ
+    if "LISTEN_FDS" not in env:
+        return []
+    pid = os.getpid() if pid is None else pid
+    try:
+        if int(env.get("LISTEN_PID", "")) != pid:
+            return []
+        count = int(env["LISTEN_FDS"])
+    except ValueError:
+        raise ValueError(
+            f"malformed LISTEN_PID={env.get('LISTEN_PID')!r} LISTEN_FDS={env['LISTEN_FDS']!r}"
+        ) from None
+    if count < 0:
+        raise ValueError(f"malformed LISTEN_FDS={count}")
+    names = env.get("LISTEN_FDNAMES")
+    names = names.split(":") if names is not None else ["unknown"] * count
+    if len(names) != count:
+        raise ValueError(f"LISTEN_FDNAMES names {len(names)} fds, LISTEN_FDS says {count}")
+    return [(name, SD_LISTEN_FDS_START + i) for i, name in enumerate(names)]
+
+
+class Inherited:
+    """A device's fds as the fd store hands them back (`inherited`)."""
+
+    def __init__(self):
+        self.fuse_fd = None
+        self.kernel_minor = None
+        self.state: dict[str, int] = {}
+        self.daemons: dict[str, int] = {}  # FDNAME -> pidfd of a daemon that may still run
+        self.unknown: dict[str, int] = {}
+        self.restarts = 0  # how many daemons came before the next one
+
+    def fds(self):
+        fuse = [] if self.fuse_fd is None else [self.fuse_fd]
+        return [*fuse, *self.state.values(), *self.daemons.values(), *self.unknown.values()]
+
+
+def inherited(pairs):
+    """Sort `listen_fds`' (name, fd) pairs by what they are; ValueError if two
+    claim to be the connection or a name is malformed."""
+    found = Inherited()
+    for name, fd in pairs:
+        if name.startswith(FDNAME_FUSE):
+            if found.fuse_fd is not None:
+                raise ValueError(f"two FUSE connections among the fds systemd passed ({name})")
+            try:
+                found.kernel_minor = int(name[len(FDNAME_FUSE) :])
+            except ValueError:
+                raise ValueError(f"malformed fd name {name!r}") from None
+            found.fuse_fd = fd
+        elif name.startswith(FDNAME_STATE) and len(name) > len(FDNAME_STATE):
+            found.state[name[len(FDNAME_STATE) :]] = fd
+        elif name.startswith(FDNAME_DAEMON):
+            found.daemons[name] = fd
+        else:
+            found.unknown[name] = fd
+    return found
+
+
+def end_daemons(pidfds, timeout=OLD_DAEMON_TIMEOUT_S):
+    """SIGKILL the processes behind `pidfds` and wait until each has exited; whether all did.
+
+    A dead supervisor's daemon may still serve; before another daemon takes
+    the state over it must be gone, or two would update one table.  Killing
+    it loses nothing: what it read and did not answer is resent.
+    """
+    deadline = time.monotonic() + timeout
+    for fd in pidfds:
+        try:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for fd in pidfds:
+        # A pidfd polls readable once its process has exited.
+        if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            return False
+    return True
+
+
 class Supervisor:
     """The state and the event loop of one supervisor (see the module docstring)."""
 
-    def __init__(self, daemon_args, ready_fd=None, hold_fds=(), control=None):
+    def __init__(
+        self, daemon_args, ready_fd=None, hold_fds=(), control=None, resume=None, fdstore=None
+    ):
         self.daemon_args = list(daemon_args)
         self.ready_fd = ready_fd  # the CLI's: READY once, or ERROR
         self.hold_fds = list(hold_fds)
@@ -259,6 +465,8 @@ class Supervisor:
         self.handover_deadline = None
         self.listener = None
         self.state_lock = StateLock()
+        self.resume = resume  # an Inherited (+ restarts): take a live device over at start
+        self.fdstore = fdstore  # systemd's, when we are a service's main process
 
     # -- starting a daemon -------------------------------------------------------
 
@@ -278,7 +486,10 @@ class Supervisor:
         try:
             for fd in passed:
                 os.set_inheritable(fd, True)
-            self.pid = os.posix_spawn(argv[0], argv, dict(os.environ))
+            # Its own process group: a Ctrl-C at the terminal reaches the
+            # supervisor alone, which passes it on once.
+            env = _daemon_env(self.fdstore is not None)
+            self.pid = os.posix_spawn(argv[0], argv, env, setpgroup=0)
         finally:
             for fd in passed:
                 if fd not in self.hold_fds:
@@ -286,6 +497,8 @@ class Supervisor:
             os.close(w)
             theirs.close()
         self.pidfd = os.pidfd_open(self.pid)
+        if self.fdstore is not None:
+            self.fdstore.put(f"{FDNAME_DAEMON}{self.pid}", self.pidfd)
         self.ctl = ours
         self.ready_r = r
         self.ready_deadline = time.monotonic() + READY_TIMEOUT_S
@@ -310,10 +523,14 @@ class Supervisor:
             self.fuse_fd = fds[0]
             self.kernel_minor = int(words[1])
             self.can_resend = words[2] == "1"
+            if self.fdstore is not None and self.can_resend:
+                self.fdstore.put(f"{FDNAME_FUSE}{self.kernel_minor}", self.fuse_fd)
         elif words[0] == "STATE" and len(fds) == len(words) - 1:
             old = self.state
             self.state = dict(zip(words[1:], fds, strict=True))
             self.state_lock.update(self.state.values())
+            if self.fdstore is not None:
+                self.fdstore.sync(FDNAME_STATE, self.state)
             for fd in old.values():
                 os.close(fd)
         else:
@@ -343,6 +560,9 @@ class Supervisor:
             self.quick_deaths = 0
             self._drain()  # its FUSE fd and STATE came before READY
             self._tell_cli("READY")
+            if self.fdstore is not None:
+                again = f" (restart {self.restarts})" if self.restarts else ""
+                self.fdstore.notify(f"READY=1\nSTATUS=serving, daemon pid {self.pid}{again}")
             if self.restart_conn is not None:
                 self._answer_restart(f"OK {self.pid}")
         elif line.startswith("ERROR "):
@@ -362,6 +582,8 @@ class Supervisor:
         os.close(self.pidfd)
         self.ctl.close()
         self.pid = self.pidfd = self.ctl = None
+        if self.fdstore is not None:
+            self.fdstore.drop(f"{FDNAME_DAEMON}{pid}")
         self.handover_deadline = None
         served = self.serving
         self.serving = False
@@ -476,7 +698,7 @@ class Supervisor:
             pid = os.posix_spawn(
                 argv[0],
                 argv,
-                dict(os.environ),
+                _daemon_env(self.fdstore is not None),
                 file_actions=[(os.POSIX_SPAWN_DUP2, w, 2), (os.POSIX_SPAWN_DUP2, w, 1)],
             )
         finally:
@@ -518,7 +740,9 @@ class Supervisor:
         self._listen()
         self.state_lock.start()
         try:
-            self.spawn(resume=False)
+            if self.resume is not None:
+                self._take_over(self.resume)
+            self.spawn(resume=self.resume is not None)
             while True:
                 watch = [wake_r, self.pidfd, self.ctl]
                 if self.ready_r is not None:
@@ -550,9 +774,25 @@ class Supervisor:
         finally:
             self._release()
 
+    def _take_over(self, resume):
+        """Hold a live device's fds (the fd store's, handed back): the first daemon resumes it."""
+        self.fuse_fd = resume.fuse_fd
+        self.kernel_minor = resume.kernel_minor
+        self.can_resend = True  # the store only ever got a connection that can
+        self.state = dict(resume.state)
+        self.restarts = resume.restarts
+        self.state_lock.update(self.state.values())
+        if self.fdstore is not None:
+            self.fdstore.adopt(f"{FDNAME_FUSE}{self.kernel_minor}", self.fuse_fd)
+            for name, fd in self.state.items():
+                self.fdstore.adopt(FDNAME_STATE + name, fd)
+        log(f"taking over the device from a supervisor that died (restart {self.restarts})")
+
     def _signal(self, signum):
         if signum == signal.SIGHUP:
             return  # a closed terminal is no reason to drop a device
+        if self.fdstore is not None and not self.stopping:
+            self.fdstore.notify("STOPPING=1")
         self.stopping = True
         log(f"{signal.Signals(signum).name}: stopping the daemon (pid {self.pid})")
         try:
@@ -575,6 +815,8 @@ class Supervisor:
 
     def _release(self):
         """Let go of everything: with the last fd of the connection, the kernel aborts it."""
+        if self.fdstore is not None:
+            self.fdstore.clear()  # systemd's copies are the last ones
         for fd in self.state.values():
             os.close(fd)
         self.state = {}
@@ -589,13 +831,36 @@ class Supervisor:
                 pass
 
 
+def _daemon_env(systemd_is_ours):
+    """The daemon's environment: ours, without systemd's variables
+    (`SYSTEMD_ONLY_ENV`) when the supervisor speaks to systemd itself."""
+    if not systemd_is_ours:
+        return dict(os.environ)
+    return {k: v for k, v in os.environ.items() if k not in SYSTEMD_ONLY_ENV}
+
+
+def parse_state_fds(values):
+    """{name: fd} of --state-fd NAME=FD arguments (the supervisor's and the daemon's)."""
+    fds = {}
+    for value in values:
+        name, _, fd = value.partition("=")
+        fds[name] = int(fd)
+    return fds
+
+
 def parse_args(argv):
-    """(daemon args, --ready-fd, --hold-fd list, --control) of a supervisor command line."""
+    """(daemon args, --ready-fd, --hold-fd list, --control, resume) of a supervisor command line.
+
+    resume: an `Inherited` with its `restarts`, when --fuse-fd is given (a
+    device to take over), else None.  ValueError on anything malformed.
+    """
     if "--" not in argv:
         raise ValueError("usage: python -m zramfs.supervisor [OPTIONS] -- DAEMON ARGS")
     at = argv.index("--")
     own, daemon_args = argv[:at], argv[at + 1 :]
     ready_fd, hold, control = None, [], None
+    resume = Inherited()
+    state, restarts = [], 1
     it = iter(own)
     for arg in it:
         value = next(it, None)
@@ -607,9 +872,25 @@ def parse_args(argv):
             hold.append(int(value))
         elif arg == "--control":
             control = value
+        elif arg == "--fuse-fd":
+            resume.fuse_fd = int(value)
+        elif arg == "--kernel-minor":
+            resume.kernel_minor = int(value)
+        elif arg == "--state-fd":
+            state.append(value)
+        elif arg == "--restarts":
+            restarts = int(value)
         else:
             raise ValueError(f"unknown option {arg}")
-    return daemon_args, ready_fd, hold, control
+    if resume.fuse_fd is None:
+        if state or resume.kernel_minor is not None:
+            raise ValueError("--state-fd and --kernel-minor need --fuse-fd")
+        return daemon_args, ready_fd, hold, control, None
+    if resume.kernel_minor is None:
+        raise ValueError("--fuse-fd needs --kernel-minor")
+    resume.state = parse_state_fds(state)
+    resume.restarts = restarts
+    return daemon_args, ready_fd, hold, control, resume
 
 
 def request_restart(control, timeout=120.0):
@@ -634,21 +915,27 @@ def request_restart(control, timeout=120.0):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        daemon_args, ready_fd, hold, control = parse_args(argv)
+        daemon_args, ready_fd, hold, control, resume = parse_args(argv)
     except ValueError as e:
         log(f"usage error: {e}")
         return EXIT_USAGE
-    for fd in (ready_fd, *hold):
+    held = resume.fds() if resume is not None else []
+    for fd in (ready_fd, *hold, *held):
         if fd is not None:
             try:
                 os.fstat(fd)
             except OSError:
                 log(f"fd {fd} is not open")
                 return EXIT_USAGE
-    if ready_fd is not None:
-        os.set_inheritable(ready_fd, False)
+    for fd in (ready_fd, *held):
+        if fd is not None:
+            os.set_inheritable(fd, False)
     harden()
-    return Supervisor(daemon_args, ready_fd, hold, control).run()
+    # Only the process systemd started speaks to it: `mount --foreground`
+    # execs us (no --ready-fd); the CLI's background supervisor is a child
+    # of some command, whose daemon says READY=1 with MAINPID, as before.
+    fdstore = FdStore.from_env() if ready_fd is None else None
+    return Supervisor(daemon_args, ready_fd, hold, control, resume, fdstore).run()
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def test_restart_refuses_a_device_without_supervisor(machine):
     with pytest.raises(DaemonError) as info:
         restart(machine.system(), "z1")
     assert str(info.value) == (
-        "'z1' runs without a supervisor (the pyfuse3 backend, or mount --foreground): "
+        "'z1' runs without a supervisor (the pyfuse3 backend): "
         "it cannot be restarted without losing its data"
     )
 
@@ -175,7 +175,7 @@ def test_when_the_supervisor_restarts_a_daemon(state, code, served, why):
 
 def test_supervisor_command_line():
     assert supervisor.parse_args(["--ready-fd", "7", "--hold-fd", "5", "--control", "/r/s", "--", "/mnt", "--size", "4096"]) == (
-        ["/mnt", "--size", "4096"], 7, [5], "/r/s"
+        ["/mnt", "--size", "4096"], 7, [5], "/r/s", None
     )  # fmt: skip
     with pytest.raises(ValueError, match="unknown option --frob"):
         supervisor.parse_args(["--frob", "1", "--", "/mnt"])

@@ -101,8 +101,8 @@ def _foreground(env, mnt, name):
         text=True,
     )
     _wait_for(lambda: any(r["name"] == name and r["data"] is not None for r in env.status()))
-    # --foreground execs the daemon: the same process serves the mount.
-    assert list(env.daemons()) == [proc.pid]
+    # --foreground execs the supervisor: this process holds the device, its child serves it.
+    assert list(env.supervisors()) == [proc.pid] and len(env.daemons()) == 1
     return proc
 
 

@@ -100,7 +100,11 @@ def build_parser():
         p, size_default="(default: none, the device starts uninitialised; write its disksize file)"
     )
     p.add_argument("--name", help="device name, the mount's source (default first free zramN)")
-    p.add_argument("--foreground", action="store_true", help="run the daemon in this process")
+    p.add_argument(
+        "--foreground",
+        action="store_true",
+        help="stay in the foreground as the device's supervisor (systemd: zramfs@.service)",
+    )
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="unmount MOUNTPOINT and wait for its daemon to exit")

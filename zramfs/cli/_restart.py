@@ -10,8 +10,9 @@ device see a pause.
 
 Refused, with the old daemon still serving: when the state format changed
 incompatibly (exit 7), when the device has no supervisor (the pyfuse3
-backend, ``mount --foreground``, or its supervisor was killed) or the
-kernel cannot resend FUSE requests (exit 1).
+backend, or its supervisor was killed) or the kernel cannot resend FUSE
+requests (exit 1).  A ``mount --foreground`` is its own supervisor, and
+restarts like any other.
 """
 
 from zramfs.config import check_name
@@ -42,8 +43,8 @@ def restart(sys_, name):
         raise DeviceNotFoundError(f"no running zramfs device named {name!r}")
     if not record.supervised:
         raise DaemonError(
-            f"{name!r} runs without a supervisor (the {record.config.fuse_backend} backend, "
-            "or mount --foreground): it cannot be restarted without losing its data"
+            f"{name!r} runs without a supervisor (the {record.config.fuse_backend} backend): "
+            "it cannot be restarted without losing its data"
         )
     if start_time(record.pid, sys_.root) != record.start_time:
         raise DaemonError(
