@@ -18,7 +18,6 @@ So a boot takes seconds, and the code under test is the tree's.
 import os
 import subprocess
 import sys
-import time
 
 from tests.system.test_systemd import PATH, REPO, Container
 
@@ -78,18 +77,7 @@ class TreeContainer(Container):
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 60
-        while self.leader is None:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"nspawn exited {self.proc.returncode}: {self.log()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the container did not start: {self.log()}")
-            self.leader = self._find_leader()
-            time.sleep(0.1)
-        while self.run("test", "-S", "/run/systemd/private", check=False).returncode != 0:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"systemd in the container did not come up: {self.log()}")
-            time.sleep(0.1)
+        self.wait_for_systemd(timeout=60, interval=0.1)
 
     def journal(self, unit):
         return self.run("journalctl", "-o", "cat", "-u", unit, check=False).stdout

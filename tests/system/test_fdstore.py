@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tests._support.nspawn import TreeContainer
-from tests.system.test_systemd import NSPAWN, REPO
+from tests.system.test_systemd import REPO, require_nspawn
 
 pytestmark = pytest.mark.slow
 
@@ -33,11 +33,7 @@ DATA_MIB = 48
 
 @pytest.fixture
 def tree_container(tmp_path):
-    if NSPAWN is None:
-        message = "needs systemd-nspawn (apt package systemd-container)"
-        if os.environ.get("ZRAMFS_SYSTEM_TESTS") == "require":
-            pytest.fail(f"ZRAMFS_SYSTEM_TESTS=require, but this test {message}", pytrace=False)
-        pytest.skip(message)
+    require_nspawn()
     # No loop device or swap here: what the container holds (its mount, its
     # processes) ends with it.
     c = TreeContainer(str(tmp_path))

@@ -142,24 +142,28 @@ class Container:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 300  # the install builds a wheel
+        self.wait_for_systemd(timeout=300)  # the install builds a wheel
+        state = self.run(
+            "systemctl", "is-system-running", "--wait", check=False, timeout=120
+        ).stdout.strip()
+        assert state in ("running", "degraded"), f"system is {state}: {self.log()}"
+
+    def wait_for_systemd(self, timeout, interval=0.2):
+        """Wait until the container's PID 1 runs and answers systemctl."""
+        deadline = time.monotonic() + timeout
         while self.leader is None:
             if self.proc.poll() is not None:
                 raise AssertionError(f"nspawn exited {self.proc.returncode}: {self.log()}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"the container did not start: {self.log()}")
             self.leader = self._find_leader()
-            time.sleep(0.2)
+            time.sleep(interval)
         # systemctl talks to PID 1 over this socket, which PID 1 makes early
         # in its boot (until then systemctl fails at once, even with --wait).
         while self.run("test", "-S", "/run/systemd/private", check=False).returncode != 0:
             if time.monotonic() > deadline:
                 raise AssertionError(f"systemd in the container did not come up: {self.log()}")
-            time.sleep(0.2)
-        state = self.run(
-            "systemctl", "is-system-running", "--wait", check=False, timeout=120
-        ).stdout.strip()
-        assert state in ("running", "degraded"), f"system is {state}: {self.log()}"
+            time.sleep(interval)
 
     def _find_leader(self):
         """The container's PID 1: the process under the script's nspawn that runs systemd."""
@@ -264,8 +268,8 @@ class Container:
         return "nothing"
 
 
-@pytest.fixture
-def container(tmp_path):
+def require_nspawn():
+    """Skip without systemd-nspawn, or fail where the system tiers are required."""
     if NSPAWN is None:
         message = "needs systemd-nspawn (apt package systemd-container)"
         if os.environ.get("ZRAMFS_SYSTEM_TESTS") == "require":
@@ -273,6 +277,11 @@ def container(tmp_path):
                 f"ZRAMFS_SYSTEM_TESTS=require, but this system test {message}", pytrace=False
             )
         pytest.skip(message)
+
+
+@pytest.fixture
+def container(tmp_path):
+    require_nspawn()
     loops_before = _loops()
     c = Container(str(tmp_path))
     try:
