@@ -79,9 +79,6 @@ from zramfs.config import DeviceConfig
 from zramfs.device import BlockDevice, DeviceError, StateFormatError
 from zramfs.fs import Filesystem, FsError
 from zramfs.fuse import BACKENDS, DEFAULT_THREADS, MountError, Session, is_mounted
-
-# The starting side lives in zramfs.launch; re-exported for callers that start daemons themselves.
-from zramfs.launch import DaemonStartError, spawn_daemon, start_background  # noqa: F401
 from zramfs.system import DaemonRecord, remove_device_dir, start_time
 
 # How long the mount may take to answer its first stat before setup fails.
