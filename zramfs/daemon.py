@@ -509,7 +509,19 @@ class _UsageError(Exception):
     """Raised by the argument parser instead of exiting, so --ready-fd can hear about it."""
 
 
+class _Formatter(argparse.HelpFormatter):
+    """A fixed width: argparse otherwise imports shutil (and with it bz2 and
+    lzma, 0.6 MiB) to ask for the terminal's, at every add_argument, and
+    the daemon would keep them loaded and locked."""
+
+    def __init__(self, prog):
+        super().__init__(prog, width=100)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, **kwargs):
+        super().__init__(formatter_class=_Formatter, **kwargs)
+
     def error(self, message):
         raise _UsageError(message)
 
