@@ -241,7 +241,6 @@ class _Thread:
 
     def __init__(self, events, fn, *args, name):
         self.done = False
-        self.result = None
         self.error = None
         self._events = events
         self._fn = fn
@@ -250,7 +249,7 @@ class _Thread:
 
     def _run(self):
         try:
-            self.result = self._fn(*self._args)
+            self._fn(*self._args)
         except BaseException as e:  # handed to the main thread, which decides
             self.error = e
         self.done = True

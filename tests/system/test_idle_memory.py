@@ -11,6 +11,7 @@ mlockall for the daemon's whole life.  They look at the daemon that
 import os
 
 import pytest
+from memcg import proc_status_kib
 
 MiB = 1 << 20
 
@@ -41,19 +42,11 @@ def _loaded(pid):
     return names
 
 
-def _vmrss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 def _check_idle_daemon(env, name):
     pid = env.record(name)["daemon_pid"]
     loaded = {n: why for n, why in NOT_LOADED.items() if n in _loaded(pid)}
     assert not loaded, f"the idle daemon has these loaded: {loaded}"
-    rss = _vmrss(pid)
+    rss = proc_status_kib(pid, "VmRSS") * 1024
     assert rss <= RSS_CEILING, f"idle daemon VmRSS {rss / MiB:.1f} MiB"
 
 
