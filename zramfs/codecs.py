@@ -44,6 +44,7 @@ A dictionary only pays when pages are alike and small to compress: it is
 part of every page's compression and decompression.
 """
 
+import importlib.util
 import threading
 import zlib
 from collections.abc import Callable
@@ -51,14 +52,14 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import lz4.block
-import zstandard
-
-try:
-    import lzo
-except ImportError:  # the optional zramfs[lzo] extra
-    lzo = None
 
 from allocator import PAGE_SIZE
+
+# zstandard and python-lzo are imported by the codec that uses them: a
+# daemon on lz4 (the default) never loads them, and everything it loads
+# stays locked in memory (zstandard alone: 1.1 MiB).  python-lzo is the
+# optional zramfs[lzo] extra: found or not, without loading it.
+_HAVE_LZO = importlib.util.find_spec("lzo") is not None
 
 __all__ = [
     "CODECS",
@@ -177,8 +178,13 @@ def _zstd(level, dictionary):
     # frame keeps its content size, so decompress needs no size hint; the
     # checksum stays off because the page never leaves this process's memory.
     # A dictionary is digested once (ZstdCompressionDict), shared read-only.
+    import zstandard
+
     local = threading.local()
-    zdict = zstandard.ZstdCompressionDict(dictionary) if dictionary is not None else None
+    try:
+        zdict = zstandard.ZstdCompressionDict(dictionary) if dictionary is not None else None
+    except zstandard.ZstdError as exc:  # a dictionary zstd cannot digest
+        raise InvalidCodecParamsError(f"zstd refused the dictionary: {exc}") from None
 
     def compress(page):
         try:
@@ -201,6 +207,8 @@ def _lzo(level, dictionary):
     # level 1: lzo1x_1, the kernel's lzo; 2-9: lzo1x_999 (python-lzo's
     # only other level): smaller, much slower to compress, same decoder.
     # python-lzo takes only read-only bytes, not the device's memoryviews.
+    import lzo
+
     def compress(page, _c=lzo.compress, _l=level):
         return _c(bytes(page), _l, False)
 
@@ -234,7 +242,7 @@ class _Algorithm:
 
 # In the order comp_algorithm lists them.  Level ranges are the libraries'.
 _ALGORITHMS = {
-    **({"lzo": _Algorithm(_lzo, 1, 1, 9, False)} if lzo is not None else {}),
+    **({"lzo": _Algorithm(_lzo, 1, 1, 9, False)} if _HAVE_LZO else {}),
     "lz4": _Algorithm(_lz4, None, 1, 65537, True),
     "lz4hc": _Algorithm(_lz4hc, 9, 1, 12, True),
     "zstd": _Algorithm(_zstd, 3, 1, 22, True),
@@ -249,11 +257,11 @@ CODECS = tuple(_ALGORITHMS)
 #: written for the kernel should say what it gets.
 NOT_IN_THIS_BUILD = {
     "lzo-rle": "zram's default has no Python implementation (LZO1X with run-length coded zeros, its own "
-    "stream format); the closest here is " + ("lzo" if lzo is not None else "lz4"),
+    "stream format); the closest here is " + ("lzo" if _HAVE_LZO else "lz4"),
     "842": "842 has no Python implementation (IBM's algorithm for POWER's compression unit); "
     "the closest here is lz4",
 }
-if lzo is None:
+if not _HAVE_LZO:
     NOT_IN_THIS_BUILD["lzo"] = (
         "lzo needs python-lzo, which is not installed (pip install 'zramfs[lzo]'); the closest here is lz4"
     )
@@ -297,10 +305,7 @@ def get_codec(name, *, level=None, dictionary=None):
             )
     else:
         level = algorithm.default_level
-    try:
-        compress, decompress = algorithm.builder(level, dictionary)
-    except zstandard.ZstdError as exc:  # a dictionary zstd cannot digest
-        raise InvalidCodecParamsError(f"{name} refused the dictionary: {exc}") from None
+    compress, decompress = algorithm.builder(level, dictionary)
     return Codec(name, level, compress, decompress, dictionary)
 
 

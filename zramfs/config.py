@@ -30,7 +30,6 @@ import os
 import re
 import stat
 from dataclasses import dataclass, fields
-from decimal import Decimal
 
 from allocator import PAGE_SIZE  # a disksize is a whole number of slots
 from zramfs import mountinfo
@@ -160,6 +159,8 @@ def parse_size(text, *, ram=None):
     if m is not None:
         if ram is None:
             ram = mem_total()
+        from decimal import Decimal  # here: the daemon, which gets bytes, never loads it
+
         size = int(Decimal(m.group(1)) * ram / 100)
         return size - size % PAGE_SIZE
     try:

@@ -1,4 +1,4 @@
-"""The zramfs daemon: one device, one mount, its whole lifecycle (trio).
+"""The zramfs daemon: one device, one mount, its whole lifecycle.
 
 Where this sits: beside the data path.  It builds the stack
 ``BlockDevice -> Filesystem -> zramfs.fuse.Session``, mounts it, runs the
@@ -55,30 +55,31 @@ so no table or pool update is half done -- and exit EXIT_HANDOVER at once,
 without unmounting; the supervisor starts the new code.  --check-state
 (with only --state-fd) asks this code whether it can resume that state.
 
-One nursery; every cleanup is pushed on one AsyncExitStack as soon as the
-thing it undoes exists (S3QL's mount.py does the same).  Nothing here runs
-per request: the request path is `zramfs.fuse` alone.
+The main thread waits in one place (`_Events`): for a signal, for the
+serving thread to end, for the readiness stat.  Threads and a wakeup pipe,
+not trio: trio and what it imports (ssl, attrs, idna, ...) were 10 of an
+idle daemon's 31 MiB, all of it locked.  Every cleanup is pushed on one
+ExitStack as soon as the thing it undoes exists (S3QL's mount.py does the
+same).  Nothing here runs per request: the request path is `zramfs.fuse`
+alone.
 """
 
 import argparse
 import dataclasses
 import os
+import select
 import signal
 import socket
 import sys
-from contextlib import AsyncExitStack
-
-import trio
+import threading
+import time
+from contextlib import ExitStack
 
 from zramfs import supervisor
 from zramfs.config import DeviceConfig
 from zramfs.device import BlockDevice, DeviceError, StateFormatError
 from zramfs.fs import Filesystem, FsError
 from zramfs.fuse import BACKENDS, DEFAULT_THREADS, MountError, Session, is_mounted
-
-# The starting side lives in zramfs.launch (it must not import trio, which
-# this module needs); re-exported for callers that start daemons themselves.
-from zramfs.launch import DaemonStartError, spawn_daemon, start_background  # noqa: F401
 from zramfs.system import DaemonRecord, remove_device_dir, start_time
 
 # How long the mount may take to answer its first stat before setup fails.
@@ -215,49 +216,130 @@ def _handover(fs):
 
 # -- the lifecycle -------------------------------------------------------------
 
-
-async def _serve(session, outcome, cancel_scope):
-    try:
-        await trio.to_thread.run_sync(session.serve, abandon_on_cancel=True)
-    except Exception as e:  # the loop itself failed (not a request: those are answered)
-        outcome["error"] = e
-    outcome["done"] = True
-    cancel_scope.cancel()
+# The signals the daemon acts on (see _serve_until_done).
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
-async def _watch_signals(signals, session, fs):
-    stopping = False
-    async for signum in signals:
-        if signum == signal.SIGUSR1:
-            if not stopping:
-                _log("SIGUSR1: stopping for a restart")
-                _handover(fs)
-            continue
+class _Thread:
+    """A function run in a daemon thread; its end wakes `_Events.wait`.
+
+    A daemon thread, so one stuck (a stat of a mount that never answers)
+    is abandoned at exit rather than waited for."""
+
+    def __init__(self, events, fn, *args, name):
+        self.done = False
+        self.error = None
+        self._events = events
+        self._fn = fn
+        self._args = args
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def _run(self):
+        try:
+            self._fn(*self._args)
+        except BaseException as e:  # handed to the main thread, which decides
+            self.error = e
+        self.done = True
+        self._events.wake()
+
+
+class _Events:
+    """The main thread's one wait: SIGNALS and the end of a `_Thread`.
+
+    Signals reach it through signal.set_wakeup_fd: the C-level handler
+    writes the signal's number into a pipe, from whichever thread the
+    kernel picked, and the main thread reads it.  A signal that lands
+    before the main thread waits (during setup) waits in the pipe.  A
+    thread's end writes a 0, which no signal is."""
+
+    def __init__(self):
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._old_fd = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        self._old = {s: signal.signal(s, self._noop) for s in SIGNALS}
+
+    @staticmethod
+    def _noop(signum, frame):
+        pass  # the wakeup fd carries it
+
+    def wake(self):
+        try:
+            os.write(self._w, b"\0")
+        except BlockingIOError:  # a full pipe wakes the reader anyway
+            pass
+
+    def wait(self, timeout=None):
+        """The signals received, once something happened or `timeout` passed."""
+        ready, _, _ = select.select([self._r], [], [], timeout)
+        if not ready:
+            return []
+        try:
+            data = os.read(self._r, 256)
+        except BlockingIOError:
+            return []
+        return [b for b in data if b]
+
+    def close(self):
+        signal.set_wakeup_fd(self._old_fd)
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+        os.close(self._r)
+        os.close(self._w)
+
+
+def _on_signal(signum, stopping, session, fs):
+    """Act on one signal; returns the new `stopping`."""
+    if signum == signal.SIGUSR1:
         if not stopping:
-            stopping = True
-            _log(f"{signal.Signals(signum).name}: unmounting")
-            sd_notify("STOPPING=1")
-            try:
-                session.stop()
-            except OSError as e:
-                _log(f"unmount failed: {e}")
-        else:
-            # Still busy (a loop device holds disk) and asked again: cut it off.
-            _log(f"{signal.Signals(signum).name} again: aborting the connection")
-            if not session.abort():
-                _log("cannot abort the connection (no fusectl at /sys/fs/fuse/connections)")
+            _log("SIGUSR1: stopping for a restart")
+            _handover(fs)
+        return stopping
+    if not stopping:
+        _log(f"{signal.Signals(signum).name}: unmounting")
+        sd_notify("STOPPING=1")
+        try:
+            session.stop()
+        except OSError as e:
+            _log(f"unmount failed: {e}")
+    else:
+        # Still busy (a loop device holds disk) and asked again: cut it off.
+        _log(f"{signal.Signals(signum).name} again: aborting the connection")
+        if not session.abort():
+            _log("cannot abort the connection (no fusectl at /sys/fs/fuse/connections)")
+    return True
 
 
-async def _wait_until_answering(mountpoint):
-    """Return once MOUNTPOINT/disk answers stat (which needs INIT and LOOKUP served)."""
+def _serve_until_done(events, session, fs, mountpoint, announce, check):
+    """Serve in a thread until the session ends; returns its thread.
+
+    With `check`, MOUNTPOINT/disk must answer stat (which needs INIT and
+    LOOKUP served) within READY_TIMEOUT_S before `announce` is called:
+    SetupError otherwise.  Signals are handled throughout, readiness or
+    not; a session that ends before it was ready is no SetupError (the
+    caller tells "stopped before the mount was ready")."""
+    serving = _Thread(events, session.serve, name="zramfs-serve")
     path = os.path.join(mountpoint, "disk")
-    try:
-        with trio.fail_after(READY_TIMEOUT_S):
-            await trio.to_thread.run_sync(os.stat, path, abandon_on_cancel=True)
-    except trio.TooSlowError:
-        raise SetupError(f"{mountpoint} did not answer within {READY_TIMEOUT_S:g} s") from None
-    except OSError as e:
-        raise SetupError(f"{path} does not answer: {e.strerror}") from None
+    answer = _Thread(events, os.stat, path, name="zramfs-ready") if check else None
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    if answer is None:
+        announce()
+    stopping = False
+    while not serving.done:
+        timeout = None
+        if answer is not None:
+            if answer.done:
+                if isinstance(answer.error, OSError):
+                    raise SetupError(f"{path} does not answer: {answer.error.strerror}")
+                if answer.error is not None:
+                    raise answer.error
+                answer = None
+                announce()
+                continue
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                raise SetupError(f"{mountpoint} did not answer within {READY_TIMEOUT_S:g} s")
+        for signum in events.wait(timeout):
+            stopping = _on_signal(signum, stopping, session, fs)
+    return serving
 
 
 def build_filesystem(config):
@@ -312,91 +394,75 @@ def _resumed_filesystem(config, resume):
     return fs
 
 
-async def run(config, ready, link=None, resume=None):
-    """The daemon's body; returns the exit code."""
+def run(config, ready, link=None, resume=None):
+    """The daemon's body, in the main thread; returns the exit code."""
     link = link or SupervisorLink(None)
     mountpoint = config.mountpoint
-    outcome = {"done": False, "error": None}
     # Signals first: a SIGTERM that lands between mount and serve must
     # unmount, not kill us with the mount left behind.
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
-        async with AsyncExitStack() as stack:
-            try:
-                fs = (
-                    build_filesystem(config)
-                    if resume is None
-                    else _resumed_filesystem(config, resume)
-                )
-                # Last out: the device closes after the unmount (a backing
-                # file is emptied then, see zramfs._backing); a handover for a
-                # restart leaves by os._exit and keeps everything.
-                stack.callback(fs.close)
-                session = Session(
-                    fs,
-                    mountpoint,
-                    fsname=config.name,
-                    backend=config.fuse_backend,
-                    threads=DEFAULT_THREADS if config.threads is None else config.threads,
-                )
-                if resume is None:
-                    session.mount()
-                else:
-                    session.adopt(resume.fuse_fd, resume.kernel_minor)
-                    session.resend()
-            except (MountError, DeviceError, FsError, ValueError) as e:
-                raise SetupError(str(e)) from None
-            except OSError as e:  # resend refused: a kernel without FUSE_NOTIFY_RESEND
-                raise SetupError(f"cannot resume the connection: {e.strerror}") from None
-            # LIFO: stop (unmount) runs before close (release the fd).
-            stack.callback(session.close)
-            stack.callback(session.stop)
-            # Every init or reset through the attribute files hands the new
-            # state to the supervisor (after the backend's own hook).
-            resized = fs.on_resize
+    with ExitStack() as stack:
+        events = _Events()
+        stack.callback(events.close)
+        try:
+            fs = build_filesystem(config) if resume is None else _resumed_filesystem(config, resume)
+            # Last out: the device closes after the unmount (a backing
+            # file is emptied then, see zramfs._backing); a handover for a
+            # restart leaves by os._exit and keeps everything.
+            stack.callback(fs.close)
+            session = Session(
+                fs,
+                mountpoint,
+                fsname=config.name,
+                backend=config.fuse_backend,
+                threads=DEFAULT_THREADS if config.threads is None else config.threads,
+            )
+            if resume is None:
+                session.mount()
+            else:
+                session.adopt(resume.fuse_fd, resume.kernel_minor)
+                session.resend()
+        except (MountError, DeviceError, FsError, ValueError) as e:
+            raise SetupError(str(e)) from None
+        except OSError as e:  # resend refused: a kernel without FUSE_NOTIFY_RESEND
+            raise SetupError(f"cannot resume the connection: {e.strerror}") from None
+        # LIFO: stop (unmount) runs before close (release the fd).
+        stack.callback(session.close)
+        stack.callback(session.stop)
+        # Every init or reset through the attribute files hands the new
+        # state to the supervisor (after the backend's own hook).
+        resized = fs.on_resize
 
-            def on_resize():
-                if resized is not None:
-                    resized()
-                link.state(fs.device)
+        def on_resize():
+            if resized is not None:
+                resized()
+            link.state(fs.device)
 
-            fs.on_resize = on_resize
-            # Keep no directory busy under the mount's parents.
-            os.chdir("/")
-            setup_error = None
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_serve, session, outcome, nursery.cancel_scope)
-                nursery.start_soon(_watch_signals, signals, session, fs)
-                try:
-                    # A restarted daemon of a lazily unmounted device has no
-                    # path to ask through; its connection answers anyway.
-                    if resume is None or is_mounted(mountpoint):
-                        await _wait_until_answering(mountpoint)
-                except SetupError as e:
-                    # Raised outside the nursery, so it is not wrapped in an
-                    # ExceptionGroup; the exit stack unmounts on the way out.
-                    setup_error = e
-                    nursery.cancel_scope.cancel()
-                else:
-                    if resume is None and link.sock is not None:
-                        link.fuse(session.fd, session.kernel_minor, session.can_resend)
-                    link.state(fs.device)
-                    if fs.device is None:
-                        _log(
-                            f"serving {mountpoint} (uninitialised: write its disksize file to start)"
-                        )
-                    elif resume is None:
-                        _log(f"serving {mountpoint} ({config.size} bytes, {fs.algorithm})")
-                    else:
-                        _log(f"serving {mountpoint} again (restart {resume.restarts})")
-                    if config.run_dir is not None:
-                        _write_record(config, link, resume)
-                    ready.ready()
-                    mainpid = link.supervisor_pid or os.getpid()
-                    sd_notify(f"READY=1\nMAINPID={mainpid}\nSTATUS=serving {mountpoint}")
-            if setup_error is not None:
-                raise setup_error
-    if outcome["error"] is not None:
-        _log(f"the FUSE session failed: {outcome['error']!r}")
+        fs.on_resize = on_resize
+        # Keep no directory busy under the mount's parents.
+        os.chdir("/")
+
+        def announce():
+            if resume is None and link.sock is not None:
+                link.fuse(session.fd, session.kernel_minor, session.can_resend)
+            link.state(fs.device)
+            if fs.device is None:
+                _log(f"serving {mountpoint} (uninitialised: write its disksize file to start)")
+            elif resume is None:
+                _log(f"serving {mountpoint} ({config.size} bytes, {fs.algorithm})")
+            else:
+                _log(f"serving {mountpoint} again (restart {resume.restarts})")
+            if config.run_dir is not None:
+                _write_record(config, link, resume)
+            ready.ready()
+            mainpid = link.supervisor_pid or os.getpid()
+            sd_notify(f"READY=1\nMAINPID={mainpid}\nSTATUS=serving {mountpoint}")
+
+        # A restarted daemon of a lazily unmounted device has no path to
+        # ask through; its connection answers anyway.
+        check = resume is None or is_mounted(mountpoint)
+        serving = _serve_until_done(events, session, fs, mountpoint, announce, check)
+    if serving.error is not None:  # the loop itself failed (not a request: those are answered)
+        _log(f"the FUSE session failed: {serving.error!r}")
         return EXIT_SERVE_FAILED
     if session.errors:
         _log(f"{session.errors} requests failed with unexpected errors (answered EIO)")
@@ -429,7 +495,19 @@ class _UsageError(Exception):
     """Raised by the argument parser instead of exiting, so --ready-fd can hear about it."""
 
 
+class _Formatter(argparse.HelpFormatter):
+    """A fixed width: argparse otherwise imports shutil (and with it bz2 and
+    lzma, 0.6 MiB) to ask for the terminal's, at every add_argument, and
+    the daemon would keep them loaded and locked."""
+
+    def __init__(self, prog):
+        super().__init__(prog, width=100)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, **kwargs):
+        super().__init__(formatter_class=_Formatter, **kwargs)
+
     def error(self, message):
         raise _UsageError(message)
 
@@ -520,7 +598,7 @@ def main(argv=None):
     link = SupervisorLink(supervisor_fd)
     code = EXIT_SETUP_FAILED
     try:
-        code = trio.run(run, config, ready, link, resume)
+        code = run(config, ready, link, resume)
     except SetupError as e:
         _log(f"error: {e}")
         ready.error(str(e))

@@ -35,7 +35,6 @@ zram-generator writes them to ``recomp_algorithm``.
 import math
 import os
 import re
-import subprocess
 from dataclasses import dataclass, field
 
 from allocator import PAGE_SIZE
@@ -513,6 +512,10 @@ def _set_key(dev, key, value):
 
 def _run_directive(program, variables):
     """``set!var = program``: run it with /bin/sh, read its output as an expression."""
+    # Imported here: zramfs.system imports this module, and the daemon
+    # (which never runs a directive) keeps all it imports locked.
+    import subprocess
+
     out = subprocess.run(
         ["/bin/sh", "-c", "--", program],
         stdin=subprocess.DEVNULL,

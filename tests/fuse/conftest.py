@@ -1,7 +1,7 @@
 """Fixtures for the fuse tier: a real zramfs daemon on a temporary mountpoint.
 
 Every test here runs against a mount made by ``python -m zramfs.daemon``,
-started the way the CLI starts it (`zramfs.daemon.spawn_daemon`, readiness
+started the way the CLI starts it (`zramfs.launch.spawn_daemon`, readiness
 over --ready-fd).  The `backend` fixture runs each test once per FUSE
 backend in `zramfs.fuse.BACKENDS`.
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests._support.fuse import DISKSIZE, Daemon, stop_daemon
-from zramfs.daemon import spawn_daemon
 from zramfs.fuse import BACKENDS
+from zramfs.launch import spawn_daemon
 
 
 @pytest.fixture(params=BACKENDS)

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from tests._support.fuse import DISKSIZE, stop_daemon
-from zramfs.daemon import DaemonStartError, spawn_daemon, start_background
 from zramfs.fuse import is_mounted
+from zramfs.launch import DaemonStartError, spawn_daemon, start_background
 
 
 def wait_exit(proc, timeout=10):

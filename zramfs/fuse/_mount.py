@@ -21,13 +21,10 @@ MountError subclass with an exact one-line message; the CLI prints it as is.
 """
 
 import ctypes
-import ctypes.util
 import errno
 import os
-import shutil
 import socket
 import stat
-import subprocess
 
 from zramfs.mountinfo import mount_at
 
@@ -46,7 +43,11 @@ FUSERMOUNT_TIMEOUT_S = 30.0
 # fusectl: one directory per FUSE connection, named by its device number.
 FUSECTL = "/sys/fs/fuse/connections"
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# The process's own libc (dlopen(NULL)): ctypes.util.find_library ran
+# ldconfig at import and loaded subprocess, shutil and tempfile, 2.4 MiB
+# that the daemon keeps locked.  subprocess and shutil are imported where
+# fusermount3 is run, which only a mount without root does.
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = (
     ctypes.c_char_p,
     ctypes.c_char_p,
@@ -96,6 +97,8 @@ def _is_root():
 
 def fusermount_path():
     """Where fusermount3 is; FusermountMissingError if nowhere."""
+    import shutil
+
     path = shutil.which(FUSERMOUNT) or shutil.which(FUSERMOUNT, path=_FUSERMOUNT_PATH)
     if path is None:
         raise FusermountMissingError(f"{FUSERMOUNT} not found: install fuse3, or mount as root")
@@ -175,6 +178,8 @@ def _mount_fusermount(mountpoint, fsname, subtype):
     """
     if "," in fsname or "," in subtype:
         raise MountError(f"mount {mountpoint}: the name {fsname!r} may not contain ','")
+    import subprocess
+
     fusermount = fusermount_path()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -229,6 +234,8 @@ _ERRNO_OF_STRERROR = {os.strerror(n): n for n in errno.errorcode}
 def _unmount_fusermount(mountpoint, lazy):
     if not is_mounted(mountpoint):
         return False
+    import subprocess
+
     argv = [fusermount_path(), "-u", *(["-z"] if lazy else []), "--", mountpoint]
     proc = subprocess.run(
         argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
