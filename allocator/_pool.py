@@ -681,11 +681,11 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
     def populate_ahead(self, max_pages: int = 0) -> bool:
         """Fault in the pages of zspages a coming malloc will want.
 
-        With io_uring (allocator._uring), every wanted zspage is queued in
-        one system call and faulted in by kernel workers; each becomes
-        ready when a later call (or `populate_wait`) sees it done.
-        Without, one zspage per call is faulted in by madvise here, so the
-        caller can look for other work in between.
+        With io_uring (allocator._uring) and several zspages wanted, they
+        are queued in one system call and faulted in by kernel workers;
+        each becomes ready when a later call (or `populate_wait`) sees it
+        done.  Otherwise one zspage per call is faulted in by madvise
+        here, so the caller can look for other work in between.
 
         Returns True if it started any, False if none is wanted, or if
         ``max_pages`` (0: only the pool's own cap) leaves no room: ready
@@ -703,6 +703,7 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
             if populator.pending:
                 self._take_populated(populator.finished())
             started = False
+            batch = len(self._want or ())
             while True:
                 want = self._want
                 if not want:
@@ -727,7 +728,7 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
                 except PoolFullError:
                     break
                 try:
-                    queued = populator.start(z, z << self._zs_shift, ppz << PAGE_SHIFT, ppz)
+                    queued = populator.start(z, z << self._zs_shift, ppz << PAGE_SHIFT, ppz, batch)
                 except OSError as e:
                     self._populate_failed(z, ppz, -(e.errno or errno.EIO))
                     break

@@ -4,8 +4,9 @@ Residency is read with mincore(2), which for a shmem mapping says whether
 each page is in the memfd: the arena's pages, not Python's.
 
 Every test runs twice: faulting through io_uring's kernel workers
-(allocator._uring) and with plain madvise on the caller's thread (the
-fallback, chosen with ZRAMFS_NO_URING as where io_uring is refused).
+(allocator._uring; here for every zspage, RING_MIN_BATCH 1) and with plain
+madvise on the caller's thread (the fallback, chosen with ZRAMFS_NO_URING
+as where io_uring is refused).
 """
 
 import ctypes
@@ -33,6 +34,7 @@ def faulting(request, monkeypatch):
         if ring is None:
             pytest.skip("io_uring is absent or refused here")
         ring.close()
+        monkeypatch.setattr("allocator._uring.RING_MIN_BATCH", 1)
     return request.param
 
 
@@ -169,6 +171,27 @@ def test_a_refused_madvise_changes_nothing(pool, err, gives_up, faulting, monkey
     # at all (EINVAL, before Linux 5.14): then nothing asks any more.
     pool.store(b"s" * 900)
     assert pool.populate_wanted is not gives_up
+
+
+def test_the_ring_takes_batches_and_madvise_single_zspages(pool, faulting, monkeypatch):
+    monkeypatch.setattr("allocator._uring.RING_MIN_BATCH", 4)
+    pool.store(b"1" * 1700)  # one zspage wanted: faulted in here
+    assert pool.populate_ahead()
+    assert pool._populator.pending == 0 and pool.stats().pages_ready > 0
+    pool.store_many([b"2" * size for size in range(100, 3600, 300)])  # many wanted
+    assert len(pool._want) >= 4
+    ready = len(ready_zspages(pool))
+    assert pool.populate_ahead()
+    # Through the ring, all in one call, in flight until seen done; with
+    # madvise, one zspage faulted in per call.
+    if faulting == "io_uring":
+        assert pool._populator.pending >= 4 and len(ready_zspages(pool)) == ready
+    else:
+        assert pool._populator.pending == 0 and len(ready_zspages(pool)) == ready + 1
+    pool.populate_wait()
+    assert pool._populator.pending == 0
+    for z, ppz in ready_zspages(pool):
+        assert resident(pool, z << pool._zs_shift, ppz) == ppz
 
 
 def test_a_pool_closed_while_populating_waits_for_the_workers():
