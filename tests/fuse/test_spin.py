@@ -1,5 +1,6 @@
 """The first reader's spin: after answering, it looks for the next request
-for up to spin_us before it sleeps in readv (zramfs.fuse._session, SPIN_US).
+for up to spin_us before it sleeps in readv (zramfs.fuse._session, SPIN_US),
+where the vCPU does not halt-poll for as long itself.
 
 Every test runs with the spin on and off (spin_us=0), the way the lever is
 kept switchable: through a socketpair, request by request, and through a
@@ -20,7 +21,7 @@ import pytest
 from tests.fuse.test_protocol import Client, read_in, write_in
 from zramfs.device import BlockDevice
 from zramfs.fs import DISK_INO, Filesystem
-from zramfs.fuse import _abi
+from zramfs.fuse import _abi, _session
 from zramfs.fuse._session import SPIN_ENV, SPIN_US, DevSession, default_spin_us
 
 DISKSIZE = 4 << 20
@@ -28,7 +29,10 @@ BLOCK = 4096
 
 
 @pytest.fixture(params=[SPIN_US, 0], ids=["spin", "nospin"])
-def spin_us(request):
+def spin_us(request, monkeypatch):
+    # The reader leaves the spin out where the vCPU halt-polls for longer;
+    # here it must spin whatever this machine's setting.
+    monkeypatch.setattr(_session, "halt_poll_ns", lambda: 0)
     return request.param
 
 
@@ -95,6 +99,14 @@ def test_the_spin_is_read_from_the_environment(monkeypatch):
     monkeypatch.setenv(SPIN_ENV, "fast")
     with pytest.raises(ValueError, match=f"^{SPIN_ENV} must be a whole number"):
         default_spin_us()
+
+
+def test_halt_polling_is_read_from_sysfs(tmp_path, monkeypatch):
+    path = tmp_path / "guest_halt_poll_ns"
+    monkeypatch.setattr(_session, "HALT_POLL_NS", str(path))
+    assert _session.halt_poll_ns() == 0  # no haltpoll driver: not a KVM guest
+    path.write_text("200000\n")
+    assert _session.halt_poll_ns() == 200000
 
 
 def test_a_negative_spin_is_refused():

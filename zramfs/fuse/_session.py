@@ -25,7 +25,9 @@ session spins once, after its last request, and then uses no CPU.  On a
 busy machine the spin takes the CPU from threads that want it (measured
 without a back-off, 4 KiB random read QD1 16.9k -> 14.6k): when the
 spinning thread finds it was off the CPU, and no request came meanwhile,
-it stops spinning for SPIN_BACKOFF_NS.  BENCHMARKS.md ("Wakeups and
+it stops spinning for SPIN_BACKOFF_NS.  Where the idle vCPU polls anyway
+(guest_halt_poll_ns at least the spin, as `zramfs swapon` sets it) the
+spin only adds CPU time and is left out.  BENCHMARKS.md ("Wakeups and
 io_uring") has the numbers; spin_us=0 turns it off.
 
 What the first reader does when no request waits after a WRITE: it faults
@@ -57,6 +59,7 @@ import time
 
 from allocator import PAGE_SIZE
 from zramfs.fs import DISK_INO
+from zramfs.tuning import HALT_POLL_NS
 
 from . import _abi
 from ._errors import errno_for
@@ -95,6 +98,21 @@ SPIN_US = 50
 # to another: the machine is busy, and spinning stops for SPIN_BACKOFF_NS.
 SPIN_PREEMPTED_NS = 20_000
 SPIN_BACKOFF_NS = 50_000_000
+# How often the reader looks at guest_halt_poll_ns again (`zramfs swapon`
+# raises it while a daemon runs): where the idle vCPU polls at least as
+# long as the spin would, the spin only adds CPU time, so it is left out.
+HALT_POLL_CHECK_NS = 1_000_000_000
+
+
+def halt_poll_ns():
+    """guest_halt_poll_ns, or 0 where there is none (not a KVM guest) or it cannot be read."""
+    try:
+        with open(HALT_POLL_NS) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
 # Overrides SPIN_US for a session made without spin_us (a measurement knob:
 # the CLI starts daemons with a clean environment, so it reaches only
 # daemons started by hand and in-process sessions).
@@ -337,6 +355,7 @@ class DevSession(MountedSession):
         spin_ns = 0 if helper else self.spin_us * 1000
         clock = time.monotonic_ns
         spin_again = 0  # no spinning before this time (see SPIN_BACKOFF_NS)
+        halt_check = 0  # when to look at guest_halt_poll_ns again
         while True:
             if helper:
                 more.wait()
@@ -347,6 +366,10 @@ class DevSession(MountedSession):
                 # After each request, look for the next one for up to
                 # spin_us before sleeping in readv (see SPIN_US).
                 now = clock()
+                if now >= halt_check:
+                    halt_check = now + HALT_POLL_CHECK_NS
+                    if halt_poll_ns() >= spin_ns:
+                        spin_again = halt_check
                 if now >= spin_again:
                     end = now + spin_ns
                     while not waiting(0):
