@@ -70,12 +70,20 @@ class ConsistencyCheck(PoolFields):
                 ready[z] = ppz
         if sum(ready.values()) != self._ready_pages:
             _fail(f"ready_pages {self._ready_pages}, ready zspages have {sum(ready.values())}")
-        if len(ready) > READY_MAX or (self._want is not None and len(self._want) > READY_MAX):
+        # Being faulted in (io_uring): no class's, not ready yet.
+        pending = self._populator.flying()
+        for z in pending:
+            if z in ready or z in freeids or not 0 < z < nz:
+                _fail(f"zspage {z} being populated is also free, ready, or no id")
+        if len(ready) + len(pending) > READY_MAX or (
+            self._want is not None and len(self._want) > READY_MAX
+        ):
             _fail(
-                f"{len(ready)} ready zspages and {len(self._want or ())} wanted, "
+                f"{len(ready)} ready zspages, {len(pending)} being populated and "
+                f"{len(self._want or ())} wanted, "
                 f"more than READY_MAX ({READY_MAX})"
             )
-        live = [z for z in range(1, nz) if z not in freeids and z not in ready]
+        live = [z for z in range(1, nz) if z not in freeids and z not in ready and z not in pending]
 
         # Fullness lists: links, groups, masks.
         listed = {}

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._arena import Arena
+    from ._uring import Populator
 
 
 class PoolFields:
@@ -53,6 +54,7 @@ class PoolFields:
     _zs_end: int
     _zs_ready: list[array]
     _want: array | None
+    _populator: Populator
     _huge_base: int
     _huge_free: array
     _huge_next: int

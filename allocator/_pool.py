@@ -61,6 +61,7 @@ from ._rebuild import Rebuild
 from ._size_class import SizeClassTable
 from ._stats import ClassStats, PoolStats
 from ._tables import Tables
+from ._uring import Populator
 
 #: Fault injection for the crash tests: None in every real run.  A test sets
 #: it to a callable that is called with the name of each step of an update
@@ -70,10 +71,6 @@ _fault = None
 
 #: Map modes of ``Pool.map``, as zsmalloc's ZS_MM_RO / ZS_MM_WO / ZS_MM_RW.
 MAP_MODES = ("r", "w", "rw")
-
-#: madvise advice (Linux 5.14, <asm-generic/mman-common.h>): fault the
-#: range in writable, as a first write would, without writing.
-MADV_POPULATE_WRITE = 23
 
 
 class _Mapping:
@@ -173,6 +170,7 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
         "_zs_ready",
         "_ready_pages",
         "_want",
+        "_populator",
     )
 
     def __init__(
@@ -302,6 +300,8 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
         # Chain lengths to make ready, one per zspage made since; None once
         # the kernel refused MADV_POPULATE_WRITE (older than 5.14).
         self._want: array | None = array("B")
+        # Does the faulting: on io_uring's kernel workers where it can.
+        self._populator = Populator(self._map)
         if _fds is not None:
             try:
                 with self._lock:
@@ -392,6 +392,7 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
     def close(self) -> None:
         """Give all memory back at once.  The pool is unusable afterwards."""
         with self._lock:
+            self._populator.close()  # nothing may fault into a closed arena
             self._arena.close()
             # The header stays readable (pages_compacted of a closed pool).
             self._meta = array("Q", self._meta)  # type: ignore[assignment]
@@ -546,6 +547,9 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
         ppz = self._pages_per_zspage[c]
         self._check_room(ppz)
         ready = self._zs_ready[ppz]
+        if not ready and self._populator.pending:
+            # Kernel workers may have finished some since populate_ahead.
+            self._take_populated(self._populator.finished())
         if ready:
             z = ready.pop()  # its pages are in memory already
             self._ready_pages -= ppz
@@ -672,15 +676,22 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
     @property
     def populate_wanted(self) -> bool:
         """True when populate_ahead has work: cheap, no lock."""
-        return bool(self._want)
+        return bool(self._want) or self._populator.pending > 0
 
     def populate_ahead(self, max_pages: int = 0) -> bool:
-        """Fault in the pages of one zspage a coming malloc will want.
+        """Fault in the pages of zspages a coming malloc will want.
 
-        Returns True if it did, False if none is wanted, or if ``max_pages``
-        (0: only the pool's own cap) leaves no room: ready pages count
-        against it beside ``pages_used``.  Ready zspages hold no object and
-        are not in ``pages_used``; there are never more than READY_MAX, and
+        With io_uring (allocator._uring) and several zspages wanted, they
+        are queued in one system call and faulted in by kernel workers;
+        each becomes ready when a later call (or `populate_wait`) sees it
+        done.  Otherwise one zspage per call is faulted in by madvise
+        here, so the caller can look for other work in between.
+
+        Returns True if it started any, False if none is wanted, or if
+        ``max_pages`` (0: only the pool's own cap) leaves no room: ready
+        pages, and those being faulted in, count against it beside
+        ``pages_used``.  Ready zspages hold no object and are not in
+        ``pages_used``; there are never more than READY_MAX, and
         ``compact`` gives their pages back.  A failed madvise changes
         nothing; on a kernel without MADV_POPULATE_WRITE (EINVAL, before
         5.14) populating stops for good.
@@ -688,43 +699,76 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
         lock = self._lock
         lock.acquire()
         try:
-            want = self._want
-            if not want:
-                return False
-            ppz = want.pop()
-            stacks = self._zs_ready
-            if sum(map(len, stacks)) >= READY_MAX:
-                # Full: the longest stack of another chain length (what
-                # the load asked for before) makes room, or nothing does.
-                old = max((n for n in range(len(stacks)) if n != ppz), key=lambda n: len(stacks[n]))
-                if not stacks[old]:
-                    return False
-                self._ready_pages -= old
-                self._drop_id(stacks[old].pop(), old)
-            cap = self._page_cap if not max_pages or max_pages > self._page_cap else max_pages
-            if self._pages_used + self._ready_pages + ppz > cap:
-                return False
-            try:
-                z = self._take_id()
-            except PoolFullError:
-                return False
-            try:
-                self._map.madvise(MADV_POPULATE_WRITE, z << self._zs_shift, ppz << PAGE_SHIFT)
-            except OSError as e:
-                # Whatever part got in goes back; a malloc will fault its
-                # pages in itself, as it always could.
-                self._drop_id(z, ppz)
-                if e.errno == errno.EINVAL:
-                    self._want = None  # a kernel older than 5.14: stop asking
-                return False
-            stacks[ppz].append(z)
-            self._ready_pages += ppz
-            return True
+            populator = self._populator
+            if populator.pending:
+                self._take_populated(populator.finished())
+            started = False
+            batch = len(self._want or ())
+            while True:
+                want = self._want
+                if not want:
+                    break
+                ppz = want.pop()
+                stacks = self._zs_ready
+                if sum(map(len, stacks)) + populator.pending >= READY_MAX:
+                    # Full: the longest stack of another chain length (what
+                    # the load asked for before) makes room, or nothing does.
+                    old = max(
+                        (n for n in range(len(stacks)) if n != ppz), key=lambda n: len(stacks[n])
+                    )
+                    if not stacks[old]:
+                        break
+                    self._ready_pages -= old
+                    self._drop_id(stacks[old].pop(), old)
+                cap = self._page_cap if not max_pages or max_pages > self._page_cap else max_pages
+                if self._pages_used + self._ready_pages + populator.pending_pages + ppz > cap:
+                    break
+                try:
+                    z = self._take_id()
+                except PoolFullError:
+                    break
+                try:
+                    queued = populator.start(z, z << self._zs_shift, ppz << PAGE_SHIFT, ppz, batch)
+                except OSError as e:
+                    self._populate_failed(z, ppz, -(e.errno or errno.EIO))
+                    break
+                started = True
+                if not queued:  # faulted in here: one per call
+                    stacks[ppz].append(z)
+                    self._ready_pages += ppz
+                    break
+            populator.flush()
+            return started
         finally:
             lock.release()
 
+    def populate_wait(self) -> None:
+        """Wait until every zspage populate_ahead started is in memory (ready) or given back."""
+        with self._lock:
+            self._take_populated(self._populator.drain())
+
+    def _take_populated(self, ended: list[tuple[int, int, int]]) -> None:
+        """Zspages whose pages were faulted in become ready (lock held)."""
+        for z, ppz, res in ended:
+            if res < 0:
+                self._populate_failed(z, ppz, res)
+            else:
+                self._zs_ready[ppz].append(z)
+                self._ready_pages += ppz
+
+    def _populate_failed(self, z: int, ppz: int, res: int) -> None:
+        # Whatever part got in goes back; a malloc will fault its pages in
+        # itself, as it always could.
+        self._drop_id(z, ppz)
+        if res == -errno.EINVAL:
+            self._want = None  # a kernel older than 5.14: stop asking
+
     def _release_ready(self) -> None:
-        """Give the ready zspages' pages back (lock held)."""
+        """Give the ready zspages' pages back (lock held), those being
+        faulted in too, once they are (a fault after the punch would
+        put pages back into a free range)."""
+        for z, ppz, _res in self._populator.drain():
+            self._drop_id(z, ppz)
         for ppz, ready in enumerate(self._zs_ready):
             for z in ready:
                 self._drop_id(z, ppz)
@@ -1209,7 +1253,7 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
                 )
             return PoolStats(
                 pages_used=self._pages_used,
-                pages_ready=self._ready_pages,
+                pages_ready=self._ready_pages + self._populator.pending_pages,
                 pages_compacted=self._pages_compacted,
                 objs_used=sum(r.objs_used for r in rows),
                 bytes_used=self._bytes_used,

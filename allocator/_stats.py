@@ -38,8 +38,9 @@ class PoolStats:
 
     #: Pages the pool holds (memory really in use: ``pages_used * 4096``).
     pages_used: int
-    #: Pages of ready zspages (``Pool.populate_ahead``): in memory, holding
-    #: no object yet, not in pages_used.
+    #: Pages of ready zspages (``Pool.populate_ahead``): in memory (or
+    #: being faulted in by io_uring's workers), holding no object yet, not
+    #: in pages_used.
     pages_ready: int
     #: Pages freed by ``compact()`` since the pool was created.
     pages_compacted: int

@@ -151,6 +151,7 @@ def test_max_objects_caps_live_objects(size):
         stored = pool.store_many([bytes([i]) * sizes[i] for i in range(19)])
         while pool.populate_ahead():
             pass
+        pool.populate_wait()
         assert pool.stats().pages_ready
         stored.append(pool.store(bytes(sizes[19])))
         assert sum(c.zspages for c in pool.stats().classes) == 20

@@ -16,11 +16,19 @@ two threads decode the two 512 KiB halves of a 1 MiB read at once.
 Default: 2 (DEFAULT_THREADS), the second used only for large reads; see
 _reader for why, with the measurements.
 
-Why the reader blocks in readv and does not spin: polling a non-blocking
-fd for up to ~50 us before sleeping measured worse through loop on this
-busy 2-core machine (4k randread QD1 29.8k -> 21.1k IOPS, randwrite QD1
-22.6k -> 18.7k, same run): the spinning thread takes the CPU that fio and
-loop's worker need to send the next request.
+Why the first reader spins briefly before it blocks in readv: a request
+that finds the reader asleep costs a wakeup, and with the VM's stock
+setting (guest_halt_poll_ns=0) a wakeup of a halted vCPU is the dearest
+part of a 4 KiB request.  So after each answer the first reader polls the
+fd (poll with timeout 0) for up to SPIN_US before it sleeps; an idle
+session spins once, after its last request, and then uses no CPU.  On a
+busy machine the spin takes the CPU from threads that want it (measured
+without a back-off, 4 KiB random read QD1 16.9k -> 14.6k): when the
+spinning thread finds it was off the CPU, and no request came meanwhile,
+it stops spinning for SPIN_BACKOFF_NS.  Where the idle vCPU polls anyway
+(guest_halt_poll_ns at least the spin, as `zramfs swapon` sets it) the
+spin only adds CPU time and is left out.  BENCHMARKS.md ("Wakeups and
+io_uring") has the numbers; spin_us=0 turns it off.
 
 What the first reader does when no request waits after a WRITE: it faults
 in the arena pages of the next zspages (BlockDevice.populate_ahead), one
@@ -52,6 +60,7 @@ import time
 
 from allocator import PAGE_SIZE
 from zramfs.fs import DISK_INO
+from zramfs.tuning import HALT_POLL_NS
 
 from . import _abi
 from ._errors import errno_for
@@ -81,6 +90,48 @@ CONGESTION_THRESHOLD = 48
 # to re-ask and `disk`'s st_blocks follows memory use.
 ENTRY_VALID_S = 3600
 ATTR_VALID_S = 1
+
+# How long, in microseconds, the first reader polls /dev/fuse after
+# answering a request before it blocks in readv (0: never): about the time
+# fio and loop take to send the next 4 KiB request on this machine kind.
+SPIN_US = 50
+# A gap this long between two looks means the spinning thread lost its CPU
+# to another: the machine is busy, and spinning stops for SPIN_BACKOFF_NS.
+SPIN_PREEMPTED_NS = 20_000
+SPIN_BACKOFF_NS = 50_000_000
+# How often the reader looks at guest_halt_poll_ns again (`zramfs swapon`
+# raises it while a daemon runs): where the idle vCPU polls at least as
+# long as the spin would, the spin only adds CPU time, so it is left out.
+HALT_POLL_CHECK_NS = 1_000_000_000
+
+
+def halt_poll_ns():
+    """guest_halt_poll_ns, or 0 where there is none (not a KVM guest) or it cannot be read."""
+    try:
+        with open(HALT_POLL_NS) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+# Overrides SPIN_US for a session made without spin_us (a measurement knob:
+# the CLI starts daemons with a clean environment, so it reaches only
+# daemons started by hand and in-process sessions).
+SPIN_ENV = "ZRAMFS_FUSE_SPIN_US"
+
+
+def default_spin_us():
+    """SPIN_US, or $ZRAMFS_FUSE_SPIN_US when set."""
+    value = os.environ.get(SPIN_ENV)
+    if value is None:
+        return SPIN_US
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(
+            f"{SPIN_ENV} must be a whole number of microseconds, not {value!r}"
+        ) from None
+
 
 # glibc malloc tuning for the serving process (see _tune_malloc).
 _M_TRIM_THRESHOLD = -1
@@ -150,8 +201,14 @@ class DevSession(MountedSession):
     # FALLOCATE is answered, so loop's discard and fstrim free memory.
     supports_discard = True
 
-    def __init__(self, fs, mountpoint, fsname="zram0", threads=DEFAULT_THREADS):
+    def __init__(self, fs, mountpoint, fsname="zram0", threads=DEFAULT_THREADS, spin_us=None):
         super().__init__(fs, mountpoint, fsname, threads)
+        if spin_us is None:
+            spin_us = default_spin_us()
+        if spin_us < 0:
+            raise ValueError(f"spin_us must be >= 0, not {spin_us}")
+        # How long the first reader looks for a next request before it sleeps.
+        self.spin_us = spin_us
         self.fd = -1
         # Requests that ended in an exception errno_for did not know (EIO).
         self.errors = 0
@@ -301,12 +358,37 @@ class DevSession(MountedSession):
         poller.register(fd, select.POLLIN)
         waiting = poller.poll
         READ, WRITE = _abi.READ, _abi.WRITE
+        spin_ns = 0 if helper else self.spin_us * 1000
+        clock = time.monotonic_ns
+        spin_again = 0  # no spinning before this time (see SPIN_BACKOFF_NS)
+        halt_check = 0  # when to look at guest_halt_poll_ns again
         while True:
             if helper:
                 more.wait()
                 if self._stopping:
                     return
                 more.clear()
+            elif spin_ns:
+                # After each request, look for the next one for up to
+                # spin_us before sleeping in readv (see SPIN_US).
+                now = clock()
+                if now >= halt_check:
+                    halt_check = now + HALT_POLL_CHECK_NS
+                    if halt_poll_ns() >= spin_ns:
+                        spin_again = halt_check
+                if now >= spin_again:
+                    end = now + spin_ns
+                    while not waiting(0):
+                        last, now = now, clock()
+                        if now - last > SPIN_PREEMPTED_NS:
+                            # Off the CPU meanwhile, and not for the thread
+                            # that brought a request: another thread wants
+                            # this CPU, and the spin would take its time.
+                            if not waiting(0):
+                                spin_again = now + SPIN_BACKOFF_NS
+                            break
+                        if now >= end:
+                            break
             try:
                 n = readv(fd, (buf,))
             except OSError as e:
