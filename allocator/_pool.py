@@ -1052,13 +1052,12 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
         lock = self._lock
         lock.acquire()
         try:
-            malloc = self._malloc_locked
             handles = self._handles
             mv = self._mv
             out: list[int] = []
             try:
                 for data in payloads:
-                    h = malloc(len(data))
+                    h = self._malloc_locked(len(data))
                     out.append(h)
                     addr = handles[h] >> SIZE_BITS
                     mv[addr : addr + len(data)] = data
@@ -1079,9 +1078,8 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
         lock = self._lock
         lock.acquire()
         try:
-            free = self._free_locked
             for h in handles:
-                free(h)
+                self._free_locked(h)
         finally:
             lock.release()
 
@@ -1091,12 +1089,10 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
         lock.acquire()
         try:
             m = self._map
-            lookup = self._lookup
             out: list[bytes] = []
-            append = out.append
             for handle in handles:
-                addr, size = lookup(handle, "read of ")
-                append(m[addr : addr + size])
+                addr, size = self._lookup(handle, "read of ")
+                out.append(m[addr : addr + size])
             return out
         finally:
             lock.release()
@@ -1117,13 +1113,11 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
         try:
             mv = self._mv
             parts = [head]
-            append = parts.append
-            lookup = self._lookup
             for handle in handles:
-                addr, size = lookup(handle, "gather of ")
-                append(prefix[size])
-                append(mv[addr : addr + size])
-            append(tail)
+                addr, size = self._lookup(handle, "gather of ")
+                parts.append(prefix[size])
+                parts.append(mv[addr : addr + size])
+            parts.append(tail)
             # The join copies while the lock still keeps every object in place.
             return b"".join(parts)
         finally:
