@@ -109,8 +109,21 @@ too, in base classes of their own modules.
 two memfds, ``_stats`` and ``_errors`` are what callers get back, and
 ``_layout`` holds every layout constant.  Imports run one way, from
 ``_pool`` down to ``_layout``; nothing imports ``_pool`` but this file.
+
+Compiled.  ``pip install`` compiles ``_pool`` and the modules it is made of
+with mypyc (setup.py lists them; BENCHMARKS.md, "mypyc", has what it saves),
+from this same source, which stays the fallback: a module whose extension
+is absent is imported from source, and so is every module when one source
+file is newer than its extension (edited since the build: the extension
+would run the old code).  ``ZRAMFS_PURE_PYTHON=1`` imports every module
+from source even when the extensions are there (the tests run both ways);
+``COMPILED`` says which is in use; ``_compiled`` makes the choice.
 """
 
+import sys as _sys
+
+# First: it decides whether the modules below come from extensions or source.
+from . import _compiled  # noqa: F401
 from ._arena import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE
 from ._errors import (
     PoolDamagedError,
@@ -123,6 +136,9 @@ from ._errors import (
 from ._layout import PAGE_SHIFT, PAGE_SIZE
 from ._pool import Pool
 from ._stats import ClassStats, PoolStats
+
+#: True when Pool runs compiled by mypyc, False when from source.
+COMPILED = not (_sys.modules[Pool.__module__].__file__ or "").endswith(".py")
 
 # The page size and the fallocate bits are the kernel's; the layers above
 # import them from here, the lowest layer, so each is defined once.

@@ -14,6 +14,9 @@ reverse).  The fields it reads are described in ``Pool.__init__``.
 
 from __future__ import annotations
 
+from mypy_extensions import trait
+
+from ._errors import PoolCorruptError
 from ._fields import PoolFields
 from ._layout import (
     FULL,
@@ -27,10 +30,6 @@ from ._layout import (
 )
 
 
-class PoolCorruptError(AssertionError):
-    """Raised when ``check_pool`` finds the pool's tables disagreeing."""
-
-
 def _fail(msg: str) -> None:
     raise PoolCorruptError(msg)
 
@@ -40,6 +39,7 @@ def check_pool(pool) -> None:
     pool._check_consistency()
 
 
+@trait
 class ConsistencyCheck(PoolFields):
     """Pool's self-check.  Pool is the only subclass."""
 

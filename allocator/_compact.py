@@ -29,29 +29,23 @@ class is done.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+
+from mypy_extensions import trait
 
 from ._fields import PoolFields
 from ._layout import FULL, M_PAGES_COMPACTED, NR_GROUPS, OBJ_HEADER_SIZE, SIZE_BITS, SIZE_MASK
 
 #: Fault injection for the crash tests (see ``_pool._fault``): None in every
 #: real run.
-_fault = None
+_fault: Callable[[str], None] | None = None
 
 
+@trait
 class Compaction(PoolFields):
     """Pool's compaction method (zs_compact's per-class loop).  Pool is the only subclass."""
 
     __slots__ = ()
-
-    if TYPE_CHECKING:
-
-        def _partial(self, c: int) -> Iterator[int]: ...
-        def _unlink(self, c: int, g: int, z: int) -> None: ...
-        def _push(self, c: int, g: int, z: int) -> None: ...
-        def _take_slot(self, c: int, z: int) -> int: ...
-        def _free_zspage(self, z: int) -> int: ...
 
     def _compact_class(self, c: int) -> int:
         """Compact class c (lock held); return the pages freed."""

@@ -55,3 +55,7 @@ class PoolDamagedError(PoolStateError):
     leave behind (two handles on one slot, a handle outside the arena, an
     object whose size does not belong in its zspage's class): a bug or
     memory corruption, not an interrupted update."""
+
+
+class PoolCorruptError(AssertionError):
+    """Raised when ``check_pool`` (``_check``) finds the pool's tables disagreeing."""

@@ -6,6 +6,10 @@ each in a module of its own; they use the pool's fields, which Pool.__init__
 (or Pool.attach) sets and documents.  Declaring the fields here, in the one
 base they share, lets mypy check every part without a copy of the list in
 each.
+
+Compiled with mypyc (see pyproject.toml), Pool is a native class, and a
+native class has one base plus traits: so this class and the parts are
+traits, and the methods the parts call on Pool are declared here too, once.
 """
 
 from __future__ import annotations
@@ -13,13 +17,17 @@ from __future__ import annotations
 import mmap
 import threading
 from array import array
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
+
+from mypy_extensions import trait
 
 if TYPE_CHECKING:
     from ._arena import Arena
     from ._uring import Populator
 
 
+@trait
 class PoolFields:
     """Pool's fields, for type checking; no behaviour, no storage (``__slots__ = ()``)."""
 
@@ -66,3 +74,26 @@ class PoolFields:
     _max_handle: int
     _max_zspages: int
     _huge_slots: int
+
+    # Pool's methods that Compaction and Rebuild call; Pool defines them
+    # (_pool.py), these bodies never run.
+    def _partial(self, c: int) -> Iterator[int]:
+        raise NotImplementedError
+
+    def _unlink(self, c: int, g: int, z: int) -> None:
+        raise NotImplementedError
+
+    def _push(self, c: int, g: int, z: int) -> None:
+        raise NotImplementedError
+
+    def _take_slot(self, c: int, z: int) -> int:
+        raise NotImplementedError
+
+    def _free_zspage(self, z: int) -> int:
+        raise NotImplementedError
+
+    def _shrink_tables(self) -> None:
+        raise NotImplementedError
+
+    def _free_locked(self, handle: int) -> None:
+        raise NotImplementedError

@@ -24,6 +24,7 @@ import operator
 import os
 import threading
 from array import array
+from collections.abc import Callable
 from typing import Literal
 
 from ._arena import Arena
@@ -67,7 +68,7 @@ from ._uring import Populator
 #: it to a callable that is called with the name of each step of an update
 #: as the step is reached (``"malloc:published"``, ...) and kills the process
 #: at the one it wants; the check costs one global load per step.
-_fault = None
+_fault: Callable[[str], None] | None = None
 
 #: Map modes of ``Pool.map``, as zsmalloc's ZS_MM_RO / ZS_MM_WO / ZS_MM_RW.
 MAP_MODES = ("r", "w", "rw")
@@ -110,6 +111,15 @@ class _Mapping:
         finally:
             self._pool._lock.release()
         return False
+
+
+def _limit(name: str, value: object) -> int | None:
+    """``value`` (None or an int >= 1) as a limit; ValueError otherwise."""
+    if value is None:
+        return None
+    if type(value) is not int or value < 1:
+        raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+    return value
 
 
 class Pool(Compaction, ConsistencyCheck, Rebuild):
@@ -175,17 +185,19 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
 
     def __init__(
         self,
-        max_pages_per_zspage: int = DEFAULT_MAX_PAGES_PER_ZSPAGE,
-        max_pages: int | None = None,
-        max_objects: int | None = None,
+        max_pages_per_zspage: object = DEFAULT_MAX_PAGES_PER_ZSPAGE,
+        max_pages: object = None,
+        max_objects: object = None,
         *,
         _fds: tuple[int, int] | None = None,
     ):
+        # The arguments are typed object, not int: compiled by mypyc, an int
+        # parameter raises TypeError for a str before these checks can say
+        # ValueError, as the API promises.
         classes = SizeClassTable(max_pages_per_zspage)
-        if max_pages is not None and (type(max_pages) is not int or max_pages < 1):
-            raise ValueError(f"max_pages must be None or an int >= 1, got {max_pages!r}")
-        if max_objects is not None and (type(max_objects) is not int or max_objects < 1):
-            raise ValueError(f"max_objects must be None or an int >= 1, got {max_objects!r}")
+        max_pages_per_zspage = classes.max_pages_per_zspage
+        max_pages = _limit("max_pages", max_pages)
+        max_objects = _limit("max_objects", max_objects)
         self.max_pages = max_pages
         self.max_objects = max_objects
         self.max_pages_per_zspage = max_pages_per_zspage
@@ -383,9 +395,6 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
         """Pages freed by compact() since the pool was created (kept in the
         tables memfd, so it survives attach)."""
         return self._meta[M_PAGES_COMPACTED]
-
-    # stats() reads the counter under this name.
-    _pages_compacted = pages_compacted
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -1087,13 +1096,12 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
         lock = self._lock
         lock.acquire()
         try:
-            malloc = self._malloc_locked
             handles = self._handles
             mv = self._mv
             out: list[int] = []
             try:
                 for data in payloads:
-                    h = malloc(len(data))
+                    h = self._malloc_locked(len(data))
                     out.append(h)
                     addr = handles[h] >> SIZE_BITS
                     mv[addr : addr + len(data)] = data
@@ -1114,9 +1122,8 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
         lock = self._lock
         lock.acquire()
         try:
-            free = self._free_locked
             for h in handles:
-                free(h)
+                self._free_locked(h)
         finally:
             lock.release()
 
@@ -1126,12 +1133,10 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
         lock.acquire()
         try:
             m = self._map
-            lookup = self._lookup
             out: list[bytes] = []
-            append = out.append
             for handle in handles:
-                addr, size = lookup(handle, "read of ")
-                append(m[addr : addr + size])
+                addr, size = self._lookup(handle, "read of ")
+                out.append(m[addr : addr + size])
             return out
         finally:
             lock.release()
@@ -1152,19 +1157,17 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
         try:
             mv = self._mv
             parts = [head]
-            append = parts.append
-            lookup = self._lookup
             for handle in handles:
-                addr, size = lookup(handle, "gather of ")
-                append(prefix[size])
-                append(mv[addr : addr + size])
-            append(tail)
+                addr, size = self._lookup(handle, "gather of ")
+                parts.append(prefix[size])
+                parts.append(mv[addr : addr + size])
+            parts.append(tail)
             # The join copies while the lock still keeps every object in place.
             return b"".join(parts)
         finally:
             lock.release()
 
-    def map(self, handle: int, mode: str = "r") -> _Mapping:
+    def map(self, handle: int, mode: object = "r") -> _Mapping:
         """Context manager giving a memoryview of the object (zs_map_object).
 
         Mode "r" gives a read-only view, "w" and "rw" a writable one; all are
@@ -1173,7 +1176,8 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
         view is released on exit.  ValueError for an unknown or freed handle
         (raised on entering the block) or an unknown mode.
         """
-        if mode not in MAP_MODES:
+        # mode is typed object for the reason Pool.__init__'s arguments are.
+        if not isinstance(mode, str) or mode not in MAP_MODES:
             raise ValueError(f"map mode must be one of {MAP_MODES}, got {mode!r}")
         return _Mapping(self, handle, mode)
 
@@ -1254,7 +1258,7 @@ class Pool(Compaction, ConsistencyCheck, Rebuild):
             return PoolStats(
                 pages_used=self._pages_used,
                 pages_ready=self._ready_pages + self._populator.pending_pages,
-                pages_compacted=self._pages_compacted,
+                pages_compacted=self.pages_compacted,
                 objs_used=sum(r.objs_used for r in rows),
                 bytes_used=self._bytes_used,
                 huge_class_size=self.huge_class_size,

@@ -51,7 +51,9 @@ pass over the handle table and one over the slots of live zspages.
 from __future__ import annotations
 
 from array import array
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+
+from mypy_extensions import trait
 
 from ._errors import PoolDamagedError
 from ._fields import PoolFields
@@ -68,7 +70,7 @@ from ._layout import (
 )
 
 
-def _runs(flags, end, start=0):
+def _runs(flags: bytearray, end: int, start: int = 0) -> Iterator[tuple[int, int]]:
     """(first, stop) of each run of zero bytes of ``flags`` in [start, end)."""
     pos = start
     while pos < end:
@@ -82,16 +84,11 @@ def _runs(flags, end, start=0):
         pos = stop
 
 
+@trait
 class Rebuild(PoolFields):
     """Pool's rebuild after attach.  Pool is the only subclass."""
 
     __slots__ = ()
-
-    if TYPE_CHECKING:
-
-        def _push(self, c: int, g: int, z: int) -> None: ...
-        def _shrink_tables(self) -> None: ...
-        def _free_locked(self, handle: int) -> None: ...
 
     def _rebuild_locked(self) -> None:
         meta = self._meta

@@ -56,7 +56,7 @@ class SizeClassTable:
         "max_pages_per_zspage",
     )
 
-    def __init__(self, max_pages_per_zspage: int = DEFAULT_MAX_PAGES_PER_ZSPAGE):
+    def __init__(self, max_pages_per_zspage: object = DEFAULT_MAX_PAGES_PER_ZSPAGE):
         if (
             type(max_pages_per_zspage) is not int
             or not MIN_CHAIN <= max_pages_per_zspage <= MAX_CHAIN

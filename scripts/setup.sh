@@ -14,6 +14,10 @@
 # everything under that directory instead (for packaging and tests; the
 # virtual environment then runs only from there).
 # Safe to run again: every step checks before it acts.
+#
+# pip compiles the allocator's hot modules with mypyc (setup.py; a C
+# compiler and python3-dev, installed below); ZRAMFS_PURE_PYTHON=1 when
+# running this script installs the allocator as Python source only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +43,23 @@ sbin_dir=/usr/local/sbin
 unit_dir=/usr/local/lib/systemd/system
 generator_dir=/usr/local/lib/systemd/system-generators
 units=(zramfs-setup@.service zramfs-swap@.service zramfs@.service)
+
+# Fail unless the allocator came out as asked: compiled by default, from
+# source with ZRAMFS_PURE_PYTHON=1 (a build that quietly fell back to source
+# would hide a missing compiler).  $1: the python to ask.
+check_compiled() {
+    local want=True
+    [ "${ZRAMFS_PURE_PYTHON:-}" = 1 ] && want=False
+    local got
+    got="$("$1" -c "import allocator; print(allocator.COMPILED)")"
+    if [ "$got" != "$want" ]; then
+        echo "setup.sh: error: allocator.COMPILED is $got, expected $want (ZRAMFS_PURE_PYTHON=${ZRAMFS_PURE_PYTHON:-unset})" >&2
+        exit 1
+    fi
+}
+compiled_note() {
+    if [ "${ZRAMFS_PURE_PYTHON:-}" = 1 ]; then echo "allocator from source"; else echo "allocator compiled with mypyc"; fi
+}
 
 reload_systemd() {
     # Only the machine's own systemd, and only if it is running.
@@ -109,6 +130,7 @@ if [ "$mode" = system ]; then
         | grep -v "is ignored: it is neither a file nor a directory" || true
     "$destdir$venv_dir/bin/python" -c "import zramfs.generator, allocator, trio, lz4" \
         || { echo "setup.sh: error: zramfs did not install into $destdir$venv_dir" >&2; exit 1; }
+    check_compiled "$destdir$venv_dir/bin/python"
     mkdir -p "$destdir$sbin_dir" "$destdir$unit_dir" "$destdir$generator_dir"
     ln -sfn "$venv_dir/bin/zramfs" "$destdir$sbin_dir/zramfs"
     ln -sfn "$venv_dir/bin/zramfs-generator" "$destdir$sbin_dir/zramfs-generator"
@@ -117,7 +139,7 @@ if [ "$mode" = system ]; then
         install -m 0644 "systemd/$unit" "$destdir$unit_dir/$unit"
     done
     reload_systemd
-    echo "setup.sh: ready ($sbin_dir/zramfs; devices from /etc/zramfs/zramfs-generator.conf at boot)"
+    echo "setup.sh: ready ($sbin_dir/zramfs; devices from /etc/zramfs/zramfs-generator.conf at boot; $(compiled_note))"
     exit 0
 fi
 
@@ -132,4 +154,5 @@ extras="pyfuse3,lzo"
 # pip's own exit status is lost in the pipe above; check the result instead.
 .venv/bin/python -c "import zramfs, allocator, trio, lz4" \
     || { echo "setup.sh: error: zramfs did not install into .venv" >&2; exit 1; }
-echo "setup.sh: ready (.venv/bin/zramfs)"
+check_compiled .venv/bin/python
+echo "setup.sh: ready (.venv/bin/zramfs; $(compiled_note))"

@@ -42,7 +42,17 @@ from zramfs.system import CONTROL
 RESTARTABLE_BACKENDS = ("dev",)
 
 # What the daemon and the tools may see of the caller's environment.
-KEEP_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "NOTIFY_SOCKET", "JOURNAL_STREAM")
+# ZRAMFS_PURE_PYTHON=1 runs the allocator from source, not compiled
+# (allocator/_compiled.py): the daemon must see it to honour it.
+KEEP_ENV = (
+    "PATH",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "NOTIFY_SOCKET",
+    "JOURNAL_STREAM",
+    "ZRAMFS_PURE_PYTHON",
+)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # How long a daemon may take to report READY (its mount answering) by default.
