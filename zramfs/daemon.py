@@ -75,6 +75,7 @@ import threading
 import time
 from contextlib import ExitStack
 
+import allocator
 from zramfs import supervisor
 from zramfs.config import DeviceConfig
 from zramfs.device import BlockDevice, DeviceError, StateFormatError
@@ -451,6 +452,8 @@ def run(config, ready, link=None, resume=None):
                 _log(f"serving {mountpoint} ({config.size} bytes, {fs.algorithm})")
             else:
                 _log(f"serving {mountpoint} again (restart {resume.restarts})")
+            # Which pool runs: mypyc's build, or the source (ZRAMFS_PURE_PYTHON=1, or no build).
+            _log("allocator: " + ("compiled with mypyc" if allocator.COMPILED else "from source"))
             if config.run_dir is not None:
                 _write_record(config, link, resume)
             ready.ready()

@@ -13,7 +13,8 @@ the caller's may choose its code:
   (or editable ``pip install -e``) zramfs is found.
 * ``cwd="/"``: nothing is looked up relative to where the command was typed.
 * A clean environment: only `KEEP_ENV` (the locale, ``PATH`` for
-  ``fusermount3``, and systemd's ``NOTIFY_SOCKET``/``JOURNAL_STREAM``).
+  ``fusermount3``, systemd's ``NOTIFY_SOCKET``/``JOURNAL_STREAM``, and the
+  speed levers' off switches).
 
 Programs the CLI runs (losetup, mkswap, swapon) get the same directory and
 environment (`clean_env`).
@@ -51,7 +52,11 @@ KEEP_ENV = (
     "TZ",
     "NOTIFY_SOCKET",
     "JOURNAL_STREAM",
+    # The speed levers' off switches (README: "Compiled pool, and the
+    # switches"): allocator's build, allocator._uring, zramfs.fuse._session.
     "ZRAMFS_PURE_PYTHON",
+    "ZRAMFS_NO_URING",
+    "ZRAMFS_FUSE_SPIN_US",
 )
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -29,6 +29,8 @@ def test_the_environment_is_cleaned(monkeypatch):
         "NOTIFY_SOCKET": "/run/systemd/notify",
     }.items():
         monkeypatch.setenv(name, value)
+    for name in ("ZRAMFS_PURE_PYTHON", "ZRAMFS_NO_URING", "ZRAMFS_FUSE_SPIN_US"):
+        monkeypatch.delenv(name, raising=False)  # a test run's own switches
     env = launch.clean_env()
     assert env == {
         "PATH": "/usr/bin:/bin",
@@ -38,6 +40,14 @@ def test_the_environment_is_cleaned(monkeypatch):
     }
     monkeypatch.delenv("PATH")
     assert launch.clean_env()["PATH"] == launch.DEFAULT_PATH
+
+
+def test_the_speed_levers_off_switches_reach_the_daemon(monkeypatch):
+    switches = {"ZRAMFS_PURE_PYTHON": "1", "ZRAMFS_NO_URING": "1", "ZRAMFS_FUSE_SPIN_US": "0"}
+    for name, value in switches.items():
+        monkeypatch.setenv(name, value)
+    env = launch.clean_env()
+    assert {name: env.get(name) for name in switches} == switches
 
 
 @pytest.fixture

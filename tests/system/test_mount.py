@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import allocator
+
 MiB = 1 << 20
 
 
@@ -161,7 +163,11 @@ def test_a_mount_is_quiet_and_its_daemon_logs_to_its_file(zramfs_env):
     proc = env.ok("mount", mnt, "--size", "16M", "--name", "zramt-q")
     assert (proc.stdout, proc.stderr) == (f"zramt-q: 16 MiB lz4, mounted at {mnt}\n", "")
     with open(os.path.join(env.run_dir, ".zramt-q", "daemon.log")) as f:
-        assert f"zramfs-daemon: serving {mnt} (16777216 bytes, lz4)\n" in f.read()
+        log = f.read()
+    assert f"zramfs-daemon: serving {mnt} (16777216 bytes, lz4)\n" in log
+    # The log says which pool runs: the one this interpreter imports too.
+    compiled = "compiled with mypyc" if allocator.COMPILED else "from source"
+    assert f"zramfs-daemon: allocator: {compiled}\n" in log
     assert env.device("zramt-q")["backend"] == "dev"  # from the daemon's record
     proc = env.ok("umount", mnt)
     assert (proc.stdout, proc.stderr) == ("", "")
