@@ -879,7 +879,7 @@ class BlockDevice:
         2-core machine.  A compression process sharing memfds was slower
         too (+33 % per MiB, +10-14 % pipelined in chunks): the copy and the
         hand-off cost 330-510 us of lz4's ~770 us per MiB in this thread
-        (BENCHMARKS.md, "Lever: a compression process")."""
+        (BENCHMARKS.md, "A compression process")."""
         infos = []
         payloads = []
         classify = self._classify

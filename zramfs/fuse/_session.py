@@ -27,8 +27,8 @@ without a back-off, 4 KiB random read QD1 16.9k -> 14.6k): when the
 spinning thread finds it was off the CPU, and no request came meanwhile,
 it stops spinning for SPIN_BACKOFF_NS.  Where the idle vCPU polls anyway
 (guest_halt_poll_ns at least the spin, as `zramfs swapon` sets it) the
-spin only adds CPU time and is left out.  BENCHMARKS.md ("Wakeups and
-io_uring") has the numbers; spin_us=0 turns it off.
+spin only adds CPU time and is left out.  BENCHMARKS.md ("Spin before
+sleep") has the numbers; spin_us=0 turns it off.
 
 What the first reader does when no request waits after a WRITE: it faults
 in the arena pages of the next zspages (BlockDevice.populate_ahead), one
