@@ -21,21 +21,12 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 
 from tests._support.crash import DEVICE_STEPS, die_at, each_crash
+from tests._support.pages import huge_page, obj_page
 from zramfs._state import W_VERSION
 from zramfs.device import PAGE_SIZE, BlockDevice, StateCorruptError, StateFormatError
 
 NR = 256  # slots: a 1 MiB device, so one write can cover it whole
 _paths = itertools.count()
-
-
-def obj_page(seed):
-    rng = random.Random(seed)
-    head = rng.randbytes(PAGE_SIZE * 4 // 10)
-    return head + bytes(PAGE_SIZE - len(head))
-
-
-def huge_page(seed):
-    return random.Random(seed).randbytes(PAGE_SIZE)
 
 
 def same_page(word):
@@ -110,6 +101,11 @@ def op_rewrite_kinds(case):
         (15, obj_page(2004)),  # object -> object (another class)
         (12, same_page(7)),  # huge -> same-filled
     ]
+    return _writes(case, writes)
+
+
+def _writes(case, writes):
+    """Record `writes` ((index, page) pairs) as the new pages; the child's run writes them one by one."""
     for index, page in writes:
         case.new[index] = page
 
@@ -162,14 +158,7 @@ def op_writeback(case):
 
 def op_rewrite_written_back(case):
     writes = [(i, obj_page(9000 + i) if i % 3 else bytes(PAGE_SIZE)) for i in range(100, 151)]
-    for index, page in writes:
-        case.new[index] = page
-
-    def run():
-        for index, page in writes:
-            case.write(index, page)
-
-    return run
+    return _writes(case, writes)
 
 
 def op_recompress(case):

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from tests._support.pages import obj_page
 from zramfs._backing import BackingStore
 from zramfs._slots import WB
 from zramfs._watermark import CHUNK_MIN
@@ -26,12 +27,6 @@ from zramfs.device import (
 
 MiB = 1 << 20
 NR = 4096  # 16 MiB device
-
-
-def obj_page(seed):
-    # Compresses to ~40 % with lz4: an ordinary pool object.
-    head = random.Random(seed).randbytes(PAGE_SIZE * 4 // 10)
-    return head + bytes(PAGE_SIZE - len(head))
 
 
 @pytest.fixture

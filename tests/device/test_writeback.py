@@ -16,6 +16,7 @@ import threading
 
 import pytest
 
+from tests._support.pages import huge_page, obj_page
 from zramfs._backing import BackingStore
 from zramfs._pp_args import InvalidArgumentError, parse_writeback
 from zramfs._slots import COMP_PRIORITY_SHIFT, INCOMPRESSIBLE, PP_SLOT, WB
@@ -34,16 +35,6 @@ from zramfs.device import (
 
 NR = 32
 B64 = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+/"
-
-
-def obj_page(seed):
-    rng = random.Random(seed)
-    head = rng.randbytes(PAGE_SIZE * 4 // 10)
-    return head + bytes(PAGE_SIZE - len(head))
-
-
-def huge_page(seed):
-    return random.Random(seed).randbytes(PAGE_SIZE)
 
 
 def zstd_only_page(seed):
